@@ -1,0 +1,360 @@
+"""The ledger writer: one SQLite (WAL) file, append-only, hash-chained, heads signed with Ed25519.
+
+Every write is one `BEGIN IMMEDIATE` transaction, so several processes and threads can append to
+one file at once: the write lock is taken before the last row is read, so no two writers can
+link to the same row (a plain deferred `BEGIN` would fail with SQLITE_BUSY instead of waiting).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Iterable, Iterator
+
+import apsw
+
+from interceptor.event import AUDIT, EGRESS, NetEvent
+from ledger.errors import KeyMaterialError, LedgerError, NotALedgerError
+from ledger.keys import LedgerKeys, create_keys, load_keys
+from ledger.schema import INSERT_ROW, SCHEMA, VACUUM_GATE
+from verifier.format import (
+    ANCHOR_ORIGIN,
+    CHECKPOINT_ORIGIN,
+    COLUMN_NAMES,
+    FORMAT_VERSION,
+    GENESIS_HASH,
+    Checkpoint,
+    FormatError,
+    encode_row,
+    public_key_from_text,
+    same_hash,
+)
+
+NS_PER_DAY = 86_400 * 10**9
+BUSY_TIMEOUT_MS = 10_000
+
+
+def netaudit_home() -> str:
+    """NETAUDIT_HOME, or the platform's per-user data dir."""
+    home = os.environ.get("NETAUDIT_HOME")
+    if home:
+        return home
+    import platformdirs
+
+    return platformdirs.user_data_dir("mit-network-audit", appauthor=False)
+
+
+def default_host_id() -> str:
+    return socket.gethostname() or "localhost"
+
+
+def default_ledger_path() -> str:
+    return os.path.join(netaudit_home(), "ledgers", f"{default_host_id()}.sqlite")
+
+
+def default_key_dir() -> str:
+    return os.path.join(netaudit_home(), "keys")
+
+
+def event_values(e: NetEvent) -> tuple:
+    """A NetEvent as the ledger's column values (verifier.format.COLUMNS order)."""
+    return (e.ts, float(e.duration_ms), e.direction, e.channel, e.protocol, e.method, e.host,
+            e.url_path, " ".join(e.query_keys), e.src_ip, e.src_port, e.dst_ip, e.dst_port,
+            e.status, e.error, e.req_bytes, e.resp_bytes, " ".join(e.header_names), e.fingerprint,
+            e.module, e.author, e.call_site, e.pid, 1 if e.self_egress else 0)
+
+
+def _coerce(values: tuple) -> tuple:
+    """Slow path for events whose fields have loose types (an int status, None for ""...)."""
+    from verifier.format import COLUMNS, INT, REAL
+
+    out = []
+    for (_, kind), v in zip(COLUMNS, values):
+        if kind == INT:
+            out.append(int(v or 0))
+        elif kind == REAL:
+            out.append(float(v or 0.0))
+        else:
+            out.append("" if v is None else (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)))
+    return tuple(out)
+
+
+def audit_event(fact: str, ts: int, **detail) -> NetEvent:
+    """An admin fact (ledger_opened, head_signed, vacuum, gap, ...) as a chain row.
+
+    The detail goes into url_path as "k=v;k=v", made only of values the auditor itself produced.
+    """
+    text = ";".join(f"{k}={str(v).replace(';', ',').replace('=', ':')}" for k, v in detail.items())
+    return NetEvent(ts=ts, duration_ms=0.0, direction=EGRESS, channel=AUDIT, protocol="",
+                    method=fact, url_path=text, pid=os.getpid())
+
+
+@dataclass
+class VacuumResult:
+    deleted: int
+    pruned_through: int      # 0 when nothing was ever pruned
+    message: str
+
+
+class Ledger:
+    """One open ledger file. Thread-safe: writes from several threads are serialised."""
+
+    def __init__(self, con: apsw.Connection, path: str, ledger_id: str, meta: dict[str, str],
+                 key_dir: str, clock=time.time_ns):
+        self.con = con
+        self.path = path
+        self.ledger_id = ledger_id
+        self.meta = meta
+        self.key_dir = key_dir
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._keys: LedgerKeys | None = None
+
+    # ---- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | None = None, *, key_dir: str | None = None, host_id: str | None = None,
+             create: bool = True, readonly: bool = False, clock=time.time_ns) -> "Ledger":
+        """Open (and on first use create) a ledger. Creating also generates its keys."""
+        path = path or default_ledger_path()
+        key_dir = key_dir or default_key_dir()
+        if os.path.isdir(path):
+            raise NotALedgerError(f"{path}: is a directory, not a ledger file")
+        exists = os.path.exists(path) and os.path.getsize(path) > 0
+        if not exists and (readonly or not create):
+            raise NotALedgerError(f"{path}: no such ledger")
+        if not exists:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        try:
+            con = apsw.Connection(path, flags=flags)
+            con.setbusytimeout(BUSY_TIMEOUT_MS)
+            if not readonly:
+                con.execute("PRAGMA journal_mode=WAL").fetchall()
+                con.execute("PRAGMA synchronous=NORMAL")
+            meta = cls._read_meta(con)
+        except apsw.NotADBError:
+            raise NotALedgerError(f"{path}: not a SQLite file") from None
+        except apsw.Error as exc:
+            raise LedgerError(f"{path}: cannot open ledger: {exc}") from None
+        if meta is None:
+            if readonly:
+                con.close()
+                raise NotALedgerError(f"{path}: not a ledger (no meta table)")
+            meta = cls._create(con, key_dir, host_id or default_host_id(), clock)
+        if meta.get("format_version") != str(FORMAT_VERSION):
+            con.close()
+            raise NotALedgerError(f"{path}: ledger format version {meta.get('format_version')!r}, "
+                                  f"this code writes version {FORMAT_VERSION}")
+        return cls(con, path, meta["ledger_id"], meta, key_dir, clock)
+
+    @staticmethod
+    def _read_meta(con) -> dict[str, str] | None:
+        has = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchall()
+        if not has:
+            return None
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        return meta or None
+
+    @classmethod
+    def _create(cls, con, key_dir: str, host_id: str, clock) -> dict[str, str]:
+        """Schema, keys and meta in one transaction; a concurrent creator waits and reuses ours."""
+        with _immediate(con):
+            meta = cls._read_meta(con)
+            if meta:
+                return meta
+            con.execute(SCHEMA)
+            ledger_id = str(uuid.uuid4())
+            keys = create_keys(key_dir, ledger_id)
+            meta = {"ledger_id": ledger_id, "format_version": str(FORMAT_VERSION), "host_id": host_id,
+                    "created_at": str(clock()), "public_key": keys.public_key_text, "key_id": keys.key_id}
+            con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+            led = Ledger(con, "", ledger_id, meta, key_dir, clock)
+            led._append_locked([event_values(audit_event("ledger_opened", clock(), created=1, host=host_id))])
+        return meta
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- keys ------------------------------------------------------------------------------
+
+    @property
+    def keys(self) -> LedgerKeys:
+        """This ledger's signing key and salt, checked against the public key in meta."""
+        if self._keys is None:
+            keys = load_keys(self.key_dir, self.ledger_id)
+            if not same_hash(keys.public_key, public_key_from_text(self.meta["public_key"])):
+                raise KeyMaterialError(f"the key in {keys.folder} does not match the ledger's public key")
+            self._keys = keys
+        return self._keys
+
+    @property
+    def hmac_salt(self) -> bytes:
+        return self.keys.salt
+
+    @property
+    def public_key_text(self) -> str:
+        return self.meta["public_key"]
+
+    # ---- appending -------------------------------------------------------------------------
+
+    def last(self) -> tuple[int, bytes]:
+        """(chain_seq, row_hash) of the last row, or (0, GENESIS_HASH) for an empty ledger."""
+        rows = self.con.execute(
+            "SELECT chain_seq, row_hash FROM egress_log ORDER BY chain_seq DESC LIMIT 1").fetchall()
+        return (rows[0][0], rows[0][1]) if rows else (0, GENESIS_HASH)
+
+    def append_many(self, events: Iterable[NetEvent]) -> int:
+        """Append events as one transaction. Returns the last chain_seq."""
+        values = [event_values(e) for e in events]
+        if not values:
+            return self.last()[0]
+        with self._write():
+            return self._append_locked(values)
+
+    def append(self, event: NetEvent) -> int:
+        return self.append_many([event])
+
+    def append_audit(self, fact: str, **detail) -> int:
+        """Record an admin fact (interceptor_installed, forensic_on, ...) as a chain row."""
+        return self.append(audit_event(fact, self.clock(), **detail))
+
+    def _append_locked(self, values: list[tuple]) -> int:
+        seq, prev = self.last()
+        ledger_id = self.ledger_id
+        rows = []
+        for vals in values:
+            seq += 1
+            try:
+                encoded = encode_row(ledger_id, seq, vals)
+            except FormatError:
+                vals = _coerce(vals)
+                encoded = encode_row(ledger_id, seq, vals)
+            digest = sha256(prev + encoded).digest()
+            rows.append((seq, *vals, prev, digest))
+            prev = digest
+        self.con.executemany(INSERT_ROW, rows)
+        return seq
+
+    @contextmanager
+    def _write(self):
+        with self._lock, _immediate(self.con):
+            yield
+
+    # ---- signed heads ------------------------------------------------------------------------
+
+    def sign_head(self) -> str:
+        """Sign the current last row; store the head in the ledger and in the heads file.
+
+        The heads file is written (and fsynced) before the commit: a head outside the ledger
+        is what catches truncation and rollback, so it must never lag behind the ledger's own.
+        """
+        keys = self.keys
+        with self._write():
+            seq, digest = self.last()
+            if seq == 0:
+                raise LedgerError(f"{self.path}: nothing to sign, the ledger has no rows")
+            cp = keys.sign(Checkpoint(CHECKPOINT_ORIGIN, self.ledger_id, seq, digest, self.clock(), keys.key_id))
+            keys.append_head(cp)
+            self.con.execute(
+                "INSERT INTO signed_heads (seq, row_hash, signed_at, key_id, signature) VALUES (?, ?, ?, ?, ?)",
+                (cp.seq, cp.row_hash, cp.signed_at, cp.key_id, cp.signature))
+            self._append_locked([event_values(audit_event("head_signed", cp.signed_at, seq=seq))])
+        return cp.to_text()
+
+    def head(self) -> Checkpoint | None:
+        """The newest signed head stored in the ledger."""
+        rows = self.con.execute(
+            "SELECT seq, row_hash, signed_at, key_id, signature FROM signed_heads ORDER BY id DESC LIMIT 1").fetchall()
+        if not rows:
+            return None
+        return Checkpoint(CHECKPOINT_ORIGIN, self.ledger_id, *rows[0])
+
+    # ---- retention vacuum ----------------------------------------------------------------------
+
+    def vacuum(self, retention_days: float, now_ns: int | None = None) -> VacuumResult:
+        """Delete rows older than the retention window, strictly below the latest signed head.
+
+        The only deleter. It runs on a connection of its own, the only one where the delete
+        trigger's gate function exists; it writes a signed prune anchor for the last deleted row
+        first, so the rest of the chain still verifies from the anchor, and records itself as a
+        `vacuum` audit row, all in one transaction.
+        """
+        if not retention_days >= 0:
+            raise LedgerError(f"retention days must be 0 or more, got {retention_days}")
+        now_ns = self.clock() if now_ns is None else now_ns
+        cutoff = now_ns - int(retention_days * NS_PER_DAY)
+        keys = self.keys
+        allowed = {"through": 0}
+        con = apsw.Connection(self.path)
+        con.setbusytimeout(BUSY_TIMEOUT_MS)
+        con.create_scalar_function(VACUUM_GATE, lambda seq: 1 if seq <= allowed["through"] else 0, 1)
+        vac = Ledger(con, self.path, self.ledger_id, self.meta, self.key_dir, self.clock)
+        vac._keys = keys
+        try:
+            with self._lock, _immediate(con):
+                head = con.execute("SELECT max(seq) FROM signed_heads").fetchall()[0][0]
+                anchor = con.execute("SELECT max(pruned_through_seq) FROM prune_anchors").fetchall()[0][0] or 0
+                first_recent = con.execute(
+                    "SELECT min(chain_seq) FROM egress_log WHERE ts >= ?", (cutoff,)).fetchall()[0][0]
+                last_seq = vac.last()[0]
+                through = min((head or 1) - 1, (first_recent - 1) if first_recent else last_seq)
+                deleted = 0
+                if head and through > anchor:
+                    digest = con.execute("SELECT row_hash FROM egress_log WHERE chain_seq = ?", (through,)).fetchall()[0][0]
+                    cp = keys.sign(Checkpoint(ANCHOR_ORIGIN, self.ledger_id, through, digest, now_ns, keys.key_id))
+                    con.execute("INSERT INTO prune_anchors (pruned_through_seq, row_hash, signed_at, key_id, signature) "
+                                "VALUES (?, ?, ?, ?, ?)", (cp.seq, cp.row_hash, cp.signed_at, cp.key_id, cp.signature))
+                    allowed["through"] = through
+                    con.execute("DELETE FROM egress_log WHERE chain_seq <= ?", (through,))
+                    deleted = con.changes()
+                    allowed["through"] = 0
+                    anchor = through
+                vac._append_locked([event_values(audit_event(
+                    "vacuum", now_ns, retention_days=retention_days, deleted=deleted, pruned_through=anchor))])
+        finally:
+            con.close()
+        if not head:
+            msg = "nothing deleted: no signed head yet (the vacuum never deletes unsigned rows)"
+        elif deleted:
+            msg = f"deleted {deleted} rows through row {anchor} (prune anchor signed)"
+        else:
+            msg = "nothing to delete: no row is both older than the retention window and below the signed head"
+        return VacuumResult(deleted, anchor, msg)
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def rows(self, after_seq: int = 0, limit: int | None = None) -> Iterator[dict]:
+        """Rows with chain_seq > after_seq, in order, as dicts (for ingest and reports)."""
+        names = ("chain_seq", *COLUMN_NAMES, "prev_hash", "row_hash")
+        sql = f"SELECT {', '.join(names)} FROM egress_log WHERE chain_seq > ? ORDER BY chain_seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        for row in self.con.execute(sql, (after_seq,)):
+            yield dict(zip(names, row))
+
+    def count(self) -> int:
+        return self.con.execute("SELECT count(*) FROM egress_log").fetchall()[0][0]
+
+
+@contextmanager
+def _immediate(con: apsw.Connection):
+    """One write transaction: take the write lock first (waiting up to the busy timeout)."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

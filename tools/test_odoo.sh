@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Run the mit_network_audit addon's tests inside a real Odoo 18.0 on a real PostgreSQL.
+#
+# usage: tools/test_odoo.sh ODOO_SRC
+#   ODOO_SRC  an Odoo 18.0 source tree (the folder holding requirements.txt and odoo/).
+#
+# What it does, each step skipped when already done:
+#   1. PostgreSQL: installs the Debian package when missing, starts a cluster when none runs,
+#      creates a superuser role for the current user.
+#   2. A virtual environment ($ODOO_VENV, default .venv-odoo/) with that Odoo's requirements.txt
+#      and this project (pip install -e .); rebuilt only when either file changes.
+#   3. An Odoo tree holding only the LGPL-3 addons: the source's odoo/addons mixes community
+#      (LGPL-3) and enterprise (OEEL-1/OPL-1) addons; we hard-link the core and the LGPL-3 addons
+#      only, so no enterprise addon is even visible to the server.
+#   4. A template database with base and web installed (cached), copied into a fresh test
+#      database on every run.
+#   5. odoo -i mit_network_audit --test-enable --test-tags /mit_network_audit, then fails on any
+#      failed test, any ERROR/CRITICAL log line, or when none of our tests ran (Odoo exits 0 then).
+#
+# Environment: ODOO_VENV, ODOO_TEST_DB (default netaudit_test), ODOO_HTTP_PORT (default 18069),
+#              ODOO_KEEP_DB=1 keeps the test database afterwards.
+set -euo pipefail
+
+die() { echo "test_odoo: $*" >&2; exit 2; }
+say() { echo "test_odoo: $*"; }
+
+[ $# -ge 1 ] && [ -n "$1" ] || die "usage: $0 ODOO_SRC (an Odoo 18.0 source tree)"
+ODOO_SRC=$(cd "$1" 2>/dev/null && pwd) || die "ODOO_SRC '$1' is not a directory"
+[ -f "$ODOO_SRC/requirements.txt" ] && [ -f "$ODOO_SRC/odoo/release.py" ] \
+    || die "$ODOO_SRC does not look like an Odoo source tree (requirements.txt, odoo/release.py)"
+grep -q "^version_info = (18, 0" "$ODOO_SRC/odoo/release.py" || die "$ODOO_SRC is not Odoo 18.0"
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${ODOO_VENV:-$ROOT/.venv-odoo}
+DB=${ODOO_TEST_DB:-netaudit_test}
+PORT=${ODOO_HTTP_PORT:-18069}
+PYTHON=${PYTHON:-python3}
+T0=$(date +%s)
+
+# --- 1. PostgreSQL ----------------------------------------------------------------------
+if ! command -v pg_lsclusters >/dev/null 2>&1; then
+    say "PostgreSQL missing: apt-get install postgresql"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+fi
+if ! pg_isready -q; then
+    read -r PGVER PGCLUSTER _ < <(pg_lsclusters -h | head -1) || die "no PostgreSQL cluster found"
+    say "starting PostgreSQL $PGVER/$PGCLUSTER"
+    pg_ctlcluster "$PGVER" "$PGCLUSTER" start
+    for _ in $(seq 30); do pg_isready -q && break; sleep 1; done
+    pg_isready -q || die "PostgreSQL did not come up"
+fi
+ME=$(id -un)
+if ! psql -d postgres -Atc "select 1" >/dev/null 2>&1; then
+    say "creating PostgreSQL superuser role $ME"
+    su postgres -c "createuser -s $ME" 2>/dev/null || sudo -u postgres createuser -s "$ME"
+fi
+
+# --- 2. virtual environment ------------------------------------------------------------
+REQ_HASH=$(cat "$ODOO_SRC/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
+if [ "$(cat "$VENV/.req-stamp" 2>/dev/null)" != "$REQ_HASH" ]; then
+    say "building $VENV (Odoo requirements + this project)"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade "pip>=25.3" wheel "setuptools<70"
+    # python-ldap only builds with the OpenLDAP headers; the addons we load do not use it.
+    REQS="$VENV/requirements.txt"
+    if [ -f /usr/include/ldap.h ]; then
+        cp "$ODOO_SRC/requirements.txt" "$REQS"
+    else
+        say "note: OpenLDAP headers missing, python-ldap (auth_ldap only) is left out"
+        grep -v '^python-ldap' "$ODOO_SRC/requirements.txt" > "$REQS"
+    fi
+    # Some pinned sdists (cbor2 5.4.2, ...) still import pkg_resources in setup.py: keep the
+    # isolated build environments on a setuptools that has it.
+    echo "setuptools<70" > "$VENV/build-constraints.txt"
+    "$VENV/bin/python" -m pip install -q --build-constraint "$VENV/build-constraints.txt" -r "$REQS"
+    "$VENV/bin/python" -m pip install -q -e "$ROOT"
+    # Odoo pins cryptography 3.4.8 for Python < 3.12; our package accepts it, check pip kept it.
+    "$VENV/bin/python" - <<'EOF'
+import cryptography, sys
+print("test_odoo: cryptography", cryptography.__version__)
+EOF
+    echo "$REQ_HASH" > "$VENV/.req-stamp"
+fi
+PY="$VENV/bin/python"
+
+# --- 3. LGPL-only Odoo tree -------------------------------------------------------------
+TREE="$VENV/odoo-lgpl"
+SRC_STAMP="$ODOO_SRC $(stat -c %Y "$ODOO_SRC/odoo/addons") $(ls "$ODOO_SRC/odoo/addons" | sha256sum | cut -c1-16)"
+if [ "$(cat "$TREE/.stamp" 2>/dev/null)" != "$SRC_STAMP" ]; then
+    say "building the LGPL-3-only Odoo tree in $TREE"
+    rm -rf "$TREE"
+    mkdir -p "$TREE/odoo/addons"
+    link() { cp -al "$1" "$2" 2>/dev/null || cp -a "$1" "$2"; }   # hard links when same filesystem
+    for entry in "$ODOO_SRC"/odoo/*; do
+        [ "$(basename "$entry")" = addons ] || link "$entry" "$TREE/odoo/"
+    done
+    for f in "$ODOO_SRC"/odoo/addons/*; do [ -f "$f" ] && link "$f" "$TREE/odoo/addons/"; done
+    "$PY" - "$ODOO_SRC/odoo/addons" > "$TREE/lgpl-addons.txt" <<'EOF'
+import ast, os, sys
+root = sys.argv[1]
+for name in sorted(os.listdir(root)):
+    manifest = os.path.join(root, name, "__manifest__.py")
+    if os.path.isfile(manifest):
+        with open(manifest, encoding="utf-8") as fh:
+            # Odoo's own default license is LGPL-3 when the key is absent.
+            if ast.literal_eval(fh.read()).get("license", "LGPL-3") == "LGPL-3":
+                print(name)
+EOF
+    while read -r name; do link "$ODOO_SRC/odoo/addons/$name" "$TREE/odoo/addons/"; done < "$TREE/lgpl-addons.txt"
+    mkdir -p "$TREE/setup"; link "$ODOO_SRC/setup/odoo" "$TREE/setup/"
+    say "$(wc -l < "$TREE/lgpl-addons.txt") LGPL-3 addons of $(ls -d "$ODOO_SRC"/odoo/addons/*/ | wc -l)"
+    echo "$SRC_STAMP" > "$TREE/.stamp"
+fi
+SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$TREE" > "$SITE/odoo-lgpl.pth"
+
+ADDONS="$TREE/odoo/addons,$ROOT/odoo_addon"
+DATA_DIR="$VENV/odoo-data"
+mkdir -p "$DATA_DIR"
+ODOO=("$PY" "$TREE/setup/odoo" --addons-path="$ADDONS" --data-dir="$DATA_DIR"
+      --http-interface=127.0.0.1 --http-port="$PORT" --without-demo=all)
+
+# --- 4. template database: base + web, cached --------------------------------------------
+TPL="netaudit_tpl_$(echo "$SRC_STAMP $REQ_HASH" | sha256sum | cut -c1-10)"
+if ! psql -d postgres -Atc "select 1 from pg_database where datname='$TPL'" | grep -q 1; then
+    say "creating template database $TPL (base, web)"
+    for old in $(psql -d postgres -Atc "select datname from pg_database where datname like 'netaudit_tpl_%'"); do
+        dropdb "$old"; rm -rf "$DATA_DIR/filestore/$old"
+    done
+    createdb "$TPL"
+    if ! "${ODOO[@]}" -d "$TPL" -i base,web --stop-after-init --log-level=warn > "$VENV/template.log" 2>&1; then
+        tail -30 "$VENV/template.log"; dropdb --if-exists "$TPL"; die "template database failed"
+    fi
+fi
+dropdb --if-exists "$DB"
+rm -rf "$DATA_DIR/filestore/$DB" "$DATA_DIR/mit_network_audit/$DB"
+createdb -T "$TPL" "$DB"
+[ -d "$DATA_DIR/filestore/$TPL" ] && cp -a "$DATA_DIR/filestore/$TPL" "$DATA_DIR/filestore/$DB"
+
+# --- 5. install the addon with its tests ------------------------------------------------
+LOG="$VENV/test-odoo.log"
+say "running the addon's tests on database $DB (log: $LOG)"
+set +e
+"${ODOO[@]}" -d "$DB" --load=base,web,mit_network_audit -i mit_network_audit \
+    --test-enable --test-tags /mit_network_audit --stop-after-init --log-level=test \
+    > "$LOG" 2>&1
+RC=$?
+set -e
+[ "${ODOO_KEEP_DB:-0}" = 1 ] || { dropdb --if-exists "$DB"; rm -rf "$DATA_DIR/filestore/$DB"; }
+
+FAIL=0
+LOGLINE='^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:,]+ [0-9]+ '
+if grep -E "$LOGLINE(ERROR|CRITICAL) " "$LOG" >/dev/null; then
+    echo "---- ERROR/CRITICAL lines in the Odoo log:"
+    grep -E -A12 "$LOGLINE(ERROR|CRITICAL) " "$LOG" | head -150
+    FAIL=1
+fi
+RESULT=$(grep -E "odoo\.tests\.result: " "$LOG" | tail -1 || true)
+STATS=$(grep -E "odoo\.tests\.stats: mit_network_audit: [0-9]+ tests" "$LOG" | tail -1 || true)
+echo "${RESULT:-test_odoo: no odoo.tests.result line}"
+echo "${STATS:-test_odoo: no test of mit_network_audit ran}"
+[ -n "$STATS" ] || FAIL=1
+if [ -n "$RESULT" ] && ! echo "$RESULT" | grep -q " 0 failed, 0 error(s)"; then FAIL=1; fi
+[ "$RC" = 0 ] || { echo "test_odoo: odoo exited with $RC"; FAIL=1; }
+say "done in $(( $(date +%s) - T0 ))s"
+if [ "$FAIL" != 0 ]; then
+    echo "test_odoo: FAILED"
+    exit 1
+fi
+echo "test_odoo: OK"

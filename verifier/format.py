@@ -1,0 +1,217 @@
+"""The ledger format, defined once: columns, canonical row encoding, row hash, checkpoints.
+
+Everything an independent verifier needs is here and in docs/FORMAT.md; the writer (ledger/)
+imports these definitions and never re-implements them. Golden vectors in tests/vectors/ pin
+every byte: a change of format must bump FORMAT_VERSION and regenerate them.
+
+row_hash = SHA-256(prev_hash || encode_row(ledger_id, chain_seq, values))
+
+encode_row layout (all integers big-endian):
+    ROW_DOMAIN                                  25 bytes, "mit-network-audit/row/v1\\n"
+    chain_seq                                   i64
+    each INT column, in COLUMNS order           i64
+    each REAL column, in COLUMNS order          IEEE 754 binary64
+    len(ledger_id), len(each TEXT column)       u32, lengths of the UTF-8 bytes
+    ledger_id, each TEXT column                 UTF-8 bytes, concatenated
+The schema fixes every column's type and forbids NULL, so the lengths block is the whole
+framing: no two different rows encode to the same bytes.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+from operator import itemgetter
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1
+ROW_DOMAIN = b"mit-network-audit/row/v1\n"
+GENESIS_HASH = bytes(32)  # prev_hash of the first row when nothing was pruned
+HASH_LEN = 32
+KEY_PREFIX = "ed25519:"
+CHECKPOINT_ORIGIN = "mit-network-audit/checkpoint/v1"  # signed head
+ANCHOR_ORIGIN = "mit-network-audit/anchor/v1"          # prune anchor
+
+INT, REAL, TEXT = "INTEGER", "REAL", "TEXT"
+
+# egress_log columns after chain_seq, in canonical order (= NetEvent's field order).
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ts", INT),
+    ("duration_ms", REAL),
+    ("direction", TEXT),
+    ("channel", TEXT),
+    ("protocol", TEXT),
+    ("method", TEXT),
+    ("host", TEXT),
+    ("url_path", TEXT),
+    ("query_keys", TEXT),     # names joined by single spaces
+    ("src_ip", TEXT),
+    ("src_port", INT),
+    ("dst_ip", TEXT),
+    ("dst_port", INT),
+    ("status", TEXT),
+    ("error", TEXT),
+    ("req_bytes", INT),
+    ("resp_bytes", INT),
+    ("header_names", TEXT),   # names joined by single spaces
+    ("fingerprint", TEXT),
+    ("module", TEXT),
+    ("author", TEXT),
+    ("call_site", TEXT),
+    ("pid", INT),
+    ("self_egress", INT),     # 0 or 1
+)
+COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+
+_INT_IDX = tuple(i for i, (_, t) in enumerate(COLUMNS) if t == INT)
+_REAL_IDX = tuple(i for i, (_, t) in enumerate(COLUMNS) if t == REAL)
+_TEXT_IDX = tuple(i for i, (_, t) in enumerate(COLUMNS) if t == TEXT)
+# itemgetter of several indexes returns a tuple; INT and TEXT have many columns, REAL just one.
+_get_ints, _get_texts = itemgetter(*_INT_IDX), itemgetter(*_TEXT_IDX)
+(_REAL_AT,) = _REAL_IDX
+_FIXED = struct.Struct(
+    ">q" + "q" * len(_INT_IDX) + "d" * len(_REAL_IDX) + "I" * (1 + len(_TEXT_IDX))
+)
+
+
+class FormatError(ValueError):
+    """A value that the format cannot represent (wrong type, out of range, malformed text)."""
+
+
+def encode_row(ledger_id: str, chain_seq: int, values) -> bytes:
+    """Canonical bytes of one row; `values` are the COLUMNS values in order."""
+    try:
+        texts = (ledger_id, *_get_texts(values))
+        data = "".join(texts).encode()
+        lengths = list(map(len, texts))
+        if len(data) != sum(lengths):  # some text is not ASCII: count UTF-8 bytes one by one
+            lengths = [len(t.encode()) for t in texts]
+        real = values[_REAL_AT]
+        if type(real) is not float:
+            raise TypeError(f"REAL column holds {type(real).__name__}")
+        return b"".join((ROW_DOMAIN, _FIXED.pack(chain_seq, *_get_ints(values), real, *lengths), data))
+    except (AttributeError, TypeError, struct.error, UnicodeError, IndexError) as exc:
+        raise FormatError(f"row {chain_seq!r} cannot be encoded: {exc}") from None
+
+
+def row_hash(ledger_id: str, chain_seq: int, values, prev_hash: bytes) -> bytes:
+    """SHA-256(prev_hash || encode_row(...)), the 32-byte hash that links the chain."""
+    return hashlib.sha256(prev_hash + encode_row(ledger_id, chain_seq, values)).digest()
+
+
+def same_hash(a: bytes, b: bytes) -> bool:
+    """Constant-time equality for hashes and signatures."""
+    return hmac.compare_digest(a, b)
+
+
+# ---- keys ----------------------------------------------------------------------------------
+
+def key_id(public_key: bytes) -> str:
+    """First 8 bytes of SHA-256 of the raw 32-byte Ed25519 public key, hex."""
+    return hashlib.sha256(public_key).digest()[:8].hex()
+
+
+def public_key_to_text(public_key: bytes) -> str:
+    return KEY_PREFIX + base64.b64encode(public_key).decode()
+
+
+def public_key_from_text(text: str) -> bytes:
+    """Parse "ed25519:<base64 of 32 raw bytes>"; raises FormatError."""
+    text = text.strip()
+    if not text.startswith(KEY_PREFIX):
+        raise FormatError(f"malformed public key: expected '{KEY_PREFIX}<base64>'")
+    try:
+        raw = base64.b64decode(text[len(KEY_PREFIX):], validate=True)
+    except ValueError:
+        raise FormatError("malformed public key: not base64") from None
+    if len(raw) != 32:
+        raise FormatError(f"malformed public key: {len(raw)} bytes, expected 32")
+    return raw
+
+
+# ---- checkpoints (signed heads and prune anchors) -------------------------------------------
+
+_CP_FIELDS = ("ledger", "seq", "hash", "time", "key")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement "ledger L's row `seq` has hash H", made at `signed_at` by `key_id`.
+
+    Text form (each line ends with "\\n"; the signature covers every line before "sig:"):
+        mit-network-audit/checkpoint/v1      (or .../anchor/v1 for a prune anchor)
+        ledger: <ledger_id>
+        seq: <decimal>
+        hash: <64 lowercase hex>
+        time: <signed_at, decimal ns since the epoch, UTC>
+        key: <16 lowercase hex key id>
+        sig: <base64 of the 64-byte Ed25519 signature>
+    """
+
+    origin: str
+    ledger_id: str
+    seq: int
+    row_hash: bytes
+    signed_at: int
+    key_id: str
+    signature: bytes = b""
+
+    def body(self) -> bytes:
+        """The exact bytes that are signed."""
+        return (
+            f"{self.origin}\nledger: {self.ledger_id}\nseq: {self.seq}\nhash: {self.row_hash.hex()}\n"
+            f"time: {self.signed_at}\nkey: {self.key_id}\n"
+        ).encode()
+
+    def to_text(self) -> str:
+        return self.body().decode() + f"sig: {base64.b64encode(self.signature).decode()}\n"
+
+    @classmethod
+    def from_text(cls, text: str) -> "Checkpoint":
+        """Parse one checkpoint; any deviation raises FormatError("malformed checkpoint: ...")."""
+        lines = text.strip("\n").split("\n")
+        if len(lines) != 7:
+            raise FormatError(f"malformed checkpoint: {len(lines)} lines, expected 7")
+        origin = lines[0]
+        if origin not in (CHECKPOINT_ORIGIN, ANCHOR_ORIGIN):
+            raise FormatError(f"malformed checkpoint: unknown origin line {origin[:60]!r}")
+        fields = {}
+        for name, line in zip(_CP_FIELDS + ("sig",), lines[1:]):
+            prefix = name + ": "
+            if not line.startswith(prefix):
+                raise FormatError(f"malformed checkpoint: expected '{prefix}...', got {line[:40]!r}")
+            fields[name] = line[len(prefix):]
+        try:
+            seq, signed_at = int(fields["seq"]), int(fields["time"])
+            digest = bytes.fromhex(fields["hash"])
+            signature = base64.b64decode(fields["sig"], validate=True)
+        except ValueError as exc:
+            raise FormatError(f"malformed checkpoint: {exc}") from None
+        if (seq < 0 or len(digest) != HASH_LEN or len(signature) != 64 or len(fields["key"]) != 16
+                or fields["seq"] != str(seq) or fields["time"] != str(signed_at)
+                or fields["hash"] != digest.hex()):
+            raise FormatError("malformed checkpoint: bad seq, hash, key id or signature length")
+        return cls(origin, fields["ledger"], seq, digest, signed_at, fields["key"], signature)
+
+
+def parse_checkpoints(text: str) -> list[Checkpoint]:
+    """Parse a heads file: checkpoints separated by blank lines."""
+    blocks = [b for b in text.replace("\r\n", "\n").split("\n\n") if b.strip()]
+    if not blocks:
+        raise FormatError("malformed checkpoint: no checkpoint found")
+    return [Checkpoint.from_text(b) for b in blocks]
+
+
+def check_signature(cp: Checkpoint, public_key: bytes) -> bool:
+    """True when cp is signed by `public_key` and names that key's id."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if not same_hash(cp.key_id.encode(), key_id(public_key).encode()):
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(cp.signature, cp.body())
+    except InvalidSignature:
+        return False
+    return True

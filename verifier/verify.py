@@ -1,0 +1,296 @@
+"""Check a ledger: recompute the chain, check the signed heads and prune anchors, name the first bad row.
+
+Two entry points:
+  - ChainChecker: checks rows streamed from any store (the Odoo addon feeds it PostgreSQL rows);
+  - verify_ledger(path, ...): checks a ledger file, on a private copy, so the evidence is untouched.
+
+Reasons (Verdict.reason), each naming the first bad chain_seq:
+  hash_mismatch   a row's stored row_hash is not SHA-256(prev_hash || encode(row))
+  broken_link     a row's prev_hash is not the previous row's row_hash (or the anchor's)
+  sequence_gap    chain_seq does not continue from the previous row (deleted or inserted rows)
+  bad_type        a column holds a value of the wrong type (the format forbids it)
+  bad_signature   a signed head or prune anchor does not verify with the public key
+  foreign_key     a head or anchor was signed by another key, or meta's key is not the given one
+  head_mismatch   a signed head names a hash other than its row's: the chain was rewritten
+  truncation      a signed head lies beyond the last row: rows were deleted from the tail
+  rollback        an external head is newer than anything in the ledger: an older copy was restored
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+from verifier.format import (
+    ANCHOR_ORIGIN,
+    CHECKPOINT_ORIGIN,
+    COLUMN_NAMES,
+    FORMAT_VERSION,
+    GENESIS_HASH,
+    HASH_LEN,
+    Checkpoint,
+    FormatError,
+    check_signature,
+    key_id,
+    encode_row,
+    public_key_from_text,
+    same_hash,
+)
+from hashlib import sha256
+from itertools import islice
+
+
+class VerifyInputError(Exception):
+    """The input cannot be checked at all (missing, not a ledger, future format, bad key...)."""
+
+
+@dataclass
+class Verdict:
+    valid: bool
+    rows: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    head_seq: int | None = None          # the newest signed head that verified
+    message: str = "chain verified"
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        return {k: d[k] for k in ("valid", "rows", "first_bad_seq", "reason", "head_seq", "message", "warnings")}
+
+
+@dataclass
+class Failure:
+    seq: int
+    reason: str
+    message: str
+
+
+class ChainChecker:
+    """Checks rows in chain_seq order; stops at the first failure.
+
+    feed() takes (chain_seq, values, prev_hash, row_hash) with values in COLUMNS order.
+    `start_seq`/`start_hash` are where the chain resumes: (0, GENESIS_HASH), or a prune anchor.
+    Hashes of the rows in `want` are kept so signed heads can be checked against them afterwards.
+    """
+
+    def __init__(self, ledger_id: str, start_seq: int = 0, start_hash: bytes = GENESIS_HASH,
+                 want: set[int] | frozenset[int] = frozenset()):
+        self.ledger_id = ledger_id
+        self.last_seq = start_seq
+        self.last_hash = start_hash
+        self.rows = 0
+        self.failure: Failure | None = None
+        self.want = want
+        self.seen: dict[int, bytes] = {}
+
+    def feed_many(self, rows) -> Failure | None:
+        """rows: iterable of (chain_seq, *values, prev_hash, row_hash) tuples. The hot loop."""
+        if self.failure:
+            return self.failure
+        ledger_id, last_seq, last_hash, want = self.ledger_id, self.last_seq, self.last_hash, self.want
+        n = self.rows
+        fail = None
+        for row in rows:
+            seq, prev, stored = row[0], row[-2], row[-1]
+            if seq != last_seq + 1:
+                fail = Failure(seq, "sequence_gap", f"row {seq} follows row {last_seq}: rows are missing or inserted")
+                break
+            if type(prev) is not bytes or type(stored) is not bytes or len(stored) != HASH_LEN:
+                fail = Failure(seq, "bad_type", f"row {seq}: prev_hash/row_hash is not a {HASH_LEN}-byte blob")
+                break
+            if not same_hash(prev, last_hash):
+                fail = Failure(seq, "broken_link", f"row {seq}: prev_hash does not match row {last_seq}'s hash")
+                break
+            try:
+                computed = sha256(prev + encode_row(ledger_id, seq, row[1:-2])).digest()
+            except FormatError as exc:
+                fail = Failure(seq, "bad_type", str(exc))
+                break
+            if not same_hash(computed, stored):
+                fail = Failure(seq, "hash_mismatch", f"row {seq}: contents do not match its row_hash")
+                break
+            if seq in want:
+                self.seen[seq] = stored
+            last_seq, last_hash = seq, stored
+            n += 1
+        self.last_seq, self.last_hash, self.rows, self.failure = last_seq, last_hash, n, fail
+        return fail
+
+    def feed(self, seq: int, values, prev_hash: bytes, row_hash: bytes) -> Failure | None:
+        return self.feed_many([(seq, *values, prev_hash, row_hash)])
+
+
+def check_heads(heads: list[Checkpoint], public_key: bytes, checker: ChainChecker,
+                anchor_seq: int, anchor_hash: bytes, ledger_heads: set[int]) -> tuple[Failure | None, int | None]:
+    """Check signed heads against a fully fed checker. Returns (first failure, newest good head seq).
+
+    `ledger_heads` are the seqs of heads the ledger itself holds; an external head beyond the last
+    row that the ledger never held means an older copy was restored (rollback), otherwise rows
+    were cut from the tail (truncation).
+    """
+    newest = None
+    for cp in sorted(heads, key=lambda c: c.seq):
+        if cp.ledger_id != checker.ledger_id:
+            return Failure(cp.seq, "foreign_key", f"head at row {cp.seq} is for ledger {cp.ledger_id}"), newest
+        if not check_signature(cp, public_key):
+            reason = "foreign_key" if cp.key_id != key_id(public_key) else "bad_signature"
+            return Failure(cp.seq, reason, f"signed head at row {cp.seq} does not verify with the public key ({reason})"), newest
+        if cp.seq > checker.last_seq:
+            if cp.seq in ledger_heads:
+                return Failure(checker.last_seq + 1, "truncation",
+                               f"signed head at row {cp.seq} is beyond the last row {checker.last_seq}: rows were deleted"), newest
+            return Failure(checker.last_seq + 1, "rollback",
+                           f"external head at row {cp.seq} is newer than this ledger (last row {checker.last_seq}): "
+                           "an older copy was restored or rows were deleted"), newest
+        if cp.seq < anchor_seq:
+            continue  # pruned, and covered by the anchor's own signature
+        expected = anchor_hash if cp.seq == anchor_seq else checker.seen.get(cp.seq)
+        if expected is None or not same_hash(expected, cp.row_hash):
+            return Failure(cp.seq, "head_mismatch",
+                           f"row {cp.seq}'s hash differs from its signed head: the chain was rewritten at or before row {cp.seq}"), newest
+        newest = cp.seq
+    return None, newest
+
+
+# ---- reading a ledger file -------------------------------------------------------------------
+
+def _private_copy(path: str, tmpdir: str) -> str:
+    """Copy the ledger and its -wal so nothing we do (WAL recovery, shm) touches the evidence."""
+    if not os.path.exists(path):
+        raise VerifyInputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise VerifyInputError(f"{path}: is a directory, not a ledger file")
+    if os.path.getsize(path) == 0:
+        raise VerifyInputError(f"{path}: empty file, not a ledger")
+    dst = os.path.join(tmpdir, "ledger.sqlite")
+    try:
+        shutil.copyfile(path, dst)
+        if os.path.exists(path + "-wal"):
+            shutil.copyfile(path + "-wal", dst + "-wal")
+    except OSError as exc:
+        raise VerifyInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return dst
+
+
+def _open(copy: str, shown: str):
+    import apsw
+
+    try:
+        con = apsw.Connection(copy, flags=apsw.SQLITE_OPEN_READWRITE)
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except apsw.Error as exc:
+        raise VerifyInputError(f"{shown}: not a SQLite ledger ({exc.__class__.__name__})") from None
+    missing = {"meta", "egress_log", "signed_heads", "prune_anchors"} - tables
+    if missing:
+        raise VerifyInputError(f"{shown}: not a ledger (missing tables: {', '.join(sorted(missing))})")
+    return con
+
+
+def _meta(con, shown: str) -> dict[str, str]:
+    meta = {}
+    for k, v in con.execute("SELECT key, value FROM meta"):
+        if k in meta or not isinstance(k, str) or not isinstance(v, str):
+            raise VerifyInputError(f"{shown}: malformed meta table")
+        meta[k] = v
+    for key in ("ledger_id", "format_version", "public_key"):
+        if key not in meta:
+            raise VerifyInputError(f"{shown}: meta has no {key}")
+    if meta["format_version"] != str(FORMAT_VERSION):
+        raise VerifyInputError(
+            f"{shown}: format version {meta['format_version'][:20]!r}, this verifier reads version {FORMAT_VERSION}")
+    return meta
+
+
+def _stored_checkpoints(con, table: str, seq_col: str, origin: str, ledger_id: str) -> list[Checkpoint]:
+    out = []
+    for seq, digest, signed_at, kid, sig in con.execute(
+            f"SELECT {seq_col}, row_hash, signed_at, key_id, signature FROM {table} ORDER BY id"):
+        if not (type(seq) is int and type(digest) is bytes and type(signed_at) is int
+                and type(kid) is str and type(sig) is bytes):
+            raise FormatError(f"{table} holds a value of the wrong type at row {seq!r}")
+        out.append(Checkpoint(origin, ledger_id, seq, digest, signed_at, kid, sig))
+    return out
+
+
+def verify_ledger(path: str, pubkey: str | None = None, heads: list[Checkpoint] | None = None,
+                  progress=None) -> Verdict:
+    """Verify a ledger file. Raises VerifyInputError for unusable input; returns a Verdict otherwise.
+
+    `pubkey` is the auditor's trusted key text ("ed25519:..."); without it the key in the
+    ledger's own meta is used, which proves integrity only against someone without file access.
+    `heads` are checkpoints kept outside the ledger (heads file, ir.config_parameter...).
+    """
+    import apsw
+
+    with tempfile.TemporaryDirectory(prefix="netaudit-verify-") as tmp:
+        con = _open(_private_copy(path, tmp), path)
+        try:
+            return _verify(con, path, pubkey, heads or [], progress)
+        except apsw.Error as exc:
+            raise VerifyInputError(f"{path}: unreadable ledger ({exc.__class__.__name__}: {exc})") from None
+        finally:
+            con.close()
+
+
+def _verify(con, shown, pubkey, external, progress) -> Verdict:
+    meta = _meta(con, shown)
+    ledger_id = meta["ledger_id"]
+    try:
+        meta_key = public_key_from_text(meta["public_key"])
+    except FormatError as exc:
+        return Verdict(False, 0, 0, "foreign_key", message=f"meta public key: {exc}")
+    warnings = []
+    if pubkey is None:
+        key = meta_key
+        warnings.append("no --pubkey given: signatures checked with the key stored in the ledger itself")
+    else:
+        key = public_key_from_text(pubkey)
+        if not same_hash(key, meta_key):
+            return Verdict(False, 0, 0, "foreign_key", message=
+                           "the ledger's meta holds another public key than the one given: meta was replaced", warnings=warnings)
+    try:
+        anchors = _stored_checkpoints(con, "prune_anchors", "pruned_through_seq", ANCHOR_ORIGIN, ledger_id)
+        internal = _stored_checkpoints(con, "signed_heads", "seq", CHECKPOINT_ORIGIN, ledger_id)
+    except FormatError as exc:
+        return Verdict(False, 0, 0, "bad_type", message=str(exc), warnings=warnings)
+    for cp in external:
+        if cp.origin != CHECKPOINT_ORIGIN:
+            raise VerifyInputError("the given checkpoint is a prune anchor, not a signed head")
+        if cp.ledger_id != ledger_id:
+            raise VerifyInputError(f"the given checkpoint is for ledger {cp.ledger_id}, not {ledger_id}")
+
+    anchor_seq, anchor_hash = 0, GENESIS_HASH
+    for a in anchors:  # every anchor must verify; the newest is where the chain resumes
+        if not check_signature(a, key):
+            return Verdict(False, 0, a.seq, "bad_signature", message=f"prune anchor at row {a.seq} does not verify", warnings=warnings)
+        if a.seq >= anchor_seq:
+            anchor_seq, anchor_hash = a.seq, a.row_hash
+
+    all_heads = internal + list(external)
+    checker = ChainChecker(ledger_id, anchor_seq, anchor_hash, want={h.seq for h in all_heads})
+    # Every row, in order: a row at or before the anchor shows up as a sequence_gap.
+    rows = con.execute(f"SELECT chain_seq, {', '.join(COLUMN_NAMES)}, prev_hash, row_hash "
+                       "FROM egress_log ORDER BY chain_seq")
+    while True:
+        before = checker.rows
+        if checker.feed_many(islice(rows, 50_000)) or checker.rows == before:
+            break
+        if progress:
+            progress(checker.rows)
+    if checker.failure:
+        f = checker.failure
+        return Verdict(False, checker.rows, f.seq, f.reason, message=f.message, warnings=warnings)
+    failure, newest = check_heads(all_heads, key, checker, anchor_seq, anchor_hash, {h.seq for h in internal})
+    if failure:
+        return Verdict(False, checker.rows, failure.seq, failure.reason, newest, failure.message, warnings=warnings)
+    if newest is None:
+        warnings.append("no signed head: rows after the last signed head could be cut without trace")
+    elif newest < checker.last_seq:
+        warnings.append(f"rows {newest + 1}..{checker.last_seq} are not yet covered by a signed head")
+    msg = f"chain verified: {checker.rows} rows"
+    if anchor_seq:
+        msg += f" from prune anchor at row {anchor_seq}"
+    msg += f", newest signed head at row {newest}" if newest is not None else ", no signed head"
+    return Verdict(True, checker.rows, None, None, newest, msg, warnings)
