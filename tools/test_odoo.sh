@@ -74,8 +74,9 @@ if [ "$(cat "$VENV/.req-stamp" 2>/dev/null)" != "$REQ_HASH" ]; then
     # Some pinned sdists (cbor2 5.4.2, ...) still import pkg_resources in setup.py: keep the
     # isolated build environments on a setuptools that has it.
     echo "setuptools<70" > "$VENV/build-constraints.txt"
-    "$VENV/bin/python" -m pip install -q --build-constraint "$VENV/build-constraints.txt" -r "$REQS"
-    "$VENV/bin/python" -m pip install -q -e "$ROOT"
+    quiet_pip() { "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }; return "${PIPESTATUS[0]}"; }
+    quiet_pip --build-constraint "$VENV/build-constraints.txt" -r "$REQS"
+    quiet_pip -e "$ROOT"
     # Odoo pins cryptography 3.4.8 for Python < 3.12; our package accepts it, check pip kept it.
     "$VENV/bin/python" - <<'EOF'
 import cryptography, sys
@@ -122,15 +123,16 @@ mkdir -p "$DATA_DIR"
 ODOO=("$PY" "$TREE/setup/odoo" --addons-path="$ADDONS" --data-dir="$DATA_DIR"
       --http-interface=127.0.0.1 --http-port="$PORT" --without-demo=all)
 
-# --- 4. template database: base + web, cached --------------------------------------------
+# --- 4. template database: base, web, base_setup and mail, cached ------------------------
+# mail is there for the test where a stock module (mail's publisher warranty) makes a call.
 TPL="netaudit_tpl_$(echo "$SRC_STAMP $REQ_HASH" | sha256sum | cut -c1-10)"
 if ! psql -d postgres -Atc "select 1 from pg_database where datname='$TPL'" | grep -q 1; then
-    say "creating template database $TPL (base, web)"
+    say "creating template database $TPL (base, web, base_setup, mail)"
     for old in $(psql -d postgres -Atc "select datname from pg_database where datname like 'netaudit_tpl_%'"); do
         dropdb "$old"; rm -rf "$DATA_DIR/filestore/$old"
     done
     createdb "$TPL"
-    if ! "${ODOO[@]}" -d "$TPL" -i base,web --stop-after-init --log-level=warn > "$VENV/template.log" 2>&1; then
+    if ! "${ODOO[@]}" -d "$TPL" -i base,web,base_setup,mail --stop-after-init --log-level=warn > "$VENV/template.log" 2>&1; then
         tail -30 "$VENV/template.log"; dropdb --if-exists "$TPL"; die "template database failed"
     fi
 fi
