@@ -67,8 +67,9 @@ STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
 
 # --- Readability bounds -------------------------------------------------------------------------
 MAX_LINE = 500                # characters; obfuscators emit one huge line, people do not
-LONG_LITERAL = 200            # characters (or bytes) from which a literal's entropy is measured
-MAX_ENTROPY = 5.0             # bits per symbol; prose ~4.3, hex <= 4.0, base64 ~5.7, random bytes ~7.5
+LONG_LITERAL = 200            # characters (or bytes) from which a literal is measured
+DENSE_WHITESPACE = 0.05       # below this share of whitespace a long literal is a blob, not text
+MAX_ENTROPY = 5.0             # bits per symbol of a blob: hex <= 4.0, base64 ~5.5+, random bytes ~7.5
 LINE_CHECKED_SUFFIXES = (".py", ".pyi", ".pyx", ".js", ".mjs", ".xml", ".sh")
 NATIVE_SUFFIXES = (".so", ".pyd", ".dll", ".dylib")
 COMPILED_SUFFIXES = (".pyc", ".pyo")
@@ -240,7 +241,11 @@ def _read_zip(p: Path) -> dict[str, bytes]:
         with zipfile.ZipFile(p) as zf:
             return {_wheel_path(i.filename): zf.read(i) for i in zf.infolist() if not i.is_dir()}
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise GateError(f"{p.name}: not a readable wheel ({exc})") from None
+        raise GateError(f"{p.name}: not a readable wheel ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(":")
 
 
 def _wheel_path(name: str) -> str:
@@ -254,7 +259,7 @@ def _wheel_path(name: str) -> str:
 def _read_sdist(p: Path) -> dict[str, bytes]:
     files = {}
     try:
-        with tarfile.open(p, "r:*") as tf:
+        with tarfile.open(p, "r:gz") as tf:
             for m in tf.getmembers():
                 rel = m.name.split("/", 1)[1] if "/" in m.name else ""
                 if m.isfile() and rel:
@@ -262,7 +267,7 @@ def _read_sdist(p: Path) -> dict[str, bytes]:
                 elif (m.issym() or m.islnk()) and rel:
                     files[rel] = b""  # shown to the path rules; links carry no code of their own
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise GateError(f"{p.name}: not a readable sdist ({exc})") from None
+        raise GateError(f"{p.name}: not a readable sdist ({_first_line(exc)})") from None
     return files
 
 
@@ -556,17 +561,25 @@ def check_unreadable(t: Tree) -> Iterator[Finding]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) \
                     and len(node.value) >= LONG_LITERAL:
-                bits = entropy(node.value)
-                if bits > MAX_ENTROPY:
+                bits = blob_entropy(node.value)
+                if bits is not None and bits > MAX_ENTROPY:
                     yield Finding("unreadable-source", t.where(path, node.lineno),
-                                  f"{len(node.value)}-long literal of entropy {bits:.2f} bits "
-                                  f"per symbol (bound {MAX_ENTROPY})")
+                                  f"{len(node.value)}-long literal without whitespace of entropy "
+                                  f"{bits:.2f} bits per symbol (bound {MAX_ENTROPY})")
 
 
-def entropy(value: str | bytes) -> float:
-    """Shannon entropy of a string's symbols, in bits per symbol."""
-    counts = Counter(value)
-    n = len(value)
+def blob_entropy(value: str | bytes) -> float | None:
+    """Shannon entropy (bits per symbol) of a literal's non-whitespace symbols, if it is a blob.
+
+    Text, SQL and code are at least 5% whitespace and are not measured: their character
+    entropy overlaps base64's. Encoded payloads (base64, escaped bytes) are nearly free of it.
+    """
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    dense = "".join(text.split())
+    if len(text) - len(dense) >= DENSE_WHITESPACE * len(text):
+        return None
+    counts = Counter(dense)
+    n = len(dense)
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
