@@ -73,6 +73,8 @@ MAX_ENTROPY = 5.0             # bits per symbol of a blob: hex <= 4.0, base64 ~5
 LINE_CHECKED_SUFFIXES = (".py", ".pyi", ".pyx", ".js", ".mjs", ".xml", ".sh")
 NATIVE_SUFFIXES = (".so", ".pyd", ".dll", ".dylib")
 COMPILED_SUFFIXES = (".pyc", ".pyo")
+NATIVE_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
+                b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")  # ELF, Mach-O (fat); PE below
 DOC_SUFFIXES = (".md", ".rst", ".txt")
 DOC_NAMES = frozenset({"PKG-INFO", "METADATA", "SOURCES.txt"})
 
@@ -420,8 +422,11 @@ def _module_stem(path: str) -> str | None:
 
 def check_native(t: Tree) -> Iterator[Finding]:
     for path in sorted(t.files):
+        data = t.files[path]
         if path.endswith(NATIVE_SUFFIXES) or re.search(r"\.so(\.\d+)*$", path):
             yield Finding("native-code", t.where(path), "native extension in the artifact")
+        elif data.startswith(NATIVE_MAGIC) or (data[:2] == b"MZ" and b"PE\0\0" in data[:1024]):
+            yield Finding("native-code", t.where(path), "native executable in the artifact")
     if t.kind == "wheel":
         if not t.label.endswith("-none-any.whl"):
             yield Finding("native-code", t.label, "wheel tag is not pure Python (…-none-any)")
