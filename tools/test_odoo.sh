@@ -88,7 +88,7 @@ PY="$VENV/bin/python"
 
 # --- 3. LGPL-only Odoo tree -------------------------------------------------------------
 TREE="$VENV/odoo-lgpl"
-SRC_STAMP="$ODOO_SRC $(stat -c %Y "$ODOO_SRC/odoo/addons") $(ls "$ODOO_SRC/odoo/addons" | sha256sum | cut -c1-16)"
+SRC_STAMP="v2 $ODOO_SRC $(stat -c %Y "$ODOO_SRC/odoo/addons") $(ls "$ODOO_SRC/odoo/addons" | sha256sum | cut -c1-16)"
 if [ "$(cat "$TREE/.stamp" 2>/dev/null)" != "$SRC_STAMP" ]; then
     say "building the LGPL-3-only Odoo tree in $TREE"
     rm -rf "$TREE"
@@ -101,13 +101,21 @@ if [ "$(cat "$TREE/.stamp" 2>/dev/null)" != "$SRC_STAMP" ]; then
     "$PY" - "$ODOO_SRC/odoo/addons" > "$TREE/lgpl-addons.txt" <<'EOF'
 import ast, os, sys
 root = sys.argv[1]
+manifests = {}
 for name in sorted(os.listdir(root)):
     manifest = os.path.join(root, name, "__manifest__.py")
     if os.path.isfile(manifest):
         with open(manifest, encoding="utf-8") as fh:
-            # Odoo's own default license is LGPL-3 when the key is absent.
-            if ast.literal_eval(fh.read()).get("license", "LGPL-3") == "LGPL-3":
-                print(name)
+            manifests[name] = ast.literal_eval(fh.read())
+# Odoo's own default license is LGPL-3 when the key is absent.
+keep = {n for n, m in manifests.items() if m.get("license", "LGPL-3") == "LGPL-3"}
+# Some LGPL-3 addons depend on enterprise ones: drop them too, until nothing changes.
+while True:
+    drop = {n for n in keep if any(d not in keep for d in manifests[n].get("depends", []))}
+    if not drop:
+        break
+    keep -= drop
+print("\n".join(sorted(keep)))
 EOF
     while read -r name; do link "$ODOO_SRC/odoo/addons/$name" "$TREE/odoo/addons/"; done < "$TREE/lgpl-addons.txt"
     mkdir -p "$TREE/setup"; link "$ODOO_SRC/setup/odoo" "$TREE/setup/"

@@ -1,0 +1,448 @@
+# License LGPL-3.0 or later (https://www.gnu.org/licenses/lgpl.html).
+"""network.audit.ledger: one row per ledger file (per Odoo host), with its ingest cursor.
+
+The crons live here: ingest (incremental, each new row checked to link to the last one
+ingested, stopping at the first break), head signing, retention vacuum. Verify chain re-checks
+the rows stored in PostgreSQL with the core verifier's ChainChecker: the addon holds no hashing
+logic of its own.
+"""
+import datetime
+import logging
+import time
+from contextlib import closing
+
+from odoo import _, api, fields, models
+from odoo.exceptions import AccessError, UserError
+
+from ..glue import paths
+from .network_egress_log import VACUUM_SETTING, BigInteger, privileged_writer
+
+_logger = logging.getLogger(__name__)
+
+try:
+    from ledger import Ledger, LedgerError
+    from verifier.format import (
+        ANCHOR_ORIGIN,
+        CHECKPOINT_ORIGIN,
+        COLUMNS,
+        COLUMN_NAMES,
+        GENESIS_HASH,
+        INT,
+        REAL,
+        Checkpoint,
+        FormatError,
+        check_signature,
+        public_key_from_text,
+    )
+    from verifier.verify import ChainChecker, Failure, check_heads
+except ImportError:  # declared in external_dependencies: Odoo refuses to install without them
+    _logger.debug("mit-network-audit core packages are not installed")
+
+BATCH = 5000
+HEAD_PARAM = "mit_network_audit.head."  # + ledger uuid: the newest signed head, outside the ledger
+NS = 10**9
+
+
+def _pg_type(kind, name):
+    if name == "self_egress":
+        return "int8"
+    return {INT: "int8", REAL: "float8"}.get(kind, "text")
+
+
+def _ns_to_datetime(ns):
+    return datetime.datetime.fromtimestamp(ns / NS, datetime.UTC).replace(tzinfo=None) if ns else False
+
+
+class NetworkAuditLedger(models.Model):
+    _name = "network.audit.ledger"
+    _description = "Network Audit Ledger (one per Odoo host)"
+    _order = "host_id, id"
+    _rec_name = "host_id"
+
+    ledger_uuid = fields.Char(
+        string="Ledger id", required=True, readonly=True, index=True,
+        help="The ledger's uuid, from its meta table; part of every row hash.")
+    host_id = fields.Char(string="Odoo host", readonly=True, help="Host id from the ledger's meta.")
+    path = fields.Char(string="File", readonly=True, help="Where the ledger file was last read.")
+    public_key = fields.Char(
+        readonly=True,
+        help="Ed25519 public key from the ledger's meta, pinned at first ingest: a later change "
+        "of key is reported as foreign_key.")
+    key_id = fields.Char(string="Key id", readonly=True, help="First 8 bytes of SHA-256 of the key.")
+    is_own = fields.Boolean(
+        string="This host", readonly=True,
+        help="Written by this Odoo host for this database (the only ledgers it can sign).")
+
+    # ingest cursor
+    last_seq = BigInteger(string="Last row ingested", readonly=True,
+                          help="chain_seq of the last row ingested into PostgreSQL.")
+    last_hash = fields.Char(string="Last hash ingested", readonly=True,
+                            help="row_hash (hex) of the last row ingested.")
+    start_seq = BigInteger(
+        string="Chain starts after", readonly=True,
+        help="Rows up to here were pruned (signed prune anchor, or the PostgreSQL vacuum).")
+    start_hash = fields.Char(readonly=True, help="row_hash (hex) of the row the chain resumes after.")
+    last_ingest = fields.Datetime(readonly=True, help="When the ingest last read this ledger.")
+    ingest_state = fields.Selection(
+        [("ok", "Linked"), ("broken", "Broken"), ("missing", "File missing")],
+        default="ok", required=True, readonly=True,
+        help="Broken: the ingest found a row that does not link to the last one ingested and "
+        "stopped there.")
+    break_seq = BigInteger(string="Broken at row", readonly=True,
+                           help="First row the ingest refused.")
+    break_reason = fields.Char(readonly=True, help="Why (hash_mismatch, broken_link, ...).")
+
+    # Verify chain over the PostgreSQL rows
+    verify_state = fields.Selection(
+        [("unverified", "Not verified"), ("valid", "Verified"), ("tampered", "Tampered")],
+        default="unverified", required=True, readonly=True,
+        help="Result of the last Verify chain over this ledger's rows in PostgreSQL.")
+    verified_at = fields.Datetime(readonly=True, help="When Verify chain last ran.")
+    verify_seq = BigInteger(string="First bad row", readonly=True,
+                            help="First tampered row found by Verify chain.")
+    verify_reason = fields.Char(readonly=True, help="Reason of the verdict (hash_mismatch, ...).")
+    verify_message = fields.Char(readonly=True, help="The verifier's message.")
+
+    # signed head
+    head_seq = BigInteger(string="Signed head", readonly=True, help="Row of the newest signed head.")
+    head_signed_at = fields.Datetime(readonly=True, help="When the newest head was signed.")
+    head_checkpoint = fields.Text(readonly=True, help="The newest signed head, as checkpoint text.")
+
+    egress_count = fields.Integer(
+        string="Rows", compute="_compute_egress_count",
+        help="Rows of this ledger currently in PostgreSQL.")
+
+    _sql_constraints = [
+        ("ledger_uuid_unique", "unique(ledger_uuid)", "One record per ledger."),
+    ]
+
+    def _compute_egress_count(self):
+        counts = dict(self.env["network.egress_log"]._read_group(
+            [("audit_ledger_id", "in", self.ids)], ["audit_ledger_id"], ["__count"]))
+        for rec in self:
+            rec.egress_count = counts.get(rec, 0)
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    @api.model
+    def _check_officer(self):
+        if not (self.env.su or self.env.user.has_group("mit_network_audit.group_officer")):
+            raise AccessError(_("Only an Audit Officer can do this."))
+
+    @api.model
+    def _folders(self):
+        text = self.env["ir.config_parameter"].sudo().get_param("mit_network_audit.ledger_folders")
+        return paths.parse_folders(text, self.env.cr.dbname)
+
+    @api.model
+    def _open_own(self):
+        """This host's ledger for this database, as a writer (creates it and its keys)."""
+        db = self.env.cr.dbname
+        return Ledger.open(paths.own_ledger_path(db), key_dir=paths.key_dir(db),
+                           host_id=paths.host_id())
+
+    @api.model
+    def _append_fact(self, fact, **detail):
+        """Record an admin fact (forensic_on, pg_vacuum, ...) as a chain row of this host."""
+        with closing(self._open_own()) as led:
+            return led.append_audit(fact, **detail)
+
+    def _record_for(self, led, path):
+        rec = self.sudo().search([("ledger_uuid", "=", led.ledger_id)], limit=1)
+        own = path == paths.own_ledger_path(self.env.cr.dbname)
+        if not rec:
+            rec = self.sudo().create({
+                "ledger_uuid": led.ledger_id, "host_id": led.meta.get("host_id", ""),
+                "public_key": led.meta["public_key"], "key_id": led.meta.get("key_id", ""),
+                "path": path, "is_own": own})
+        elif rec.path != path or rec.is_own != own:
+            rec.write({"path": path, "is_own": own})
+        return rec
+
+    def _break(self, seq, reason, message):
+        self.ensure_one()
+        _logger.warning("ledger %s (%s): ingest stopped at row %s: %s",
+                        self.host_id, self.ledger_uuid, seq, message)
+        self.write({"ingest_state": "broken", "break_seq": seq, "break_reason": reason})
+
+    # ---- ingest --------------------------------------------------------------------------------
+
+    @api.model
+    def _cron_ingest(self):
+        self._ingest_all()
+
+    @api.model
+    def _ingest_all(self):
+        """Ingest every ledger file in the configured folders. Returns {ledger uuid: rows added}."""
+        done = {}
+        seen = set()
+        for path in paths.ledger_files(self._folders()):
+            try:
+                led = Ledger.open(path, readonly=True)
+            except LedgerError as exc:
+                _logger.warning("ledger %s: not ingested: %s", path, exc)
+                continue
+            with closing(led):
+                rec = self._record_for(led, path)
+                seen.add(rec.id)
+                done[led.ledger_id] = rec._ingest(led)
+        missing = self.sudo().search([("id", "not in", list(seen)), ("ingest_state", "=", "ok")])
+        missing.write({"ingest_state": "missing"})
+        return done
+
+    def _ingest(self, led):
+        """Append the ledger's new rows to PostgreSQL, each checked to link to the previous one."""
+        self.ensure_one()
+        rec = self.sudo()
+        if rec.public_key != led.meta["public_key"]:
+            rec._break(rec.last_seq + 1, "foreign_key",
+                       "the ledger's public key is not the one pinned at first ingest")
+            return 0
+        if not rec.last_seq:
+            rec._start_from_anchor(led)
+        checker = ChainChecker(rec.ledger_uuid, rec.last_seq or rec.start_seq,
+                               bytes.fromhex(rec.last_hash or rec.start_hash or GENESIS_HASH.hex()))
+        added = 0
+        while True:
+            rows = [tuple(r.values()) for r in led.rows(after_seq=checker.last_seq, limit=BATCH)]
+            if not rows:
+                break
+            failure = checker.feed_many(rows)
+            good = [r for r in rows if r[0] <= checker.last_seq]
+            if good:
+                rec._insert_rows(good)
+                added += len(good)
+                rec.write({"last_seq": checker.last_seq, "last_hash": checker.last_hash.hex()})
+            if failure:
+                rec._break(failure.seq, failure.reason, failure.message)
+                break
+        vals = {"last_ingest": fields.Datetime.now()}
+        if not checker.failure:
+            vals.update(ingest_state="ok", break_seq=0, break_reason=False)
+        rec.write(vals)
+        rec._pull_head(led)
+        return added
+
+    def _start_from_anchor(self, led):
+        """A ledger already pruned before its first ingest resumes at its newest prune anchor."""
+        anchors = led.con.execute(
+            "SELECT pruned_through_seq, row_hash, signed_at, key_id, signature "
+            "FROM prune_anchors ORDER BY pruned_through_seq DESC LIMIT 1").fetchall()
+        if not anchors:
+            return
+        cp = Checkpoint(ANCHOR_ORIGIN, led.ledger_id, *anchors[0])
+        if not check_signature(cp, public_key_from_text(self.public_key)):
+            self._break(cp.seq + 1, "bad_signature", "the prune anchor does not verify")
+            return
+        self.write({"start_seq": cp.seq, "start_hash": cp.row_hash.hex()})
+
+    def _pull_head(self, led):
+        """Keep the ledger's newest signed head (already signature-checked) on the record."""
+        cp = led.head()
+        if cp is None or cp.seq == self.head_seq:
+            return
+        if check_signature(cp, public_key_from_text(self.public_key)):
+            self._store_head(cp)
+
+    def _store_head(self, cp):
+        self.write({"head_seq": cp.seq, "head_signed_at": _ns_to_datetime(cp.signed_at),
+                    "head_checkpoint": cp.to_text()})
+        self.env["ir.config_parameter"].sudo().set_param(HEAD_PARAM + self.ledger_uuid, cp.to_text())
+
+    def _insert_rows(self, rows):
+        """Bulk INSERT of ledger rows (chain_seq, *COLUMNS, prev_hash, row_hash) in one statement."""
+        names = ("chain_seq", *COLUMN_NAMES)
+        types = ("int8", *(_pg_type(kind, name) for name, kind in COLUMNS))
+        arrays = [list(col) for col in zip(*rows)]
+        arrays[-2] = [h.hex() for h in arrays[-2]]
+        arrays[-1] = [h.hex() for h in arrays[-1]]
+        unnest = ", ".join([f"%s::{t}[]" for t in types] + ["%s::text[]", "%s::text[]"])
+        target = ", ".join(n for n in names if n != "self_egress")
+        source = ", ".join(f"u.{n}" for n in names if n != "self_egress")
+        self.env.flush_all()
+        self.env.cr.execute(f"""
+            INSERT INTO network_egress_log (
+                audit_ledger_id, ledger_host, create_uid, write_uid, create_date, write_date,
+                event_time, self_egress, prev_hash, row_hash, {target})
+            SELECT %s, %s, 1, 1, now() at time zone 'UTC', now() at time zone 'UTC',
+                   to_timestamp(u.ts / 1e9) at time zone 'UTC', u.self_egress <> 0,
+                   u.prev_hash, u.row_hash, {source}
+            FROM unnest({unnest}) AS u({", ".join(names)}, prev_hash, row_hash)
+        """, [self.id, self.host_id, *arrays])
+        self.env["network.egress_log"].invalidate_model()
+
+    # ---- Verify chain --------------------------------------------------------------------------
+
+    def action_verify_chain(self):
+        self._check_officer()
+        results = self.sudo()._verify_pg()
+        return self._notify(results)
+
+    @api.model
+    def action_verify_all(self):
+        self._check_officer()
+        self.sudo()._ingest_all()
+        results = self.sudo().search([])._verify_pg()
+        return self._notify(results)
+
+    @api.model
+    def _notify(self, results):
+        bad = [r for r in results if not r["valid"]]
+        if not results:
+            message, kind = _("No ledger ingested yet: nothing to verify."), "warning"
+        elif bad:
+            message = "; ".join(
+                _("host %(host)s row %(seq)s: %(reason)s", host=r["host"], seq=r["seq"],
+                  reason=r["message"]) for r in bad)
+            kind = "danger"
+        else:
+            message = _("Chain verified: %(n)s ledger(s), %(rows)s rows.",
+                        n=len(results), rows=sum(r["rows"] for r in results))
+            kind = "success"
+        return {"type": "ir.actions.client", "tag": "display_notification",
+                "params": {"title": _("Verify chain"), "message": message, "type": kind,
+                           "sticky": bool(bad), "next": {"type": "ir.actions.act_window_close"}}}
+
+    def _pg_rows(self):
+        """This ledger's rows in PostgreSQL, in chain order, as ChainChecker tuples."""
+        cols = ", ".join(
+            "self_egress::int" if n == "self_egress"
+            else (f"coalesce({n}, '')" if kind not in (INT, REAL) else f"coalesce({n}, 0)")
+            for n, kind in COLUMNS)
+        last = -1
+        while True:
+            self.env.cr.execute(f"""
+                SELECT chain_seq, {cols}, prev_hash, row_hash FROM network_egress_log
+                WHERE audit_ledger_id = %s AND chain_seq > %s ORDER BY chain_seq LIMIT %s
+            """, [self.id, last, 20000])
+            batch = self.env.cr.fetchall()
+            if not batch:
+                return
+            for row in batch:
+                yield (row[0], *row[1:2], float(row[2]), *row[3:-2],
+                       bytes.fromhex(row[-2] or ""), bytes.fromhex(row[-1] or ""))
+            last = batch[-1][0]
+
+    def _verify_pg(self):
+        """Re-verify each ledger's PostgreSQL rows and its signed head; store and return verdicts."""
+        self.env.flush_all()
+        results = []
+        for rec in self:
+            start_hash = bytes.fromhex(rec.start_hash or GENESIS_HASH.hex())
+            heads = []
+            if rec.head_checkpoint:
+                try:
+                    heads.append(Checkpoint.from_text(rec.head_checkpoint))
+                except FormatError as exc:
+                    heads = []
+                    _logger.warning("ledger %s: stored head unreadable: %s", rec.ledger_uuid, exc)
+            param = self.env["ir.config_parameter"].get_param(HEAD_PARAM + rec.ledger_uuid)
+            if param and param != rec.head_checkpoint:
+                heads.append(Checkpoint.from_text(param))
+            # Heads beyond the last row ingested are checked by the next ingest, not here.
+            heads = [h for h in heads if rec.start_seq < h.seq <= rec.last_seq]
+            checker = ChainChecker(rec.ledger_uuid, rec.start_seq, start_hash,
+                                   want={h.seq for h in heads})
+            failure = checker.feed_many(rec._pg_rows())
+            if not failure and checker.last_seq != rec.last_seq:
+                failure = Failure(checker.last_seq + 1, "truncation", _(
+                    "rows %(a)s..%(b)s were ingested but are gone from PostgreSQL",
+                    a=checker.last_seq + 1, b=rec.last_seq))
+            if not failure and heads:
+                failure, _newest = check_heads(
+                    heads, public_key_from_text(rec.public_key), checker, rec.start_seq,
+                    start_hash, {h.seq for h in heads})
+            vals = {"verified_at": fields.Datetime.now()}
+            if failure:
+                vals.update(verify_state="tampered", verify_seq=failure.seq,
+                            verify_reason=failure.reason, verify_message=failure.message)
+            else:
+                vals.update(verify_state="valid", verify_seq=0, verify_reason=False,
+                            verify_message=_("%s rows verified", checker.rows))
+            rec.write(vals)
+            results.append({"host": rec.host_id, "ledger": rec.ledger_uuid, "valid": not failure,
+                            "rows": checker.rows, "seq": failure and failure.seq,
+                            "reason": failure and failure.reason,
+                            "message": failure and failure.message})
+        return results
+
+    # ---- signed heads ----------------------------------------------------------------------------
+
+    @api.model
+    def _cron_sign_head(self):
+        self.sign_own_head()
+
+    @api.model
+    def sign_own_head(self):
+        """Sign this host's ledger head; keep the checkpoint in ir.config_parameter too."""
+        with closing(self._open_own()) as led:
+            text = led.sign_head()
+            rec = self._record_for(led, led.path)
+        rec._store_head(Checkpoint.from_text(text))
+        return text
+
+    # ---- retention vacuum ------------------------------------------------------------------------
+
+    @api.model
+    def _retention_days(self):
+        value = self.env["ir.config_parameter"].sudo().get_param(
+            "mit_network_audit.retention_days", "365")
+        try:
+            return max(int(value), 1)
+        except ValueError:
+            return 365
+
+    @api.model
+    def _cron_vacuum(self):
+        self.run_vacuum()
+
+    @api.model
+    def run_vacuum(self, retention_days=None, now_ns=None):
+        """Prune rows older than the retention window, in this host's ledger and in PostgreSQL,
+        never at or after a signed head. Returns {ledger uuid: rows deleted in PostgreSQL}."""
+        days = self._retention_days() if retention_days is None else retention_days
+        now_ns = now_ns or time.time_ns()
+        self._ingest_all()  # never prune a ledger row PostgreSQL has not got yet
+        with closing(self._open_own()) as led:
+            result = led.vacuum(days, now_ns=now_ns)
+        _logger.info("retention vacuum of this host's ledger: %s", result.message)
+        deleted = {}
+        for rec in self.sudo().search([]):
+            deleted[rec.ledger_uuid] = rec._vacuum_pg(now_ns - int(days * 86400 * NS))
+        if any(deleted.values()):
+            self._append_fact("pg_vacuum", retention_days=days, deleted=sum(deleted.values()))
+        return deleted
+
+    def _vacuum_pg(self, cutoff_ns):
+        self.ensure_one()
+        if not self.head_seq:
+            return 0
+        cr = self.env.cr
+        cr.execute("""
+            SELECT max(chain_seq) FROM network_egress_log
+            WHERE audit_ledger_id = %(id)s AND chain_seq < %(head)s AND chain_seq < coalesce(
+                (SELECT min(chain_seq) FROM network_egress_log
+                  WHERE audit_ledger_id = %(id)s AND ts >= %(cutoff)s), %(head)s)
+        """, {"id": self.id, "head": self.head_seq, "cutoff": cutoff_ns})
+        through = cr.fetchone()[0]
+        if not through:
+            return 0
+        cr.execute("SELECT row_hash FROM network_egress_log WHERE audit_ledger_id = %s "
+                   "AND chain_seq = %s", [self.id, through])
+        anchor_hash = cr.fetchone()[0]
+        self.env.flush_all()
+        with privileged_writer("vacuum"):
+            cr.execute("SELECT set_config(%s, 'on', true)", [VACUUM_SETTING])
+            cr.execute("DELETE FROM network_egress_log WHERE audit_ledger_id = %s "
+                       "AND chain_seq <= %s", [self.id, through])
+            count = cr.rowcount
+            cr.execute("SELECT set_config(%s, 'off', true)", [VACUUM_SETTING])
+        self.env["network.egress_log"].invalidate_model()
+        self.write({"start_seq": through, "start_hash": anchor_hash})
+        return count
+
+    def unlink(self):
+        if self.env["network.egress_log"].sudo().search_count(
+                [("audit_ledger_id", "in", self.ids)], limit=1):
+            raise UserError(_("A ledger whose rows are in the egress log cannot be deleted."))
+        return super().unlink()
