@@ -291,10 +291,11 @@ class NetworkAuditLedger(models.Model):
         if not results:
             message, kind = _("No ledger ingested yet: nothing to verify."), "warning"
         elif bad:
-            message = "; ".join(
-                _("host %(host)s row %(seq)s: %(reason)s", host=r["host"], seq=r["seq"],
-                  reason=r["message"]) for r in bad)
-            kind = "danger"
+            parts = []
+            for r in bad:
+                parts.append(self.env._("host %(host)s row %(seq)s: %(reason)s",
+                                        host=r["host"], seq=r["seq"], reason=r["message"]))
+            message, kind = "; ".join(parts), "danger"
         else:
             message = _("Chain verified: %(n)s ledger(s), %(rows)s rows.",
                         n=len(results), rows=sum(r["rows"] for r in results))
@@ -351,7 +352,7 @@ class NetworkAuditLedger(models.Model):
             if not failure and heads:
                 failure, _newest = check_heads(
                     heads, public_key_from_text(rec.public_key), checker, rec.start_seq,
-                    start_hash, {h.seq for h in heads})
+                    start_hash, {(h.seq, h.row_hash) for h in heads})
             vals = {"verified_at": fields.Datetime.now()}
             if failure:
                 vals.update(verify_state="tampered", verify_seq=failure.seq,

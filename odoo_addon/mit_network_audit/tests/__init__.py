@@ -1,2 +1,3 @@
 # License LGPL-3.0 or later (https://www.gnu.org/licenses/lgpl.html).
 from . import test_readonly
+from . import test_ingest

@@ -1,0 +1,131 @@
+# License LGPL-3.0 or later (https://www.gnu.org/licenses/lgpl.html).
+import time
+
+from odoo.tests import tagged
+from odoo.tools import mute_logger
+
+from .common import LedgerCase, make_event
+
+HEAD_PARAM = "mit_network_audit.head."
+
+
+@tagged("post_install", "-at_install")
+class TestIngest(LedgerCase):
+    def test_incremental_ingest(self):
+        path, _head = self.write_ledger("host-a", [make_event(i) for i in range(5)])
+        self.assertEqual(list(self.Ledger._ingest_all().values()), [6])
+        rec = self.Ledger.search([("host_id", "=", "host-a")])
+        self.assertEqual((rec.last_seq, rec.ingest_state), (6, "ok"))
+        self.assertEqual(list(self.Ledger._ingest_all().values()), [0])  # nothing new
+        self.write_ledger("host-a", [make_event(i) for i in range(5, 8)])
+        self.assertEqual(list(self.Ledger._ingest_all().values()), [3])
+        rows = self.Log.search([("audit_ledger_id", "=", rec.id)], order="chain_seq")
+        self.assertEqual(rows.mapped("chain_seq"), list(range(1, 10)))
+        self.assertEqual(rows[0].method, "ledger_opened")
+        self.assertEqual(rows[3].host, "api.example.com")
+        self.assertEqual(rows[3].query_keys, "page")
+        self.assertEqual(rows[3].module, "sale")
+        for prev, row in zip(rows, rows[1:]):
+            self.assertEqual(row.prev_hash, prev.row_hash)
+
+    def test_several_hosts(self):
+        self.write_ledger("host-a", [make_event(1)])
+        self.write_ledger("host-b", [make_event(2, module="crm")])
+        self.Ledger._ingest_all()
+        self.assertEqual(sorted(self.Ledger.search([]).mapped("host_id")), ["host-a", "host-b"])
+        self.assertEqual(self.Log.search_count([("module", "=", "crm")]), 1)
+
+    @mute_logger("odoo.addons.mit_network_audit.models.network_audit_ledger")
+    def test_tampered_ledger_stops_at_bad_row(self):
+        path, _head = self.write_ledger("host-t", [make_event(i) for i in range(9)])
+        self.tamper(path, "UPDATE egress_log SET host = 'evil.example' WHERE chain_seq = 5")
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-t")])
+        self.assertEqual(rec.ingest_state, "broken")
+        self.assertEqual((rec.break_seq, rec.break_reason), (5, "hash_mismatch"))
+        self.assertEqual(rec.last_seq, 4)
+        self.assertEqual(self.Log.search_count([("audit_ledger_id", "=", rec.id)]), 4)
+        self.assertFalse(self.Log.search_count([("host", "=", "evil.example")]))
+
+    @mute_logger("odoo.addons.mit_network_audit.models.network_audit_ledger")
+    def test_deleted_row_is_a_gap(self):
+        path, _head = self.write_ledger("host-g", [make_event(i) for i in range(6)])
+        self.tamper(path, "DELETE FROM egress_log WHERE chain_seq = 3")
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-g")])
+        self.assertEqual((rec.ingest_state, rec.break_seq, rec.break_reason),
+                         ("broken", 3, "sequence_gap"))  # row 3 is the missing one
+
+    def test_verify_chain_valid_then_tampered_in_postgres(self):
+        self.write_ledger("host-v", [make_event(i) for i in range(6)], sign=True)
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-v")])
+        self.assertEqual(rec.head_seq, 7)  # ledger_opened + 6 calls; head_signed row is 8
+        [result] = rec._verify_pg()
+        self.assertTrue(result["valid"], result)
+        self.assertEqual((rec.verify_state, result["rows"]), ("valid", 8))
+        # Someone with database superuser rights edits a row behind the trigger's back.
+        cr = self.env.cr
+        cr.execute("ALTER TABLE network_egress_log DISABLE TRIGGER network_egress_log_guard")
+        cr.execute("UPDATE network_egress_log SET resp_bytes = 1 WHERE audit_ledger_id = %s "
+                   "AND chain_seq = 3", [rec.id])
+        cr.execute("ALTER TABLE network_egress_log ENABLE TRIGGER network_egress_log_guard")
+        self.Log.invalidate_model()
+        [result] = rec._verify_pg()
+        self.assertFalse(result["valid"])
+        self.assertEqual((result["seq"], result["reason"]), (3, "hash_mismatch"))
+        self.assertEqual((rec.verify_state, rec.verify_seq), ("tampered", 3))
+
+    def test_verify_chain_catches_deleted_tail(self):
+        self.write_ledger("host-d", [make_event(i) for i in range(4)])
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-d")])
+        cr = self.env.cr
+        cr.execute("ALTER TABLE network_egress_log DISABLE TRIGGER network_egress_log_guard")
+        cr.execute("DELETE FROM network_egress_log WHERE audit_ledger_id = %s AND chain_seq = 5",
+                   [rec.id])
+        cr.execute("ALTER TABLE network_egress_log ENABLE TRIGGER network_egress_log_guard")
+        [result] = rec._verify_pg()
+        self.assertEqual((result["valid"], result["seq"], result["reason"]), (False, 5, "truncation"))
+
+    def test_verify_chain_button_names_tampered_row(self):
+        self.write_ledger("host-n", [make_event(i) for i in range(3)])
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-n")])
+        cr = self.env.cr
+        cr.execute("ALTER TABLE network_egress_log DISABLE TRIGGER network_egress_log_guard")
+        cr.execute("UPDATE network_egress_log SET host = 'x' WHERE audit_ledger_id = %s "
+                   "AND chain_seq = 2", [rec.id])
+        cr.execute("ALTER TABLE network_egress_log ENABLE TRIGGER network_egress_log_guard")
+        action = self.Ledger.action_verify_all()
+        self.assertEqual(action["params"]["type"], "danger")
+        self.assertIn("host-n row 2", action["params"]["message"])
+
+    def test_sign_head_stores_checkpoint_outside_the_ledger(self):
+        text = self.Ledger.sign_own_head()
+        rec = self.Ledger.search([("is_own", "=", True)])
+        self.assertEqual(rec.head_checkpoint, text)
+        self.assertEqual(
+            self.env["ir.config_parameter"].sudo().get_param(HEAD_PARAM + rec.ledger_uuid), text)
+
+    def test_vacuum_never_at_or_after_signed_head(self):
+        old = time.time_ns() - 400 * 86400 * 10**9
+        self.write_ledger("host-old", [make_event(i, ts=old + i) for i in range(5)], sign=True,
+                          clock=lambda: old + 10)
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-old")])
+        head = rec.head_seq
+        deleted = self.Ledger.run_vacuum(retention_days=365)
+        self.assertEqual(deleted[rec.ledger_uuid], head - 1)
+        seqs = self.Log.search([("audit_ledger_id", "=", rec.id)]).mapped("chain_seq")
+        self.assertEqual(min(seqs), head)
+        self.assertEqual(rec.start_seq, head - 1)
+        [result] = rec._verify_pg()  # the remaining chain still verifies from the prune point
+        self.assertTrue(result["valid"], result)
+
+    def test_crons_run(self):
+        self.write_ledger("host-c", [make_event(1)])
+        for xmlid in ("ir_cron_ingest", "ir_cron_sign_head", "ir_cron_vacuum", "ir_cron_forensic_expire"):
+            cron = self.env.ref(f"mit_network_audit.{xmlid}")
+            cron.method_direct_trigger()
+        self.assertTrue(self.Ledger.search([("host_id", "=", "host-c")]).last_ingest)
