@@ -573,6 +573,9 @@ def check_unreadable(t: Tree) -> Iterator[Finding]:
                                   f"{bits:.2f} bits per symbol (bound {MAX_ENTROPY})")
 
 
+_ASCII_WHITESPACE = dict.fromkeys(map(ord, " \t\n\r\x0b\x0c"))
+
+
 def blob_entropy(value: str | bytes) -> float | None:
     """Shannon entropy (bits per symbol) of a literal's non-whitespace symbols, if it is a blob.
 
@@ -580,7 +583,7 @@ def blob_entropy(value: str | bytes) -> float | None:
     entropy overlaps base64's. Encoded payloads (base64, escaped bytes) are nearly free of it.
     """
     text = value.decode("latin-1") if isinstance(value, bytes) else value
-    dense = "".join(text.split())
+    dense = text.translate(_ASCII_WHITESPACE)
     if len(text) - len(dense) >= DENSE_WHITESPACE * len(text):
         return None
     counts = Counter(dense)

@@ -5,6 +5,7 @@ import base64
 import importlib.machinery
 import importlib.util
 import os
+import random
 import py_compile
 import sysconfig
 from pathlib import Path
@@ -191,13 +192,13 @@ def test_overlong_line_fails(plant_wheel):
 
 
 def test_base64_blob_literal_fails(plant_wheel):
-    code = _wrapped_literal(base64.b64encode(os.urandom(600)).decode())
+    code = _wrapped_literal(base64.b64encode(random.Random(1).randbytes(600)).decode())
     _assert_fails_only(run_gate(plant_wheel({"interceptor/planted.py": code})), "unreadable-source",
                        "interceptor/planted.py:2", "literal without whitespace of entropy")
 
 
 def test_random_bytes_literal_fails(plant_wheel):
-    blob = os.urandom(400)
+    blob = random.Random(2).randbytes(400)
     lines = [repr(blob[i:i + 16]) for i in range(0, len(blob), 16)]
     code = ("BLOB = (\n" + "\n".join(f"    {line}" for line in lines) + "\n)\n").encode()
     _assert_fails_only(run_gate(plant_wheel({"ledger/planted.py": code})), "unreadable-source",
@@ -215,5 +216,5 @@ def test_prose_sql_and_hex_literals_pass(plant_wheel):
              "hash, and a signed head kept outside the file catches truncation and rollback.\n") * 8
     sql = "CREATE TABLE IF NOT EXISTS t (a INTEGER NOT NULL, b BLOB NOT NULL) STRICT;\n" * 10
     code = (f'"""{prose}"""\n\nSQL = """\n{sql}"""\n'.encode()
-            + _wrapped_literal(os.urandom(300).hex()))
+            + _wrapped_literal(random.Random(3).randbytes(300).hex()))
     assert run_gate(plant_wheel({"verifier/planted.py": code})).rc == 0
