@@ -108,17 +108,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_run(args) -> int:
-    try:
-        from ledger.run import run
-    except ImportError:
-        from ledger.errors import LedgerError
+    from ledger.errors import LedgerError
 
-        raise LedgerError("`netaudit run` is not available in this build") from None
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
-        from ledger.errors import LedgerError
-
         raise LedgerError("nothing to run: use `netaudit run -- python app.py ARGS`")
+    from ledger.run import run
+
     return run(argv, ledger_path=args.ledger, key_dir=args.key_dir)
 
 

@@ -12,8 +12,10 @@ Reasons (Verdict.reason), each naming the first bad chain_seq:
   bad_signature   a signed head or prune anchor does not verify with the public key
   foreign_key     a head or anchor was signed by another key, or meta's key is not the given one
   head_mismatch   a signed head names a hash other than its row's: the chain was rewritten
-  truncation      a signed head lies beyond the last row: rows were deleted from the tail
-  rollback        an external head is newer than anything in the ledger: an older copy was restored
+  truncation      a signed head lies beyond the last row: rows were deleted from the tail (or an
+                  older copy was restored)
+  rollback        a head kept outside the ledger, which the ledger does not hold, disagrees with its
+                  row: an older copy was restored and then written on
 """
 from __future__ import annotations
 
@@ -95,7 +97,8 @@ class ChainChecker:
         for row in rows:
             seq, prev, stored = row[0], row[-2], row[-1]
             if seq != last_seq + 1:
-                fail = Failure(seq, "sequence_gap", f"row {seq} follows row {last_seq}: rows are missing or inserted")
+                fail = Failure(last_seq + 1, "sequence_gap",
+                               f"row {last_seq + 1} is missing: row {seq} follows row {last_seq} (rows deleted or inserted)")
                 break
             if type(prev) is not bytes or type(stored) is not bytes or len(stored) != HASH_LEN:
                 fail = Failure(seq, "bad_type", f"row {seq}: prev_hash/row_hash is not a {HASH_LEN}-byte blob")
@@ -123,12 +126,12 @@ class ChainChecker:
 
 
 def check_heads(heads: list[Checkpoint], public_key: bytes, checker: ChainChecker,
-                anchor_seq: int, anchor_hash: bytes, ledger_heads: set[int]) -> tuple[Failure | None, int | None]:
+                anchor_seq: int, anchor_hash: bytes, ledger_heads: set[tuple[int, bytes]]) -> tuple[Failure | None, int | None]:
     """Check signed heads against a fully fed checker. Returns (first failure, newest good head seq).
 
-    `ledger_heads` are the seqs of heads the ledger itself holds; an external head beyond the last
-    row that the ledger never held means an older copy was restored (rollback), otherwise rows
-    were cut from the tail (truncation).
+    `ledger_heads` are the (seq, row_hash) of the heads the ledger itself holds. A head that
+    disagrees with its row is a rewritten chain (head_mismatch) when the ledger holds it, and a
+    restored older copy that was then written on (rollback) when only an outside copy holds it.
     """
     newest = None
     for cp in sorted(heads, key=lambda c: c.seq):
@@ -138,19 +141,21 @@ def check_heads(heads: list[Checkpoint], public_key: bytes, checker: ChainChecke
             reason = "foreign_key" if cp.key_id != key_id(public_key) else "bad_signature"
             return Failure(cp.seq, reason, f"signed head at row {cp.seq} does not verify with the public key ({reason})"), newest
         if cp.seq > checker.last_seq:
-            if cp.seq in ledger_heads:
-                return Failure(checker.last_seq + 1, "truncation",
-                               f"signed head at row {cp.seq} is beyond the last row {checker.last_seq}: rows were deleted"), newest
-            return Failure(checker.last_seq + 1, "rollback",
-                           f"external head at row {cp.seq} is newer than this ledger (last row {checker.last_seq}): "
-                           "an older copy was restored or rows were deleted"), newest
+            return Failure(checker.last_seq + 1, "truncation",
+                           f"a signed head names row {cp.seq}, beyond the last row {checker.last_seq}: rows were "
+                           "deleted from the tail, or an older copy of the ledger was restored"), newest
         if cp.seq < anchor_seq:
             continue  # pruned, and covered by the anchor's own signature
         expected = anchor_hash if cp.seq == anchor_seq else checker.seen.get(cp.seq)
         if expected is None or not same_hash(expected, cp.row_hash):
-            return Failure(cp.seq, "head_mismatch",
-                           f"row {cp.seq}'s hash differs from its signed head: the chain was rewritten at or before row {cp.seq}"), newest
-        newest = cp.seq
+            if (cp.seq, cp.row_hash) in ledger_heads:
+                return Failure(cp.seq, "head_mismatch",
+                               f"row {cp.seq}'s hash differs from its signed head: the chain was rewritten at or before "
+                               f"row {cp.seq}"), newest
+            return Failure(cp.seq, "rollback",
+                           f"row {cp.seq}'s hash differs from a signed head kept outside the ledger, which the ledger "
+                           "does not hold: an older copy was restored and written on (or the chain was rewritten)"), newest
+        newest = cp.seq if newest is None else max(newest, cp.seq)
     return None, newest
 
 
@@ -282,7 +287,7 @@ def _verify(con, shown, pubkey, external, progress) -> Verdict:
     if checker.failure:
         f = checker.failure
         return Verdict(False, checker.rows, f.seq, f.reason, message=f.message, warnings=warnings)
-    failure, newest = check_heads(all_heads, key, checker, anchor_seq, anchor_hash, {h.seq for h in internal})
+    failure, newest = check_heads(all_heads, key, checker, anchor_seq, anchor_hash, {(h.seq, h.row_hash) for h in internal})
     if failure:
         return Verdict(False, checker.rows, failure.seq, failure.reason, newest, failure.message, warnings=warnings)
     if newest is None:
