@@ -20,11 +20,10 @@
         "views/network_audit_ledger_views.xml",
         "views/network_audit_declared_host_views.xml",
         "views/network_audit_forensic_views.xml",
-        "views/network_audit_report_views.xml",
+        "wizard/network_audit_report_views.xml",
         "views/res_config_settings_views.xml",
         "views/menus.xml",
     ],
     "post_load": "post_load",
-    "installable": True,
     "application": True,
 }

@@ -9,7 +9,6 @@ Events outside any database go to the server-level ledger "_server".
 import logging
 import threading
 
-from . import paths
 
 _logger = logging.getLogger(__name__)
 

@@ -3,5 +3,4 @@ from . import network_egress_log
 from . import network_audit_ledger
 from . import network_audit_declared_host
 from . import network_audit_forensic
-from . import network_audit_report
 from . import res_config_settings

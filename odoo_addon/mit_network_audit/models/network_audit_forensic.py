@@ -11,7 +11,7 @@ import datetime
 import hashlib
 import logging
 
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import AccessError, ValidationError
 
 _logger = logging.getLogger(__name__)
@@ -65,22 +65,22 @@ class NetworkAuditForensicSession(models.Model):
             if rec.ended_at:
                 continue
             if rec.expires_at <= rec.started_at:
-                raise ValidationError(_("The expiry must be after the start."))
+                raise ValidationError(self.env._("The expiry must be after the start."))
             if rec.expires_at - rec.started_at > datetime.timedelta(hours=MAX_HOURS):
-                raise ValidationError(_("Forensic mode lasts at most %s hours.", MAX_HOURS))
+                raise ValidationError(self.env._("Forensic mode lasts at most %s hours.", MAX_HOURS))
 
     def _check_officer(self):
         if not self.env.user.has_group("mit_network_audit.group_officer"):
-            raise AccessError(_("Only an Audit Officer can turn forensic mode on or off."))
+            raise AccessError(self.env._("Only an Audit Officer can turn forensic mode on or off."))
 
     @api.model_create_multi
     def create(self, vals_list):
         self._check_officer()
         if self.sudo().search_count([("active_session", "=", True)]):
-            raise ValidationError(_("Forensic mode is already on."))
+            raise ValidationError(self.env._("Forensic mode is already on."))
         for vals in vals_list:
             if not (vals.get("reason") or "").strip():
-                raise ValidationError(_("A reason is mandatory to turn forensic mode on."))
+                raise ValidationError(self.env._("A reason is mandatory to turn forensic mode on."))
             vals["user_id"] = self.env.uid  # never someone else's name
         sessions = super().create(vals_list)
         for rec in sessions:
@@ -91,7 +91,7 @@ class NetworkAuditForensicSession(models.Model):
 
     def write(self, vals):
         if set(vals) - {"ended_at"} and not self.env.su:
-            raise AccessError(_("A forensic session cannot be edited; turn it off instead."))
+            raise AccessError(self.env._("A forensic session cannot be edited; turn it off instead."))
         return super().write(vals)
 
     def action_turn_off(self):
@@ -157,5 +157,5 @@ class NetworkAuditForensicBody(models.Model):
         """Decrypt one body (Audit Officers only)."""
         self.ensure_one()
         if not self.env.user.has_group("mit_network_audit.group_officer"):
-            raise AccessError(_("Only an Audit Officer can read forensic bodies."))
+            raise AccessError(self.env._("Only an Audit Officer can read forensic bodies."))
         return self._fernet().decrypt(base64.b64decode(self.sudo().ciphertext))

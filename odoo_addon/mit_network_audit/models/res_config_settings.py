@@ -1,6 +1,6 @@
 # License LGPL-3.0 or later (https://www.gnu.org/licenses/lgpl.html).
 """Settings → Network Audit: retention, ledger folders, declared hosts, forensic mode."""
-from odoo import _, fields, models
+from odoo import fields, models
 
 
 class ResConfigSettings(models.TransientModel):
@@ -21,8 +21,8 @@ class ResConfigSettings(models.TransientModel):
 
     def _compute_netaudit_forensic_chip(self):
         session = self.env["network.audit.forensic.session"].current()
-        chip = (_("on until %(t)s, by %(who)s: %(why)s", t=session.expires_at,
-                  who=session.user_id.name, why=session.reason) if session else _("off"))
+        chip = (self.env._("on until %(t)s, by %(who)s: %(why)s", t=session.expires_at,
+                  who=session.user_id.name, why=session.reason) if session else self.env._("off"))
         for rec in self:
             rec.netaudit_forensic_chip = chip
 

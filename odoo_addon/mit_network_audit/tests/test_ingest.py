@@ -12,7 +12,7 @@ HEAD_PARAM = "mit_network_audit.head."
 @tagged("post_install", "-at_install")
 class TestIngest(LedgerCase):
     def test_incremental_ingest(self):
-        path, _head = self.write_ledger("host-a", [make_event(i) for i in range(5)])
+        self.write_ledger("host-a", [make_event(i) for i in range(5)])
         self.assertEqual(list(self.Ledger._ingest_all().values()), [6])
         rec = self.Ledger.search([("host_id", "=", "host-a")])
         self.assertEqual((rec.last_seq, rec.ingest_state), (6, "ok"))

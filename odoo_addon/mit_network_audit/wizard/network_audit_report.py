@@ -9,7 +9,7 @@ events were dropped, or no signed head is recent; Trusted otherwise.
 import datetime
 import re
 
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 
 SELF_MODULE = "mit_network_audit"
 HEAD_MAX_AGE = datetime.timedelta(hours=48)
@@ -51,7 +51,7 @@ class NetworkAuditReport(models.TransientModel):
         report.compute_report()
         return {
             "type": "ir.actions.act_window", "res_model": self._name, "res_id": report.id,
-            "view_mode": "form", "target": "current", "name": _("Trust Report"),
+            "view_mode": "form", "target": "current", "name": self.env._("Trust Report"),
         }
 
     def action_refresh(self):
@@ -66,7 +66,7 @@ class NetworkAuditReport(models.TransientModel):
         and covers every row, whatever the reader's record rules)."""
         self.ensure_one()
         env = self.sudo().env
-        ledgers = env["network.audit.ledger"].search([])
+        ledgers = env["network.audit.ledger"].search([])  # pylint: disable=no-search-all
         now = fields.Datetime.now()
 
         broken = ledgers.filtered(lambda r: r.ingest_state == "broken" or r.verify_state == "tampered")
@@ -74,22 +74,22 @@ class NetworkAuditReport(models.TransientModel):
             b = broken[0]
             seq = b.verify_seq if b.verify_state == "tampered" else b.break_seq
             reason = b.verify_reason if b.verify_state == "tampered" else b.break_reason
-            chain = _("broken at host %(host)s row %(seq)s (%(reason)s)",
+            chain = self.env._("broken at host %(host)s row %(seq)s (%(reason)s)",
                       host=b.host_id, seq=seq, reason=reason)
         elif ledgers and all(r.verify_state == "valid" for r in ledgers):
-            chain = _("verified at %s", min(ledgers.mapped("verified_at")))
+            chain = self.env._("verified at %s", min(ledgers.mapped("verified_at")))
         else:
-            chain = _("not verified yet")
+            chain = self.env._("not verified yet")
 
         signed = ledgers.filtered("head_signed_at")
         if signed:
             newest = max(signed, key=lambda r: r.head_signed_at)
             age = now - newest.head_signed_at
-            head = _("row %(seq)s, %(hours)s h ago", seq=newest.head_seq,
+            head = self.env._("row %(seq)s, %(hours)s h ago", seq=newest.head_seq,
                      hours=int(age.total_seconds() // 3600))
             head_ok = age <= HEAD_MAX_AGE
         else:
-            head, head_ok = _("never signed"), False
+            head, head_ok = self.env._("never signed"), False
 
         cr = env.cr
         cr.execute("SELECT count(*) FROM network_egress_log WHERE self_egress")
@@ -102,14 +102,14 @@ class NetworkAuditReport(models.TransientModel):
 
         session = env["network.audit.forensic.session"].current()
         if session:
-            forensic = _("on until %(t)s, by %(who)s: %(why)s", t=session.expires_at,
+            forensic = self.env._("on until %(t)s, by %(who)s: %(why)s", t=session.expires_at,
                          who=session.user_id.name, why=session.reason)
         else:
-            forensic = _("off")
+            forensic = self.env._("off")
 
         last_ingest = max(ledgers.filtered("last_ingest").mapped("last_ingest"), default=False)
-        hosts = _("%(n)s ledger(s), last ingest %(t)s", n=len(ledgers),
-                  t=last_ingest or _("never"))
+        hosts = self.env._("%(n)s ledger(s), last ingest %(t)s", n=len(ledgers),
+                  t=last_ingest or self.env._("never"))
 
         lines = self._module_lines(broken)
         alarm = bool(self_egress or broken or any(v["verdict"] == "alarm" for v in lines))
@@ -190,5 +190,5 @@ class NetworkAuditReportLine(models.TransientModel):
             "mit_network_audit.action_network_egress_log")
         action["domain"] = [("module", "=", self.module)]
         action["context"] = {}
-        action["name"] = _("Egress of %s", self.module)
+        action["name"] = self.env._("Egress of %s", self.module)
         return action
