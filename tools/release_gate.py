@@ -203,6 +203,8 @@ class Tree:
     label: str                        # the artifact's file name or the source directory
     files: dict[str, bytes]
     _ast: dict[str, ast.Module | SyntaxError] = field(default_factory=dict, repr=False)
+    _nodes: dict[str, list[ast.AST]] = field(default_factory=dict, repr=False)
+    _aliases: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     def where(self, path: str, line: int | None = None) -> str:
         return f"{self.label}:{path}" + (f":{line}" if line else "")
@@ -214,6 +216,17 @@ class Tree:
                 tree = self.parse(path)
                 if isinstance(tree, ast.Module):
                     yield path, tree
+
+    def nodes(self, path: str) -> list[ast.AST]:
+        """Every node of a parsed file, walked once and kept (the rules walk them many times)."""
+        if path not in self._nodes:
+            self._nodes[path] = list(ast.walk(self.parse(path)))
+        return self._nodes[path]
+
+    def aliases(self, path: str) -> dict[str, str]:
+        if path not in self._aliases:
+            self._aliases[path] = import_aliases(self.nodes(path))
+        return self._aliases[path]
 
     def parse(self, path: str) -> ast.Module | SyntaxError:
         if path not in self._ast:
@@ -290,10 +303,10 @@ def load_source(directory: str) -> Tree:
 
 # === Name resolution shared by the AST rules ====================================================
 
-def import_aliases(tree: ast.Module) -> dict[str, str]:
+def import_aliases(nodes: Iterable[ast.AST]) -> dict[str, str]:
     """Local name -> dotted name it stands for, from every import in the module."""
     aliases: dict[str, str] = {}
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.asname:
@@ -336,11 +349,11 @@ def _module_package(path: str) -> list[str]:
     return list(parts[:-1])
 
 
-def imports_of(path: str, tree: ast.Module) -> Iterator[tuple[int, str | None]]:
+def imports_of(t: Tree, path: str) -> Iterator[tuple[int, str | None]]:
     """(line, dotted module name) for every import; None for an import whose name is computed."""
-    aliases = import_aliases(tree)
+    aliases = t.aliases(path)
     package = _module_package(path)
-    for node in ast.walk(tree):
+    for node in t.nodes(path):
         if isinstance(node, ast.Import):
             for a in node.names:
                 yield node.lineno, a.name
@@ -464,10 +477,9 @@ def _is_documentation(path: str) -> bool:
 
 
 def _obfuscator_names(t: Tree, path: str) -> Iterator[Finding]:
-    tree = t.parse(path)
-    if not isinstance(tree, ast.Module):
+    if not isinstance(t.parse(path), ast.Module):
         return
-    for node in ast.walk(tree):
+    for node in t.nodes(path):
         names: list[str] = []
         if isinstance(node, ast.Name):
             names = [node.id]
@@ -492,8 +504,11 @@ def check_code_from_data(t: Tree) -> Iterator[Finding]:
             yield Finding("code-from-data", t.where(path),
                           ".pth file: its import lines run at every interpreter start")
     for path, tree in t.python():
-        aliases = import_aliases(tree)
-        for scope in [tree] + [n for n in ast.walk(tree)
+        aliases = t.aliases(path)
+        calls = {qualified_name(n.func, aliases) for n in t.nodes(path) if isinstance(n, ast.Call)}
+        if not calls & (CODE_BUILDERS | BANNED_CALLS.keys()):
+            continue  # cheap exit: nothing here builds code
+        for scope in [tree] + [n for n in t.nodes(path)
                                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
             yield from _code_from_data_in_scope(t, path, scope, aliases)
 
@@ -562,8 +577,8 @@ def check_unreadable(t: Tree) -> Iterator[Finding]:
                     yield Finding("unreadable-source", t.where(path, lineno),
                                   f"line of {len(line)} characters (bound {MAX_LINE})")
                     break
-    for path, tree in t.python():
-        for node in ast.walk(tree):
+    for path, _ in t.python():
+        for node in t.nodes(path):
             if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) \
                     and len(node.value) >= LONG_LITERAL:
                 bits = blob_entropy(node.value)
@@ -600,7 +615,7 @@ def check_core_no_odoo(t: Tree) -> Iterator[Finding]:
     for path, tree in t.python():
         if not _core_package(path):
             continue
-        for line, name in imports_of(path, tree):
+        for line, name in imports_of(t, path):
             if name is None:
                 yield Finding("core-no-odoo", t.where(path, line),
                               "import with a computed module name: cannot be shown Odoo-free")
@@ -613,7 +628,7 @@ def check_layering(t: Tree) -> Iterator[Finding]:
         pkg = _core_package(path)
         if not pkg:
             continue
-        for line, name in imports_of(path, tree):
+        for line, name in imports_of(t, path):
             if name is None:
                 continue  # reported by core-no-odoo
             top = name.split(".")[0]
@@ -647,7 +662,7 @@ def check_self_egress(t: Tree, wrappers: Iterable[tuple[str, str]] = EGRESS_WRAP
     for path, tree in t.python():
         if not _egress_scope(path):
             continue
-        aliases = import_aliases(tree)
+        aliases = t.aliases(path)
         enclosing, seen_functions[path] = function_map(tree)
         for call, funcs in enclosing.items():
             reason = _egress_reason(call, aliases)
