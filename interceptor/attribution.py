@@ -1,0 +1,138 @@
+"""Attribution: which module made a call, by walking the stack outward from the audited call.
+
+Frames of the interceptor's capture code, of the standard library and of third-party libraries
+are skipped. The first remaining frame names the caller:
+- `odoo.addons.<name>...` gives module `<name>` and the `author` of that addon's `__manifest__.py`,
+  read once with `ast.literal_eval` and cached (the addon is never imported);
+- our own packages (interceptor, ledger, verifier, mit_network_audit) give `self_egress=True`;
+- anything else gives the user's top-level package (a script run as `__main__`: its file's stem).
+`call_site` is "module.path:line:function" of that frame.
+
+Frames are classified by their module's `__name__` (from `f_globals`, which costs no audit event,
+unlike `f_code`), and each module is classified once.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import site
+import sys
+import sysconfig
+
+# The interceptor modules whose frames sit between the caller and the audited library.
+CAPTURE_MODULES = frozenset({
+    "interceptor", "interceptor.capture", "interceptor.http_wrappers", "interceptor.mail_wrappers",
+    "interceptor.socket_hooks", "interceptor.wsgi", "interceptor.guard",
+})
+OUR_PACKAGES = frozenset({"interceptor", "ledger", "verifier", "mit_network_audit"})
+ODOO_ADDONS = "odoo.addons."
+UNATTRIBUTED = ("", "", "", False)
+
+_SKIP = None
+_MISSING = object()
+
+
+def library_prefixes() -> tuple[str, ...]:
+    """Folders whose code is the standard library or an installed third-party library."""
+    paths = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            paths.add(os.path.realpath(p))
+    try:
+        paths.update(os.path.realpath(p) for p in site.getsitepackages())
+    except Exception:  # some embedded interpreters lack it
+        pass
+    paths.add(os.path.realpath(os.path.dirname(os.__file__)))
+    return tuple(sorted(p.rstrip(os.sep) + os.sep for p in paths))
+
+
+def read_author(manifest_path: str) -> str:
+    """The `author` of an Odoo manifest, parsed as a literal; "" when absent or unreadable."""
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            data = ast.literal_eval(f.read())
+    except (OSError, ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+        return ""
+    author = data.get("author", "") if isinstance(data, dict) else ""
+    if isinstance(author, (list, tuple)):
+        author = ", ".join(str(a) for a in author)
+    return str(author)[:256]
+
+
+class StackAttribution:
+    """The default attribution: `attribution(frame) -> (module, author, call_site, self_egress)`."""
+
+    def __init__(self, library_dirs: tuple[str, ...] | None = None):
+        self._libs = library_prefixes() if library_dirs is None else library_dirs
+        self._modules: dict[str | None, tuple | None] = {}
+        self._authors: dict[str, str] = {}
+
+    def __call__(self, frame) -> tuple[str, str, str, bool]:
+        modules = self._modules
+        f = frame
+        while f is not None:
+            g = f.f_globals
+            name = g.get("__name__")
+            info = modules.get(name, _MISSING)
+            if info is _MISSING:
+                info = modules[name] = self._classify(name, g)
+            if info is not _SKIP:
+                module, author, label, self_egress = info
+                return module, author, f"{label}:{f.f_lineno}:{f.f_code.co_name}", self_egress
+            f = f.f_back
+        return UNATTRIBUTED
+
+    # ---- classifying a module, once -------------------------------------------------------------
+
+    def _classify(self, name, g) -> tuple | None:
+        if not isinstance(name, str) or name in CAPTURE_MODULES:
+            return _SKIP
+        parts = name.split(".")
+        top = parts[0]
+        if name.startswith(ODOO_ADDONS) and len(parts) >= 3:
+            addon = parts[2]
+            if addon in OUR_PACKAGES:
+                return (addon, "", name, True)
+            return (addon, self._author(addon, g.get("__file__")), name, False)
+        if top == "odoo":
+            return _SKIP  # the framework itself: keep walking to the addon that asked
+        if top in OUR_PACKAGES:
+            return (top, "", name, True)
+        file = g.get("__file__")
+        if not file:
+            if name == "__main__":  # interactive or -c
+                return ("__main__", "", "__main__", False)
+            return _SKIP  # built-in or frozen
+        if file.startswith("<"):
+            return ("__main__", "", "__main__", False) if name == "__main__" else _SKIP
+        if self._is_library(file):
+            return _SKIP
+        if name == "__main__":
+            stem = os.path.splitext(os.path.basename(file))[0]
+            return (stem, "", stem, False)
+        return (top, "", name, False)
+
+    def _is_library(self, file: str) -> bool:
+        path = os.path.realpath(file)
+        if f"{os.sep}site-packages{os.sep}" in path or f"{os.sep}dist-packages{os.sep}" in path:
+            return True
+        return path.startswith(self._libs)
+
+    def _author(self, addon: str, file: str | None) -> str:
+        author = self._authors.get(addon)
+        if author is None:
+            author = ""
+            d = os.path.dirname(os.path.abspath(file)) if file else ""
+            for _ in range(12):
+                if not d:
+                    break
+                if os.path.basename(d) == addon and os.path.isfile(os.path.join(d, "__manifest__.py")):
+                    author = read_author(os.path.join(d, "__manifest__.py"))
+                    break
+                parent = os.path.dirname(d)
+                if parent == d:
+                    break
+                d = parent
+            self._authors[addon] = author
+        return author

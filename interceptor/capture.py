@@ -1,0 +1,166 @@
+"""Shared capture state and the record the wrappers fill on the caller's thread.
+
+A `Record` holds raw, already-redacted metadata (names only, never values) plus a running
+SHA-256 of the request payload. The writer thread turns it into a `NetEvent`, applying the
+ledger's salt (`fingerprint`), so nothing secret and nothing slow runs on the audited thread.
+
+The thread-local claim (`TLS.busy`) is the suppress context: while a wrapper runs the audited
+call, every lower layer on that thread (a nested wrapper, the socket hooks) stays silent, so one
+call is one event.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+from hashlib import sha256
+
+from interceptor.event import EGRESS, NetEvent
+from interceptor.guard import GUARD
+from interceptor.redact import clean_name, clean_names, clean_path
+
+FINGERPRINT_HEX = 32  # 128 bits
+
+class _Claim(threading.local):
+    busy = False  # True while a wrapper runs the audited call on this thread
+
+
+TLS = _Claim()
+
+
+class State:
+    """What install() set up; one per process."""
+
+    __slots__ = ("sink", "attribution", "pid", "installed", "enabled")
+
+    def __init__(self) -> None:
+        self.sink = None
+        self.attribution = None
+        self.pid = os.getpid()
+        self.installed = False
+        self.enabled = True
+
+
+STATE = State()
+
+
+def _after_fork_in_child() -> None:
+    STATE.pid = os.getpid()
+    TLS.busy = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Record:
+    """One call's metadata while it is in flight (caller's thread) and queued (writer's)."""
+
+    __slots__ = ("ts", "t0", "duration_ms", "direction", "channel", "protocol", "method", "host",
+                 "url_path", "query_keys", "src_ip", "src_port", "dst_ip", "dst_port", "status",
+                 "error", "req_bytes", "resp_bytes", "header_names", "hasher", "module", "author",
+                 "call_site", "pid", "self_egress", "done")
+
+    def __init__(self, channel: str, protocol: str, method: str, host: str, port: int) -> None:
+        self.ts = time.time_ns()
+        self.t0 = time.perf_counter_ns()
+        self.duration_ms = 0.0
+        self.direction = EGRESS
+        self.channel = channel
+        self.protocol = protocol
+        self.method = method
+        self.host = host
+        self.url_path = ""
+        self.query_keys = ()
+        self.src_ip = ""
+        self.src_port = 0
+        self.dst_ip = ""
+        self.dst_port = port or 0
+        self.status = ""
+        self.error = ""
+        self.req_bytes = 0
+        self.resp_bytes = 0
+        self.header_names = None
+        self.hasher = None
+        self.module = ""
+        self.author = ""
+        self.call_site = ""
+        self.pid = STATE.pid
+        self.self_egress = False
+        self.done = False
+
+    def hash_payload(self, data) -> None:
+        """Feed payload bytes to the running digest as they are sent (never kept)."""
+        h = self.hasher
+        if h is None:
+            h = self.hasher = sha256()
+        h.update(data)
+        self.req_bytes += len(data)
+
+    def to_event(self, salt: bytes | None) -> NetEvent:
+        """Writer thread: the final NetEvent. The salt turns the payload digest into the fingerprint."""
+        fp = ""
+        if self.hasher is not None and salt:
+            fp = hmac.new(salt, self.hasher.digest(), sha256).hexdigest()[:FINGERPRINT_HEX]
+        addr = lambda a: a if isinstance(a, str) else ""
+        return NetEvent(
+            ts=self.ts, duration_ms=float(self.duration_ms), direction=self.direction,
+            channel=self.channel, protocol=self.protocol, method=clean_name(self.method),
+            host=clean_name(self.host or ""), url_path=clean_path(self.url_path or ""),
+            query_keys=clean_names(self.query_keys, unquote=True), src_ip=addr(self.src_ip),
+            src_port=int(self.src_port or 0), dst_ip=addr(self.dst_ip), dst_port=int(self.dst_port or 0),
+            status=str(self.status), error=self.error, req_bytes=int(self.req_bytes),
+            resp_bytes=int(self.resp_bytes or 0), header_names=clean_names(self.header_names or ()),
+            fingerprint=fp, module=self.module, author=self.author, call_site=self.call_site,
+            pid=self.pid, self_egress=bool(self.self_egress))
+
+
+def begin(channel: str, protocol: str, method: str, host: str, port: int, frame) -> Record:
+    """Start a record and attribute it to the frame's caller. Raises on fault: callers guard it."""
+    rec = Record(channel, protocol, method, host, port)
+    attribution = STATE.attribution
+    if attribution is not None:
+        rec.module, rec.author, rec.call_site, rec.self_egress = attribution(frame)
+    return rec
+
+
+def emit(rec: Record, sink=None) -> None:
+    """Close the record's timing and hand it to the sink (default: the installed one). Never raises."""
+    try:
+        if rec.done:
+            return
+        rec.done = True
+        rec.duration_ms = (time.perf_counter_ns() - rec.t0) / 1e6
+        (sink or STATE.sink).submit(rec)
+    except Exception as exc:
+        GUARD.fault("record", exc, rec.ts)
+
+
+def fail(rec: Record, exc: BaseException, sink=None) -> None:
+    """The audited call raised: note its exception class and emit. Never raises."""
+    try:
+        if not rec.done:
+            rec.error = type(exc).__name__
+            status = getattr(exc, "smtp_code", None) or getattr(exc, "code", None)
+            if isinstance(status, int) and not rec.status:
+                rec.status = str(status)
+    except Exception as fault:
+        GUARD.fault("capture", fault, rec.ts)
+    emit(rec, sink)
+
+
+def peer(rec: Record, sock) -> None:
+    """Fill addresses from a connected socket (two cheap syscalls; callers cache per socket)."""
+    try:
+        dst = sock.getpeername()
+        src = sock.getsockname()
+    except (OSError, AttributeError):
+        return
+    if isinstance(dst, tuple):
+        rec.dst_ip, rec.dst_port = dst[0], dst[1]
+    if isinstance(src, tuple):
+        rec.src_ip, rec.src_port = src[0], src[1]
+
+
+def missed(step: str, exc: BaseException) -> None:
+    GUARD.fault(step, exc)

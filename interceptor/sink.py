@@ -1,0 +1,244 @@
+"""The sink: a bounded queue and one writer thread per process, batched, fail-open.
+
+`Sink(writer)` is generic over a writer object with
+    write_batch(events: list[NetEvent]) -> None
+    write_gap(dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None
+and optionally `salt` (bytes, for payload fingerprints; may open storage lazily and raise),
+`after_fork()` and `close()`.
+
+The audited thread only appends to a deque. When the queue is full, or the writer raises, the
+events are dropped and counted (with the first and last timestamp and the reasons); the writer
+writes one gap row for them as soon as writing works again. After `os.fork` the child gets a fresh
+queue and writer thread; the queue is flushed at exit.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from collections import deque
+
+from interceptor.capture import Record
+
+DEFAULT_MAXSIZE = 10_000
+DEFAULT_BATCH = 512
+LINGER_S = 0.02          # the writer waits this long after waking, to batch the events behind it
+IDLE_WAIT_S = 0.5        # safety net for a lost wake-up
+MAX_BACKOFF_S = 1.0
+QUEUE_FULL = "QueueFull"
+
+_SINKS: "weakref.WeakSet[Sink]" = weakref.WeakSet()
+
+
+class Sink:
+    def __init__(self, writer, maxsize: int = DEFAULT_MAXSIZE, batch_size: int = DEFAULT_BATCH,
+                 linger_s: float = LINGER_S):
+        self.writer = writer
+        self.maxsize = maxsize
+        self.batch_size = batch_size
+        self.linger_s = linger_s
+        self.written = 0          # events handed to write_batch successfully
+        self.dropped_total = 0    # events ever dropped (overflow, writer fault, capture fault)
+        self.gaps_written = 0
+        self.write_faults = 0
+        self.last_fault = ""
+        self._arm()
+        _SINKS.add(self)
+
+    def _arm(self) -> None:
+        """Fresh queue, lock, wake-up and gap counters (at start, and in a forked child)."""
+        self._q: deque[Record] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._busy = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._gap_n = 0
+        self._gap_t1 = 0
+        self._gap_t2 = 0
+        self._gap_reasons: set[str] = set()
+
+    # ---- the audited thread's side: cheap -----------------------------------------------------
+
+    def submit(self, rec: Record) -> None:
+        q = self._q
+        if len(q) >= self.maxsize:
+            self.miss(rec.ts, QUEUE_FULL)
+            return
+        q.append(rec)
+        if self._thread is None:
+            self._start()
+        if self._sleeping:
+            self._wake.set()
+
+    def miss(self, ts: int, reason: str, n: int = 1, until: int = 0) -> None:
+        """Count events that will never be written; they come back as one gap row."""
+        with self._lock:
+            if self._gap_n == 0 or ts < self._gap_t1:
+                self._gap_t1 = ts
+            self._gap_t2 = max(self._gap_t2, until or ts, ts)
+            self._gap_n += n
+            self._gap_reasons.add(reason)
+            self.dropped_total += n
+        if self._thread is None:
+            self._start()
+
+    @property
+    def pending(self) -> int:
+        return len(self._q)
+
+    @property
+    def pending_gap(self) -> int:
+        return self._gap_n
+
+    # ---- the writer thread --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            t = threading.Thread(target=self._run, name="netaudit-writer", daemon=True)
+            self._thread = t
+        t.start()
+
+    def _run(self) -> None:
+        q = self._q
+        backoff = 0.0
+        while True:
+            if not q and not (self._gap_n and backoff == 0.0):
+                if self._stop:
+                    return
+                self._sleeping = True
+                if not q:
+                    self._wake.wait(IDLE_WAIT_S)
+                    self._wake.clear()
+                self._sleeping = False
+                if self._gap_n and not q:
+                    backoff = 0.0  # try to write the pending gap row alone
+                if self.linger_s and q and len(q) < self.batch_size:
+                    time.sleep(self.linger_s)
+                continue
+            self._busy = True
+            batch = []
+            try:
+                for _ in range(min(len(q), self.batch_size)):
+                    batch.append(q.popleft())
+                ok = self._write(batch)
+            finally:
+                self._busy = False
+            if ok:
+                backoff = 0.0
+            else:
+                backoff = min(MAX_BACKOFF_S, backoff * 2 or 0.05)
+                self._wake.wait(backoff)
+                self._wake.clear()
+
+    def _write(self, batch: list[Record]) -> bool:
+        """Write the pending gap row, then the batch. On a fault, drop and count the batch."""
+        writer = self.writer
+        try:
+            salt = getattr(writer, "salt", None) if batch else None
+            events = [r.to_event(salt) for r in batch]
+            if self._gap_n:
+                with self._lock:
+                    n, t1, t2 = self._gap_n, self._gap_t1, self._gap_t2
+                    reason = ",".join(sorted(self._gap_reasons))
+                writer.write_gap(n, t1, t2, reason)
+                with self._lock:
+                    self._gap_n -= n
+                    if self._gap_n == 0:
+                        self._gap_t1 = self._gap_t2 = 0
+                        self._gap_reasons = set()
+                self.gaps_written += 1
+            if events:
+                writer.write_batch(events)
+                self.written += len(events)
+            return True
+        except Exception as exc:
+            self.write_faults += 1
+            self.last_fault = type(exc).__name__
+            if batch:
+                self.miss(batch[0].ts, type(exc).__name__, n=len(batch), until=batch[-1].ts)
+            return False
+
+    # ---- flush, exit, fork --------------------------------------------------------------------
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued event (and a pending gap row) was handed to the writer."""
+        deadline = time.monotonic() + timeout
+        if (self._q or self._gap_n) and self._thread is None:
+            self._start()
+        while (self._q or self._busy or self._gap_n) and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.002)
+        return not (self._q or self._busy or self._gap_n)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        self._stop = True
+        self._wake.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+        close = getattr(self.writer, "close", None)
+        if close is not None and not self._busy:
+            try:
+                close()
+            except Exception:
+                pass
+
+    def _after_fork_in_child(self) -> None:
+        self._arm()  # the parent's queued events are the parent's to write
+        after_fork = getattr(self.writer, "after_fork", None)
+        if after_fork is not None:
+            try:
+                after_fork()
+            except Exception:
+                pass
+
+
+class MemoryWriter:
+    """A writer that keeps events in a list (tests, embedding). `salt` enables fingerprints."""
+
+    def __init__(self, salt: bytes | None = b"netaudit-memory-writer-salt"):
+        self.salt = salt
+        self.events = []
+        self.gaps: list[tuple[int, int, int, str]] = []
+
+    def write_batch(self, events) -> None:
+        self.events.extend(events)
+
+    def write_gap(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None:
+        self.gaps.append((dropped, t1_ns, t2_ns, reason))
+
+
+class NullWriter:
+    """Discards events (install() without a sink)."""
+
+    salt = None
+
+    def write_batch(self, events) -> None:
+        pass
+
+    def write_gap(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None:
+        pass
+
+
+def _after_fork_in_child() -> None:
+    for sink in list(_SINKS):
+        sink._after_fork_in_child()
+
+
+def _flush_all_at_exit() -> None:
+    for sink in list(_SINKS):
+        try:
+            sink.flush(timeout=5.0)
+        except Exception:
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_all_at_exit)

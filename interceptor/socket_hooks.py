@@ -1,0 +1,213 @@
+"""The socket layer: every connection and datagram a Python process makes, raw sockets included.
+
+- `socket.socket.connect` / `connect_ex` and `socket.create_connection` are wrapped, so a raw
+  connection is one event with its outcome (a refused connection is an event too);
+- a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, UDP
+  `sendto`/`sendmsg`, name lookups through `getaddrinfo` and friends).
+Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
+connection that a protocol wrapper describes is not recorded a second time here.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+
+from interceptor.capture import GUARD, STATE, TLS, begin, emit, fail, peer
+
+MARK = "_netaudit_wrapped"
+_orig: dict[str, object] = {}
+_hook_added = False
+
+
+def _protocol(sock) -> str:
+    if type(sock).__name__ == "SSLSocket":
+        return "tls"
+    try:
+        kind = sock.type
+    except Exception:
+        return "tcp"
+    return "udp" if kind == socket.SOCK_DGRAM else "tcp"
+
+
+def _begin_socket(sock, address, method, frame):
+    rec = begin("socket", _protocol(sock), method, str(address[0]), address[1], frame)
+    rec.dst_ip = _ip_literal(address[0])
+    return rec
+
+
+def _ip_literal(host) -> str:
+    if not isinstance(host, str):
+        return ""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return host
+        except (OSError, ValueError):
+            pass
+    return ""
+
+
+def _inet(address) -> bool:
+    """An (host, port, ...) address: AF_UNIX paths and other families are not network egress."""
+    return type(address) is tuple and len(address) >= 2 and isinstance(address[1], int)
+
+
+def _finish_connect(rec, sock) -> None:
+    try:
+        peer(rec, sock)
+    except Exception as exc:
+        GUARD.fault("capture", exc, rec.ts)
+    emit(rec)
+
+
+def socket_connect_wrapper(self, address):
+    """Wraps socket.socket.connect: one event per connection attempt, with its outcome."""
+    if TLS.busy or not _inet(address):
+        return _orig["connect"](self, address)
+    rec = None
+    try:
+        rec = _begin_socket(self, address, "connect", sys._getframe(1))
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+    TLS.busy = True
+    try:
+        result = _orig["connect"](self, address)
+    except BaseException as exc:
+        if rec is not None:
+            if isinstance(exc, BlockingIOError):
+                rec.status = "in_progress"  # a non-blocking connect: not a failure
+                emit(rec)
+            else:
+                fail(rec, exc)
+        raise
+    finally:
+        TLS.busy = False
+    if rec is not None:
+        _finish_connect(rec, self)
+    return result
+
+
+def socket_connect_ex_wrapper(self, address):
+    """Wraps socket.socket.connect_ex: like connect, the error is the returned errno's name."""
+    if TLS.busy or not _inet(address):
+        return _orig["connect_ex"](self, address)
+    rec = None
+    try:
+        rec = _begin_socket(self, address, "connect", sys._getframe(1))
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+    TLS.busy = True
+    try:
+        result = _orig["connect_ex"](self, address)
+    except BaseException as exc:
+        if rec is not None:
+            fail(rec, exc)
+        raise
+    finally:
+        TLS.busy = False
+    if rec is not None:
+        try:
+            if result in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+                rec.status = "in_progress"
+            elif result:
+                rec.error = errno.errorcode.get(result, str(result))
+        except Exception as exc:
+            GUARD.fault("capture", exc, rec.ts)
+        _finish_connect(rec, self)
+    return result
+
+
+def socket_create_connection_wrapper(address, *args, **kwargs):
+    """Wraps socket.create_connection: name lookup plus connect, one event for the host asked."""
+    if TLS.busy or not _inet(address):
+        return _orig["create_connection"](address, *args, **kwargs)
+    rec = None
+    try:
+        rec = begin("socket", "tcp", "connect", str(address[0]), address[1], sys._getframe(1))
+        rec.dst_ip = _ip_literal(address[0])
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+    TLS.busy = True
+    try:
+        sock = _orig["create_connection"](address, *args, **kwargs)
+    except BaseException as exc:
+        if rec is not None:
+            fail(rec, exc)
+        raise
+    finally:
+        TLS.busy = False
+    if rec is not None:
+        _finish_connect(rec, sock)
+    return sock
+
+
+# ---- the audit hook: whatever bypasses the wrappers above ----------------------------------------
+
+def _on_connect(args) -> None:
+    sock, address = args
+    if _inet(address):
+        emit(_begin_socket(sock, address, "connect", sys._getframe(2)))
+
+
+def _on_sendto(args) -> None:
+    sock, address = args
+    if _inet(address):
+        emit(_begin_socket(sock, address, "sendto", sys._getframe(2)))
+
+
+def _on_getaddrinfo(args) -> None:
+    host, port = args[0], args[1]
+    if isinstance(host, bytes):
+        host = host.decode("idna", "replace")
+    port = port if isinstance(port, int) else int(port) if isinstance(port, str) and port.isdigit() else 0
+    emit(begin("dns", "dns", "getaddrinfo", host or "", port, sys._getframe(2)))
+
+
+def _on_lookup(method):
+    def handler(args) -> None:
+        host = args[0]
+        if isinstance(host, tuple):  # getnameinfo's sockaddr
+            host = host[0]
+        emit(begin("dns", "dns", method, str(host), 0, sys._getframe(2)))
+    return handler
+
+
+_HANDLERS = {
+    "socket.connect": _on_connect,
+    "socket.sendto": _on_sendto,
+    "socket.sendmsg": _on_sendto,
+    "socket.getaddrinfo": _on_getaddrinfo,
+    "socket.gethostbyname": _on_lookup("gethostbyname"),
+    "socket.gethostbyaddr": _on_lookup("gethostbyaddr"),
+    "socket.getnameinfo": _on_lookup("getnameinfo"),
+}
+
+
+def audit_hook(event, args):
+    """PEP 578 hook. Called for every audit event of the process, so the common exit is first.
+    It must never raise: an exception here would abort the audited operation."""
+    handler = _HANDLERS.get(event)
+    if handler is None or TLS.busy or not STATE.enabled:
+        return
+    try:
+        handler(args)
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+
+
+def install() -> None:
+    global _hook_added
+    cls = socket.socket
+    if not getattr(cls.__dict__.get("connect"), MARK, False):
+        for name, wrapper in (("connect", socket_connect_wrapper), ("connect_ex", socket_connect_ex_wrapper)):
+            _orig[name] = getattr(cls, name)
+            setattr(wrapper, MARK, True)
+            setattr(cls, name, wrapper)
+    if not getattr(socket.create_connection, MARK, False):
+        _orig["create_connection"] = socket.create_connection
+        setattr(socket_create_connection_wrapper, MARK, True)
+        socket.create_connection = socket_create_connection_wrapper
+    if not _hook_added:
+        sys.addaudithook(audit_hook)
+        _hook_added = True
