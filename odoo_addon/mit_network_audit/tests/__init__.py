@@ -1,3 +1,6 @@
 # License LGPL-3.0 or later (https://www.gnu.org/licenses/lgpl.html).
 from . import test_readonly
 from . import test_ingest
+from . import test_report
+from . import test_forensic
+from . import test_settings
