@@ -1,0 +1,86 @@
+"""The ledger-backed writer for interceptor.Sink, and installing the interceptor from the environment.
+
+`LedgerWriter` opens the ledger lazily, on the sink's writer thread, so a ledger that cannot be
+opened (missing key, read-only folder, locked file) is one more fail-open fault: the events are
+dropped, counted, and come back as a `gap` row once the ledger opens. The first open in a process
+records an `interceptor_installed` audit row (version, pid) in the chain.
+"""
+from __future__ import annotations
+
+import os
+
+from interceptor.event import NetEvent
+
+ENV_LEDGER = "NETAUDIT_LEDGER"
+ENV_KEY_DIR = "NETAUDIT_KEY_DIR"
+
+_orphans: list = []  # connections inherited across fork: never used, never closed, by the child
+
+
+class LedgerWriter:
+    """write_batch / write_gap / salt over one ledger file (see interceptor.sink.Sink)."""
+
+    def __init__(self, path: str | None = None, key_dir: str | None = None,
+                 busy_timeout_ms: int | None = None):
+        self.path = path
+        self.key_dir = key_dir
+        self.busy_timeout_ms = busy_timeout_ms
+        self._ledger = None
+
+    def _open(self):
+        led = self._ledger
+        if led is None:
+            from interceptor import VERSION
+            from ledger.ledger import Ledger
+
+            led = Ledger.open(self.path, key_dir=self.key_dir, create=True)
+            try:
+                if self.busy_timeout_ms is not None:
+                    led.con.setbusytimeout(self.busy_timeout_ms)
+                led.hmac_salt  # fail now, not on the first fingerprint, if the key is unusable
+                led.append_audit("interceptor_installed", version=VERSION, pid=os.getpid())
+            except BaseException:
+                led.close()
+                raise
+            self._ledger = led
+        return led
+
+    @property
+    def ledger(self):
+        return self._open()
+
+    @property
+    def salt(self) -> bytes:
+        return self._open().hmac_salt
+
+    def write_batch(self, events: list[NetEvent]) -> None:
+        self._open().append_many(events)
+
+    def write_gap(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None:
+        from ledger.ledger import audit_event
+
+        self._open().append(audit_event("gap", t1_ns, dropped=dropped, until=t2_ns, reason=reason))
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's connection (SQLite forbids using it here)."""
+        if self._ledger is not None:
+            _orphans.append(self._ledger)
+            self._ledger = None
+
+    def close(self) -> None:
+        led, self._ledger = self._ledger, None
+        if led is not None:
+            led.close()
+
+
+def install_from_env(environ=os.environ) -> bool:
+    """Install the interceptor with a ledger sink named by NETAUDIT_LEDGER / NETAUDIT_KEY_DIR.
+
+    Used by `netaudit run`'s bootstrap; returns False when the variables are not set.
+    """
+    path = environ.get(ENV_LEDGER)
+    if not path:
+        return False
+    import interceptor
+
+    return interceptor.install(sink=interceptor.Sink(LedgerWriter(path, environ.get(ENV_KEY_DIR) or None)))
