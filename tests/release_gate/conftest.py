@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from gate_helpers import REPO, Release, ensure_build_frontend, ignore_local_files, rewrite_sdist, \
+from .gate_helpers import REPO, Release, ensure_build_frontend, ignore_local_files, rewrite_sdist, \
     rewrite_wheel
 
 

@@ -27,9 +27,9 @@ GATE = REPO / "tools" / "release_gate.py"
 
 
 def _load_gate():
-    spec = importlib.util.spec_from_file_location("release_gate", GATE)
+    spec = importlib.util.spec_from_file_location("tools_release_gate", GATE)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["release_gate"] = module
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

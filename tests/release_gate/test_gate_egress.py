@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gate_helpers import release_gate, run_gate
+from .gate_helpers import release_gate, run_gate
 
 EGRESS = [
     ("import socket\nsocket.create_connection(('example.org', 80))\n", 2, "socket.create_connection"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gate_helpers import run_gate
+from .gate_helpers import run_gate
 
 ODOO_IMPORTS = [
     ("import odoo\n", 1, "imports odoo"),

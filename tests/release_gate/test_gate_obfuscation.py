@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gate_helpers import run_gate
+from .gate_helpers import run_gate
 
 
 def _real_pyc(tmp_path: Path) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import shutil
 
-from gate_helpers import ignore_local_files, run_gate
+from .gate_helpers import ignore_local_files, run_gate
 
 MIT = b"MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy\n"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gate_helpers import release_gate, run_gate_process as run_gate
+from .gate_helpers import release_gate, run_gate_process as run_gate
 
 RULE_IDS = release_gate.RULE_IDS
 
