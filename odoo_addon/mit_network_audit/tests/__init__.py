@@ -4,3 +4,4 @@ from . import test_ingest
 from . import test_report
 from . import test_forensic
 from . import test_settings
+from . import test_interceptor

@@ -1,0 +1,117 @@
+# License LGPL-3.0 or later (https://www.gnu.org/licenses/lgpl.html).
+"""The real interceptor inside the real Odoo process: post_load installed it, a stock module's
+call lands in this database's ledger attributed to that module, and the auditor's own work
+makes no call (an injected one raises the alarm)."""
+import http.server
+import os
+import socket
+import socketserver
+import threading
+from unittest.mock import patch
+
+import interceptor
+
+from odoo.tests import TransactionCase, tagged
+from odoo.tools import config
+
+from ..glue import hooks
+from ..glue.router import DatabaseRouter
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """A stand-in for Odoo's publisher warranty server, on 127.0.0.1."""
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b"{'messages': []}"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class _Server(http.server.HTTPServer):
+    server_bind = socketserver.TCPServer.server_bind  # no getfqdn(): no name lookup
+
+
+@tagged("post_install", "-at_install")
+class TestInterceptorInOdoo(TransactionCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.server = _Server(("127.0.0.1", 0), _Handler)
+        cls.port = cls.server.server_address[1]
+        threading.Thread(target=cls.server.serve_forever, daemon=True).start()
+        cls.addClassCleanup(cls.server.server_close)
+        cls.addClassCleanup(cls.server.shutdown)
+
+    def setUp(self):
+        super().setUp()
+        # this database's own ledger, under Odoo's data_dir
+        self.env["ir.config_parameter"].sudo().set_param("mit_network_audit.ledger_folders", "")
+        self.Ledger = self.env["network.audit.ledger"]
+        self.Log = self.env["network.egress_log"]
+
+    def ingest_own(self):
+        self.assertTrue(interceptor.flush(10), "the sink did not drain")
+        self.Ledger._ingest_all()
+        return self.Ledger.search([("is_own", "=", True)])
+
+    def test_post_load_installed_the_interceptor(self):
+        self.assertTrue(hooks.status()["installed"], hooks.status())
+        self.assertTrue(interceptor.installed())
+        self.assertIsInstance(interceptor.current_sink(), DatabaseRouter)
+
+    def test_stock_module_call_is_attributed_to_it(self):
+        url = f"http://127.0.0.1:{self.port}/publisher-warranty/"
+        with patch.dict(config.options, {"publisher_warranty_url": url}), \
+                patch.dict(os.environ, {"NO_PROXY": "*", "no_proxy": "*"}):
+            self.assertTrue(self.env["publisher_warranty.contract"].update_notification(cron_mode=False))
+        own = self.ingest_own()
+        row = self.Log.search([("audit_ledger_id", "=", own.id), ("module", "=", "mail"),
+                               ("dst_port", "=", self.port)], limit=1)
+        self.assertTrue(row, "mail's publisher warranty call was not recorded")
+        self.assertEqual((row.channel, row.method, row.host, row.status),
+                         ("http", "POST", "127.0.0.1", "200"))
+        self.assertEqual(row.url_path, "/publisher-warranty/")
+        # mail's manifest has no author key (Odoo defaults it to "Odoo S.A." when loading);
+        # the interceptor reads the file literally.
+        self.assertIn(row.author, ("", "Odoo S.A."))
+        self.assertIn("mail.models.update", row.call_site)
+        self.assertFalse(row.self_egress)
+        self.assertGreater(row.req_bytes, 0)
+        self.assertEqual(len(row.fingerprint), 32)  # salted HMAC, never the payload
+        # the first write of this process to this database's ledger says who started capturing
+        facts = self.Log.search([("audit_ledger_id", "=", own.id), ("method", "=", "interceptor_installed")])
+        self.assertTrue(facts)
+        self.assertIn(f"pid={os.getpid()}", facts[-1].url_path)
+        self.assertLess(facts[-1].chain_seq, row.chain_seq)
+
+    def test_zero_self_egress_then_injected_alarm(self):
+        # Everything the addon does: ingest, sign, verify, vacuum, report.
+        self.ingest_own()
+        self.Ledger.sign_own_head()
+        self.Ledger.action_verify_all()
+        self.Ledger.run_vacuum()
+        self.env["network.audit.report"].action_open_report()
+        own = self.ingest_own()
+        ours = self.Log.search([("audit_ledger_id", "=", own.id), ("channel", "!=", "audit"),
+                                "|", ("module", "=", "mit_network_audit"), ("self_egress", "=", True)])
+        self.assertFalse(ours, "the auditor made network calls: %s" % ours.mapped("call_site"))
+        report = self.env["network.audit.report"].browse(
+            self.env["network.audit.report"].action_open_report()["res_id"])
+        self.assertEqual(report.self_egress_count, 0)
+
+        # An injected call from the auditor's own code is caught and escalates to Alarm.
+        socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
+        own = self.ingest_own()
+        row = self.Log.search([("audit_ledger_id", "=", own.id), ("self_egress", "=", True)])
+        self.assertEqual(len(row), 1)
+        self.assertEqual((row.module, row.channel), ("mit_network_audit", "socket"))
+        report = self.env["network.audit.report"].browse(
+            self.env["network.audit.report"].action_open_report()["res_id"])
+        self.assertEqual(report.self_egress_count, 1)
+        self.assertEqual(report.verdict, "alarm")
