@@ -50,8 +50,9 @@ def _fill_peer(obj, rec) -> None:
 class Spec:
     """How one wrapped method becomes an event: channel, protocol, verb, payload, reply."""
 
-    def __init__(self, channel, protocol, method, host=None, start=None, finish=None):
+    def __init__(self, channel, protocol, method, host=None, start=None, finish=None, when=None):
         self.channel = channel
+        self.when = when              # callable(args, kwargs) -> bool: record, or only claim
         self.protocol = protocol      # callable(self) -> str
         self.method = method          # callable(args, kwargs) -> str
         self.host = host              # callable(self, args, kwargs) -> (host, port)
@@ -59,6 +60,8 @@ class Spec:
         self.finish = finish          # callable(rec, self, result)
 
     def begin(self, obj, args, kwargs, frame):
+        if self.when is not None and not self.when(args, kwargs):
+            return None, args, kwargs
         host, port = self.host(obj, args, kwargs) if self.host else (getattr(obj, "host", ""), getattr(obj, "port", 0))
         rec = begin(self.channel, self.protocol(obj), self.method(args, kwargs), host or "", port or 0, frame)
         if self.start is not None:
@@ -176,6 +179,10 @@ def _smtp_connect_host(obj, args, kwargs):
     return host, port
 
 
+def _smtp_init_finish(rec, obj, result) -> None:
+    rec.status = "220"  # SMTP.__init__ raises SMTPConnectError on any other greeting
+
+
 def _smtp_host(obj, args, kwargs):
     return getattr(obj, "_host", ""), 0
 
@@ -201,6 +208,9 @@ def _smtp_starttls_finish(rec, obj, result) -> None:
 def install_smtplib() -> None:
     import smtplib
     cls = smtplib.SMTP
+    # SMTP(host) connects and then looks up the local name (getfqdn): one call, one CONNECT event.
+    _wrap(cls, "__init__", Spec("smtp", _smtp_protocol, _const("CONNECT"), _smtp_connect_host,
+                                finish=_smtp_init_finish, when=lambda a, kw: bool(_arg(a, kw, 0, "host", ""))))
     _wrap(cls, "connect", Spec("smtp", _smtp_protocol, _const("CONNECT"), _smtp_connect_host, finish=_reply_code))
     _wrap(cls, "login", Spec("smtp", _smtp_protocol, _const("AUTH"), _smtp_host, finish=_reply_code))
     _wrap(cls, "starttls", Spec("smtp", _smtp_protocol, _const("STARTTLS"), _smtp_host, finish=_smtp_starttls_finish))

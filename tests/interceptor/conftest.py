@@ -1,0 +1,66 @@
+"""Fixtures: the interceptor installed once in this test process, a fresh in-memory sink per
+test, real local servers, and a ledger-backed sink on a temp ledger."""
+from __future__ import annotations
+
+import pytest
+
+import interceptor
+from interceptor import MemoryWriter, NullWriter, Sink
+
+from interceptor_servers import Servers
+
+
+@pytest.fixture(scope="session")
+def servers():
+    s = Servers()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _installed():
+    interceptor.install(sink=Sink(NullWriter()))
+    yield
+    interceptor.use_sink(Sink(NullWriter()))  # later test packages: capture to nowhere
+
+
+class Captured:
+    """The events the installed interceptor recorded during one test."""
+
+    def __init__(self):
+        self.writer = MemoryWriter()
+        self.sink = Sink(self.writer, linger_s=0)
+
+    def events(self, channel: str | None = None, direction: str = "egress"):
+        assert self.sink.flush(5), "the sink did not drain"
+        return [e for e in self.writer.events
+                if (channel is None or e.channel == channel) and e.direction == direction]
+
+
+@pytest.fixture
+def captured(servers):
+    c = Captured()
+    previous = interceptor.use_sink(c.sink)
+    yield c
+    interceptor.use_sink(previous)
+
+
+@pytest.fixture
+def ledger_sink(tmp_path):
+    """Factory: install a LedgerWriter sink on tmp_path/ledger.sqlite for this test."""
+    from ledger.sink import LedgerWriter
+
+    made = []
+
+    def factory(path=None, key_dir=None, **writer_kw):
+        path = str(path or tmp_path / "ledger.sqlite")
+        key_dir = str(key_dir or tmp_path / "keys")
+        writer = LedgerWriter(path, key_dir, **writer_kw)
+        sink = Sink(writer, linger_s=0)
+        made.append((sink, interceptor.use_sink(sink)))
+        return sink, writer, path, key_dir
+
+    yield factory
+    for sink, previous in reversed(made):
+        interceptor.use_sink(previous)
+        sink.close(2)

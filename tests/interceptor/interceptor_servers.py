@@ -1,0 +1,202 @@
+"""Real local servers on 127.0.0.1 for the interceptor tests: HTTP, XML-RPC, SMTP, POP3, IMAP, FTP.
+
+Each is a small standard-library server on an ephemeral port, run in a daemon thread. They speak
+just enough of their protocol for the real client libraries to complete their calls.
+"""
+from __future__ import annotations
+
+import http.server
+import socket
+import socketserver
+import threading
+from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+HOST = "127.0.0.1"
+
+
+def _serve(server):
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _HTTPHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+
+    def _reply(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        elif self.headers.get("Transfer-Encoding") == "chunked":
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                self.rfile.read(size + 2)
+                if size == 0:
+                    break
+        body = b"ok:" + self.path.encode()[:20]
+        self.send_response(404 if self.path.startswith("/missing") else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _reply
+
+    def log_message(self, *args):
+        pass
+
+
+class _ThreadingTCP(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _LineHandler(socketserver.StreamRequestHandler):
+    """Base of the text protocols: greet, then answer each line."""
+
+    greeting = b""
+
+    def send(self, text: str):
+        self.wfile.write(text.encode() + b"\r\n")
+
+    def handle(self):
+        if self.greeting:
+            self.wfile.write(self.greeting + b"\r\n")
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            if self.answer(line.decode("latin-1").rstrip("\r\n")) is False:
+                return
+
+
+class SMTPHandler(_LineHandler):
+    greeting = b"220 localhost ESMTP test"
+
+    def answer(self, line):
+        cmd = line.split(" ", 1)[0].upper()
+        if cmd == "EHLO":
+            self.send("250-localhost")
+            self.send("250 AUTH PLAIN LOGIN")
+        elif cmd == "HELO":
+            self.send("250 localhost")
+        elif cmd == "AUTH":
+            self.send("235 2.7.0 Authentication successful")
+        elif cmd == "DATA":
+            self.send("354 go ahead")
+            while self.rfile.readline().rstrip(b"\r\n") != b".":
+                pass
+            self.send("250 2.0.0 queued")
+        elif cmd == "QUIT":
+            self.send("221 bye")
+            return False
+        else:
+            self.send("250 ok")
+
+
+class POP3Handler(_LineHandler):
+    greeting = b"+OK test POP3 ready"
+
+    def answer(self, line):
+        cmd = line.split(" ", 1)[0].upper()
+        if cmd == "STAT":
+            self.send("+OK 1 20")
+        elif cmd == "RETR":
+            self.send("+OK 20 octets")
+            self.send("Subject: hi")
+            self.send("")
+            self.send("hello there")
+            self.send(".")
+        elif cmd == "QUIT":
+            self.send("+OK bye")
+            return False
+        else:
+            self.send("+OK")
+
+
+class IMAPHandler(_LineHandler):
+    greeting = b"* OK test IMAP4rev1 ready"
+
+    def answer(self, line):
+        tag, _, rest = line.partition(" ")
+        cmd = rest.split(" ", 1)[0].upper()
+        if cmd == "CAPABILITY":
+            self.send("* CAPABILITY IMAP4rev1 AUTH=PLAIN")
+        elif cmd == "SELECT":
+            self.send("* 1 EXISTS")
+        elif cmd == "LOGOUT":
+            self.send("* BYE")
+            self.send(f"{tag} OK done")
+            return False
+        self.send(f"{tag} OK {cmd} done")
+
+
+class FTPHandler(_LineHandler):
+    greeting = b"220 test FTP ready"
+
+    def answer(self, line):
+        cmd, _, arg = line.partition(" ")
+        cmd = cmd.upper()
+        if cmd == "USER":
+            self.send("331 password please")
+        elif cmd == "PASS":
+            self.send("230 logged in")
+        elif cmd == "PASV":
+            self.data = socket.create_server((HOST, 0))
+            p = self.data.getsockname()[1]
+            self.send(f"227 Entering Passive Mode (127,0,0,1,{p >> 8},{p & 255})")
+        elif cmd in ("RETR", "STOR", "LIST", "NLST"):
+            self.send("150 opening data connection")
+            conn, _ = self.data.accept()
+            with conn:
+                if cmd == "STOR":
+                    while conn.recv(65536):
+                        pass
+                else:
+                    conn.sendall(b"file contents\r\n")
+            self.data.close()
+            self.send("226 transfer complete")
+        elif cmd == "QUIT":
+            self.send("221 bye")
+            return False
+        else:
+            self.send("200 ok")
+
+
+class Servers:
+    """Start every server once; `.http`, `.xmlrpc`, `.smtp`, `.pop3`, `.imap`, `.ftp` are ports."""
+
+    def __init__(self):
+        self._servers = []
+        h = self._add(http.server.ThreadingHTTPServer((HOST, 0), _HTTPHandler))
+        self.http = h.server_address[1]
+
+        class _RPCHandler(SimpleXMLRPCRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        rpc = SimpleXMLRPCServer((HOST, 0), requestHandler=_RPCHandler, logRequests=False, allow_none=True)
+        rpc.register_function(lambda a, b: a + b, "add")
+        rpc.register_function(lambda s: len(s), "length")
+        self.xmlrpc = self._add(rpc).server_address[1]
+        self.smtp = self._add(_ThreadingTCP((HOST, 0), SMTPHandler)).server_address[1]
+        self.pop3 = self._add(_ThreadingTCP((HOST, 0), POP3Handler)).server_address[1]
+        self.imap = self._add(_ThreadingTCP((HOST, 0), IMAPHandler)).server_address[1]
+        self.ftp = self._add(_ThreadingTCP((HOST, 0), FTPHandler)).server_address[1]
+
+    def _add(self, server):
+        self._servers.append(_serve(server))
+        return server
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{HOST}:{self.http}{path}"
+
+    def close(self):
+        for s in self._servers:
+            s.shutdown()
+            s.server_close()
+
+
+def free_port() -> int:
+    """A port with nothing listening (for refused connections)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
