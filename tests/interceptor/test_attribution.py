@@ -1,0 +1,115 @@
+"""Attribution with fake Odoo addon trees on disk (no Odoo installed) and fake own packages."""
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+import interceptor
+from interceptor.attribution import StackAttribution, read_author
+
+CALLER = """
+import http.client
+
+
+def fetch(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.request("GET", "/from-addon")
+    conn.getresponse().read()
+    conn.close()
+"""
+
+
+@pytest.fixture
+def addon_tree(tmp_path, monkeypatch):
+    """tmp/odoo/addons/<name>/{__manifest__.py, models/caller.py}, importable as odoo.addons.<name>."""
+    def make(name, manifest, code=CALLER, root="odoo/addons"):
+        d = tmp_path / root / name
+        (d / "models").mkdir(parents=True)
+        (d / "__manifest__.py").write_text(manifest)
+        (d / "__init__.py").write_text("")
+        (d / "models" / "__init__.py").write_text("")
+        (d / "models" / "caller.py").write_text(textwrap.dedent(code))
+        return d
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield make
+    for mod in [m for m in sys.modules if m == "odoo" or m.startswith(("odoo.", "mit_network_audit"))]:
+        del sys.modules[mod]
+    importlib.invalidate_caches()
+
+
+def test_addon_module_author_and_call_site(addon_tree, captured, servers):
+    addon_tree("some_module", "{'name': 'Some', 'author': 'Acme Integrations', 'version': '18.0.1.0.0'}")
+    importlib.invalidate_caches()
+    from odoo.addons.some_module.models import caller
+
+    caller.fetch(servers.http)
+    (e,) = captured.events()
+    assert (e.module, e.author, e.self_egress) == ("some_module", "Acme Integrations", False)
+    assert e.call_site == "odoo.addons.some_module.models.caller:7:fetch"
+    assert not [m for m in sys.modules if "__manifest__" in m], "a manifest was imported"
+
+
+def test_manifest_read_once_and_never_executed(addon_tree, tmp_path, servers):
+    d = addon_tree("other_mod", "{'author': 'First Author'}\n")
+    attribution = StackAttribution()
+    importlib.invalidate_caches()
+    from odoo.addons.other_mod.models import caller
+
+    code = "import sys\ndef here():\n    return sys._getframe(0)\n"
+    (d / "models" / "frames.py").write_text(code)
+    from odoo.addons.other_mod.models import frames
+
+    assert attribution(frames.here())[:2] == ("other_mod", "First Author")
+    (d / "__manifest__.py").write_text("{'author': 'Changed'}")
+    assert attribution(frames.here())[1] == "First Author"  # cached
+    (tmp_path / "evil.py").write_text("raise SystemExit('manifest executed')")
+    assert read_author(str(tmp_path / "evil.py")) == ""  # literal_eval, never exec
+    assert caller  # imported fine
+
+
+def test_our_own_packages_are_self_egress(addon_tree, captured, servers):
+    addon_tree("mit_network_audit", "{'author': 'MIT Network Audit'}")
+    importlib.invalidate_caches()
+    from odoo.addons.mit_network_audit.models import caller
+
+    caller.fetch(servers.http)
+    (e,) = captured.events()
+    assert e.self_egress and e.module == "mit_network_audit"
+
+
+def test_top_level_package_outside_odoo(addon_tree, captured, servers):
+    addon_tree("shopapp", "{}", root="")  # a plain package: tmp/shopapp/models/caller.py
+    importlib.invalidate_caches()
+    from shopapp.models import caller
+
+    caller.fetch(servers.http)
+    (e,) = captured.events()
+    assert (e.module, e.author, e.self_egress) == ("shopapp", "", False)
+    assert e.call_site.startswith("shopapp.models.caller:")
+    del sys.modules["shopapp"], sys.modules["shopapp.models"], sys.modules["shopapp.models.caller"]
+
+
+def test_library_frames_are_skipped(captured, servers):
+    requests = pytest.importorskip("requests")
+    requests.get(servers.url("/lib"))  # requests -> urllib3 -> http.client, all skipped
+    (e,) = captured.events()
+    assert e.call_site.endswith(":test_library_frames_are_skipped")
+
+
+def test_custom_attribution(captured, servers):
+    import http.client
+
+    previous = interceptor.use_attribution(lambda frame: ("glue", "Someone", "x:1:f", False))
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", servers.http)
+        c.request("GET", "/")
+        c.getresponse().read()
+        c.close()
+    finally:
+        interceptor.use_attribution(previous)
+    (e,) = captured.events()
+    assert (e.module, e.author, e.call_site) == ("glue", "Someone", "x:1:f")

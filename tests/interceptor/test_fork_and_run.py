@@ -1,0 +1,95 @@
+"""The sink after os.fork, and `netaudit run` end to end (subprocesses, real ledger)."""
+from __future__ import annotations
+
+import http.client
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import interceptor
+from interceptor_servers import HOST
+from verifier.verify import verify_ledger
+
+
+def _get(port, path):
+    c = http.client.HTTPConnection(HOST, port)
+    c.request("GET", path)
+    c.getresponse().read()
+    c.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_child_gets_a_fresh_writer(ledger_sink, servers):
+    sink, writer, path, _ = ledger_sink()
+    _get(servers.http, "/parent-before")
+    assert sink.flush(5)
+    pid = os.fork()
+    if pid == 0:  # child: its own queue and writer thread, its own connection
+        code = 1
+        try:
+            _get(servers.http, "/child")
+            code = 0 if interceptor.flush(5) else 2
+        finally:
+            os._exit(code)
+    _get(servers.http, "/parent-after")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sink.flush(5)
+    rows = [r for r in writer.ledger.rows() if r["channel"] == "http"]
+    by_path = {r["url_path"]: r["pid"] for r in rows}
+    assert sorted(by_path) == ["/child", "/parent-after", "/parent-before"] and len(rows) == 3
+    assert by_path["/child"] == pid and by_path["/parent-after"] == os.getpid()
+    installed = [r for r in writer.ledger.rows() if r["method"] == "interceptor_installed"]
+    assert {r["pid"] for r in installed} == {os.getpid(), pid}
+    assert verify_ledger(path).valid
+
+
+APP = """
+import subprocess, sys, urllib.request, socket
+urllib.request.urlopen("http://127.0.0.1:%(port)d/from-app?key=v").read()
+subprocess.run([sys.executable, "-c",
+                "import urllib.request; urllib.request.urlopen('http://127.0.0.1:%(port)d/from-child').read()"],
+               check=True)
+try:
+    socket.create_connection(("127.0.0.1", %(refused)d))
+except OSError:
+    pass
+sys.exit(7)
+"""
+
+
+def test_netaudit_run_end_to_end(tmp_path, servers):
+    from interceptor_servers import free_port
+
+    app = tmp_path / "app.py"
+    app.write_text(APP % {"port": servers.http, "refused": free_port()})
+    ledger = tmp_path / "run.sqlite"
+    keys = tmp_path / "keys"
+    netaudit = [sys.executable, "-m", "ledger.cli"]
+    env = dict(os.environ, PYTHONPATH="")
+    r = subprocess.run([*netaudit, "run", "--ledger", str(ledger), "--key-dir", str(keys), "--",
+                        sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 7, r.stderr
+    assert "netaudit:" not in r.stderr
+    from ledger.ledger import Ledger
+
+    with Ledger.open(str(ledger), key_dir=str(keys), readonly=True) as led:
+        rows = list(led.rows())
+    http_rows = sorted((x["url_path"], x["module"]) for x in rows if x["channel"] == "http")
+    assert http_rows == [("/from-app", "app"), ("/from-child", "__main__")]
+    assert any(x["channel"] == "socket" and x["error"] == "ConnectionRefusedError" for x in rows)
+    assert len({x["pid"] for x in rows if x["method"] == "interceptor_installed"}) == 2
+    assert verify_ledger(str(ledger)).valid
+    rep = subprocess.run([*netaudit, "report", "--ledger", str(ledger), "--key-dir", str(keys)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert rep.returncode == 0 and "app" in rep.stdout and "Self-egress: 0" in rep.stdout
+
+
+def test_netaudit_run_missing_program(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ledger.cli", "run", "--ledger", str(tmp_path / "l.sqlite"),
+                        "--key-dir", str(tmp_path / "k"), "--", str(tmp_path / "no-such-program")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("netaudit: error: cannot run")
