@@ -18,6 +18,8 @@
 #      failed test, any ERROR/CRITICAL log line, or when none of our tests ran (Odoo exits 0 then).
 #
 # Environment: ODOO_VENV, ODOO_TEST_DB (default netaudit_test), ODOO_HTTP_PORT (default 18069),
+#              ODOO_TEST_TAGS (default /mit_network_audit; the ingest benchmark:
+#              netaudit_bench/mit_network_audit),
 #              ODOO_KEEP_DB=1 keeps the test database afterwards.
 set -euo pipefail
 
@@ -154,7 +156,7 @@ LOG="$VENV/test-odoo.log"
 say "running the addon's tests on database $DB (log: $LOG)"
 set +e
 "${ODOO[@]}" -d "$DB" --load=base,web,mit_network_audit -i mit_network_audit \
-    --test-enable --test-tags /mit_network_audit --stop-after-init --log-level=test \
+    --test-enable --test-tags "${ODOO_TEST_TAGS:-/mit_network_audit}" --stop-after-init --log-level=test \
     > "$LOG" 2>&1
 RC=$?
 set -e

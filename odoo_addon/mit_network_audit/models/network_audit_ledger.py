@@ -7,6 +7,7 @@ the rows stored in PostgreSQL with the core verifier's ChainChecker: the addon h
 logic of its own.
 """
 import datetime
+import io
 import logging
 import time
 from contextlib import closing
@@ -42,10 +43,18 @@ HEAD_PARAM = "mit_network_audit.head."  # + ledger uuid: the newest signed head,
 NS = 10**9
 
 
-def _pg_type(kind, name):
-    if name == "self_egress":
-        return "int8"
-    return {INT: "int8", REAL: "float8"}.get(kind, "text")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value):
+    """A text value in PostgreSQL's COPY text format."""
+    return value.translate(_COPY_ESCAPES)
+
+
+def _copy_ts(ns):
+    """Nanoseconds since the epoch as a UTC timestamp literal (microsecond precision)."""
+    seconds, ns_rest = divmod(ns, NS)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{ns_rest // 1000:06d}"
 
 
 def _ns_to_datetime(ns):
@@ -249,25 +258,25 @@ class NetworkAuditLedger(models.Model):
         self.env["ir.config_parameter"].sudo().set_param(HEAD_PARAM + self.ledger_uuid, cp.to_text())
 
     def _insert_rows(self, rows):
-        """Bulk INSERT of ledger rows (chain_seq, *COLUMNS, prev_hash, row_hash) in one statement."""
-        names = ("chain_seq", *COLUMN_NAMES)
-        types = ("int8", *(_pg_type(kind, name) for name, kind in COLUMNS))
-        arrays = [list(col) for col in zip(*rows)]
-        arrays[-2] = [h.hex() for h in arrays[-2]]
-        arrays[-1] = [h.hex() for h in arrays[-1]]
-        unnest = ", ".join([f"%s::{t}[]" for t in types] + ["%s::text[]", "%s::text[]"])
-        target = ", ".join(n for n in names if n != "self_egress")
-        source = ", ".join(f"u.{n}" for n in names if n != "self_egress")
+        """Bulk insert of ledger rows (chain_seq, *COLUMNS, prev_hash, row_hash) with COPY."""
         self.env.flush_all()
-        self.env.cr.execute(f"""
-            INSERT INTO network_egress_log (
-                audit_ledger_id, ledger_host, create_uid, write_uid, create_date, write_date,
-                event_time, self_egress, prev_hash, row_hash, {target})
-            SELECT %s, %s, 1, 1, now() at time zone 'UTC', now() at time zone 'UTC',
-                   to_timestamp(u.ts / 1e9) at time zone 'UTC', u.self_egress <> 0,
-                   u.prev_hash, u.row_hash, {source}
-            FROM unnest({unnest}) AS u({", ".join(names)}, prev_hash, row_hash)
-        """, [self.id, self.host_id, *arrays])
+        now = _copy_ts(time.time_ns())
+        head = f"{self.id}\t{_copy_text(self.host_id or '')}\t1\t1\t{now}\t{now}\t"
+        buf = io.StringIO()
+        write = buf.write
+        for row in rows:
+            texts = [head, _copy_ts(row[1]), "\t", row[-2].hex(), "\t", row[-1].hex()]
+            for value in row[:-2]:
+                texts.append("\t")
+                texts.append(_copy_text(value) if type(value) is str else str(value))
+            texts.append("\n")
+            write("".join(texts))
+        buf.seek(0)
+        columns = ", ".join(("audit_ledger_id", "ledger_host", "create_uid", "write_uid",
+                             "create_date", "write_date", "event_time", "prev_hash", "row_hash", "chain_seq",
+                             *COLUMN_NAMES))
+        # self_egress is 0/1 in the ledger; PostgreSQL's boolean input accepts both.
+        self.env.cr._obj.copy_expert(f"COPY network_egress_log ({columns}) FROM STDIN", buf)
         self.env["network.egress_log"].invalidate_model()
 
     # ---- Verify chain --------------------------------------------------------------------------

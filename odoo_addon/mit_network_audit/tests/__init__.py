@@ -5,3 +5,4 @@ from . import test_report
 from . import test_forensic
 from . import test_settings
 from . import test_interceptor
+from . import test_benchmark

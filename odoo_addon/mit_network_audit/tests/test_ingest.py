@@ -129,3 +129,13 @@ class TestIngest(LedgerCase):
             cron = self.env.ref(f"mit_network_audit.{xmlid}")
             cron.method_direct_trigger()
         self.assertTrue(self.Ledger.search([("host_id", "=", "host-c")]).last_ingest)
+
+    def test_awkward_text_survives_ingest_and_verifies(self):
+        awkward = "/a\tb\\c\nd\re é ✓ \\N"
+        self.write_ledger("host-x", [make_event(1, url_path=awkward, host="ünï.example")])
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-x")])
+        row = self.Log.search([("audit_ledger_id", "=", rec.id), ("chain_seq", "=", 2)])
+        self.assertEqual((row.url_path, row.host), (awkward, "ünï.example"))
+        [result] = rec._verify_pg()
+        self.assertTrue(result["valid"], result)
