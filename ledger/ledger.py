@@ -61,9 +61,15 @@ def default_key_dir() -> str:
     return os.path.join(netaudit_home(), "keys")
 
 
+def _real(x) -> float:
+    """SQLite stores -0.0 as 0 and NaN as NULL: write what will be read back, or the hash breaks."""
+    x = float(x) + 0.0  # -0.0 + 0.0 == +0.0
+    return x if x == x else 0.0
+
+
 def event_values(e: NetEvent) -> tuple:
     """A NetEvent as the ledger's column values (verifier.format.COLUMNS order)."""
-    return (e.ts, float(e.duration_ms), e.direction, e.channel, e.protocol, e.method, e.host,
+    return (e.ts, _real(e.duration_ms), e.direction, e.channel, e.protocol, e.method, e.host,
             e.url_path, " ".join(e.query_keys), e.src_ip, e.src_port, e.dst_ip, e.dst_port,
             e.status, e.error, e.req_bytes, e.resp_bytes, " ".join(e.header_names), e.fingerprint,
             e.module, e.author, e.call_site, e.pid, 1 if e.self_egress else 0)
@@ -78,7 +84,7 @@ def _coerce(values: tuple) -> tuple:
         if kind == INT:
             out.append(int(v or 0))
         elif kind == REAL:
-            out.append(float(v or 0.0))
+            out.append(_real(v or 0.0))
         else:
             out.append("" if v is None else (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)))
     return tuple(out)

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 import interceptor
+from interceptor_fixtures import captured, ledger_sink, servers  # noqa: F401  (fixtures)
 from interceptor.attribution import StackAttribution, read_author
 
 CALLER = """

@@ -21,6 +21,7 @@ import xmlrpc.client
 
 import pytest
 
+from interceptor_fixtures import captured, ledger_sink, servers  # noqa: F401  (fixtures)
 from interceptor_servers import HOST
 
 requests = pytest.importorskip("requests")

@@ -12,6 +12,7 @@ import pytest
 
 import interceptor
 
+from interceptor_fixtures import captured, ledger_sink, servers  # noqa: F401  (fixtures)
 from interceptor_servers import HOST, free_port
 
 requests = pytest.importorskip("requests")

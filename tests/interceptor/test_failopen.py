@@ -11,6 +11,7 @@ import pytest
 
 import interceptor
 from interceptor import GUARD, MemoryWriter, Sink
+from interceptor_fixtures import captured, ledger_sink, servers  # noqa: F401  (fixtures)
 from interceptor_servers import HOST, free_port
 from verifier.verify import verify_ledger
 

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 import interceptor
+from interceptor_fixtures import captured, ledger_sink, servers  # noqa: F401  (fixtures)
 from interceptor_servers import HOST
 from verifier.verify import verify_ledger
 

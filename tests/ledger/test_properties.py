@@ -15,7 +15,7 @@ names = st.lists(st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF, b
                          min_size=1, max_size=8), max_size=4).map(tuple)
 i64 = st.integers(min_value=0, max_value=2**62)
 events = st.builds(
-    NetEvent, ts=i64, duration_ms=st.floats(allow_nan=False, allow_infinity=False, width=64),
+    NetEvent, ts=i64, duration_ms=st.floats(width=64),
     direction=st.sampled_from(["egress", "ingress"]), channel=st.sampled_from(["http", "smtp", "socket", "dns"]),
     protocol=text, method=text, host=text, url_path=text, query_keys=names, src_ip=text,
     src_port=st.integers(0, 65535), dst_ip=text, dst_port=st.integers(0, 65535), status=text, error=text,
@@ -50,3 +50,15 @@ def test_any_valid_history_verifies(history):
             assert led.last()[0] == appended
         finally:
             led.close()
+
+
+def test_regression_negative_zero_duration_broke_the_hash(tmp_path):
+    """Found by the test above: SQLite reads -0.0 back as 0.0 (and NaN as NULL), so the writer
+    hashed bytes that the verifier could never reproduce."""
+    from conftest import make_event
+
+    led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "k"))
+    led.append_many([make_event(1, duration_ms=-0.0), make_event(2, duration_ms=float("nan")),
+                     make_event(3, duration_ms=float("inf"))])
+    assert verify_ledger(led.path).valid
+    led.close()

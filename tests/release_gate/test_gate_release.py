@@ -1,8 +1,11 @@
 """The real release passes the gate, and the gate's command line behaves as documented."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
+from .conftest import build_release
 from .gate_helpers import release_gate, run_gate_process as run_gate
 
 RULE_IDS = release_gate.RULE_IDS
@@ -13,6 +16,15 @@ def test_real_release_passes_every_rule(release):
     assert run.rc == 0, run.stdout
     assert run.report["ok"] is True
     assert {r["rule"]: r["status"] for r in run.report["rules"]} == {r: "PASS" for r in RULE_IDS}
+
+
+def test_local_leftovers_stay_out_of_the_sdist(release):
+    """MANIFEST.in keeps virtualenvs, caches and build output of the tree out of the release."""
+    import tarfile
+    with tarfile.open(release.sdist) as tf:
+        names = tf.getnames()
+    assert not [n for n in names if any(part in n for part in (".venv", "__pycache__", "/build/"))]
+    assert any("/tests/" in n for n in names) and any("/odoo_addon/mit_network_audit/" in n for n in names)
 
 
 def test_real_source_tree_passes(release):
@@ -70,3 +82,19 @@ def test_no_input_is_a_usage_error():
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+def test_stale_build_dir_leaking_into_the_wheel_fails(release, tmp_path):
+    """Found while writing the gate: setuptools packs whatever a previous build left in build/lib
+    into the next wheel, so a release built from a dirty tree can ship code nobody reviewed."""
+    source = tmp_path / "src"
+    shutil.copytree(release.source, source)
+    stale = source / "build" / "lib" / "interceptor" / "_speedups.cpython-311-x86_64-linux-gnu.so"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"\x7fELF" + b"\0" * 60)
+    wheel, sdist = build_release(source, tmp_path / "dist")
+    run = run_gate(wheel, sdist)
+    assert run.rc == 1
+    assert "native-code" in run.failed_rules()
+    assert any(f"{wheel.name}:interceptor/_speedups.cpython-311-x86_64-linux-gnu.so: native extension"
+               in f for f in run.failures("native-code"))

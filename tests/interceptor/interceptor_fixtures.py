@@ -1,5 +1,9 @@
 """Fixtures: the interceptor installed once in this test process, a fresh in-memory sink per
-test, real local servers, and a ledger-backed sink on a temp ledger."""
+test, real local servers, and a ledger-backed sink on a temp ledger.
+
+Test modules import them by name (`from interceptor_fixtures import captured, ...`): a
+conftest.py here would shadow tests/conftest.py, which other test packages import as `conftest`.
+"""
 from __future__ import annotations
 
 import pytest
@@ -10,18 +14,16 @@ from interceptor import MemoryWriter, NullWriter, Sink
 from interceptor_servers import Servers
 
 
-@pytest.fixture(scope="session")
+_servers: list[Servers] = []
+
+
+@pytest.fixture
 def servers():
-    s = Servers()
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _installed():
-    interceptor.install(sink=Sink(NullWriter()))
-    yield
-    interceptor.use_sink(Sink(NullWriter()))  # later test packages: capture to nowhere
+    """The local servers, started once per test process (daemon threads)."""
+    if not _servers:
+        _servers.append(Servers())
+    interceptor.install(sink=Sink(NullWriter()))  # idempotent; outside a test, capture to nowhere
+    return _servers[0]
 
 
 class Captured:
