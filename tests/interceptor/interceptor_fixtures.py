@@ -48,7 +48,7 @@ def captured(servers):
 
 
 @pytest.fixture
-def ledger_sink(tmp_path):
+def ledger_sink(tmp_path, servers):
     """Factory: install a LedgerWriter sink on tmp_path/ledger.sqlite for this test."""
     from ledger.sink import LedgerWriter
 
