@@ -176,7 +176,7 @@ RULES = (  # (id, one-line description), in report order
     ("license", "the artifact carries the LGPL-3.0 licence"),
     ("sdist-contents", "the sdist contains tests/ and the addon odoo_addon/mit_network_audit/"),
     ("wheel-record", "every file of the wheel is listed in its RECORD with its hash"),
-    ("wheel-matches-sdist", "the wheel's files under our packages are the sdist's, byte for byte"),
+    ("wheel-matches-sdist", "every file the wheel installs is in the sdist, byte for byte"),
 )
 RULE_IDS = tuple(rule for rule, _ in RULES)
 
@@ -243,7 +243,7 @@ def load_artifact(path: str) -> Tree:
     """Open a wheel (.whl) or an sdist (.tar.gz) without extracting it."""
     p = Path(path)
     if not p.is_file():
-        raise GateError(f"{path}: no such file")
+        raise GateError(f"{path}: " + ("not a file" if p.exists() else "no such file"))
     if p.name.endswith(".whl"):
         return Tree("wheel", p.name, _read_zip(p))
     if p.name.endswith((".tar.gz", ".tgz")):
@@ -505,41 +505,47 @@ def check_code_from_data(t: Tree) -> Iterator[Finding]:
                           ".pth file: its import lines run at every interpreter start")
     for path, tree in t.python():
         aliases = t.aliases(path)
-        calls = {qualified_name(n.func, aliases) for n in t.nodes(path) if isinstance(n, ast.Call)}
-        if not calls & (CODE_BUILDERS | BANNED_CALLS.keys()):
+        calls = [(n, qualified_name(n.func, aliases)) for n in t.nodes(path) if isinstance(n, ast.Call)]
+        for node, name in calls:
+            if name in BANNED_CALLS:
+                yield Finding("code-from-data", t.where(path, node.lineno), BANNED_CALLS[name])
+        if not any(name in CODE_BUILDERS for _, name in calls):
             continue  # cheap exit: nothing here builds code
+        module_taint = _tainted(list(_own_nodes(tree)), aliases, set())
         for scope in [tree] + [n for n in t.nodes(path)
                                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
-            yield from _code_from_data_in_scope(t, path, scope, aliases)
+            yield from _code_from_data_in_scope(t, path, scope, aliases, module_taint)
 
 
-def _code_from_data_in_scope(t: Tree, path: str, scope: ast.AST,
-                             aliases: dict[str, str]) -> Iterator[Finding]:
-    """exec/eval/compile of a decoder's output, directly or through a name assigned in scope."""
+def _code_from_data_in_scope(t: Tree, path: str, scope: ast.AST, aliases: dict[str, str],
+                             module_taint: set[str]) -> Iterator[Finding]:
+    """exec/eval/compile of a decoder's output, directly or through a name assigned from one."""
     body = list(_own_nodes(scope))
-    tainted: set[str] = set()
+    tainted = _tainted(body, aliases, set(module_taint))
+    for node in body:
+        if isinstance(node, ast.Call) and qualified_name(node.func, aliases) in CODE_BUILDERS \
+                and any(_is_decoded(a, aliases, tainted)
+                        for a in node.args + [k.value for k in node.keywords]):
+            yield Finding("code-from-data", t.where(path, node.lineno),
+                          f"{qualified_name(node.func, aliases).split('.')[-1]}() of decoded data")
+
+
+def _tainted(body: list[ast.AST], aliases: dict[str, str], tainted: set[str]) -> set[str]:
+    """Names assigned, in this scope, from a decoder's output or from another such name."""
     for _ in range(3):  # a few passes reach names assigned from names assigned from a decoder
         for node in body:
             targets, value = _assignment(node)
             if value is not None and _is_decoded(value, aliases, tainted):
                 for target in targets:
                     tainted.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
-    for node in body:
-        if not isinstance(node, ast.Call):
-            continue
-        name = qualified_name(node.func, aliases)
-        if name in BANNED_CALLS:
-            yield Finding("code-from-data", t.where(path, node.lineno), BANNED_CALLS[name])
-        elif name in CODE_BUILDERS and any(_is_decoded(a, aliases, tainted)
-                                           for a in node.args + [k.value for k in node.keywords]):
-            yield Finding("code-from-data", t.where(path, node.lineno),
-                          f"{name.split('.')[-1]}() of decoded data")
+    return tainted
 
 
 def _own_nodes(scope: ast.AST) -> Iterator[ast.AST]:
-    """Every node of a scope, not descending into nested function definitions."""
+    """Every node of a scope, not descending into nested function definitions (a lambda's body
+    counts as its enclosing scope's)."""
     for child in ast.iter_child_nodes(scope):
-        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         yield child
         yield from _own_nodes(child)
@@ -749,7 +755,7 @@ def check_wheel_record(t: Tree) -> Iterator[Finding]:
 
 def check_wheel_matches_sdist(wheel: Tree, sdist: Tree) -> Iterator[Finding]:
     for path in sorted(wheel.files):
-        if ".dist-info/" in path or path.split("/")[0] not in OUR_TOP_LEVEL:
+        if path.split("/")[0].endswith(".dist-info"):
             continue
         if path not in sdist.files:
             yield Finding("wheel-matches-sdist", wheel.where(path), f"not in {sdist.label}")

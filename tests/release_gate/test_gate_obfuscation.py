@@ -159,6 +159,9 @@ def test_obfuscator_names_in_python_fail(plant_wheel, code, what):
     ("import binascii\nC = compile(source=binascii.unhexlify(b'31'), filename='x', mode='eval')\n", 2),
     ("import marshal\nCODE = marshal.loads(b'')\n", 2),
     ("CODE = __import__('marshal').loads(b'')\n", 1),
+    ("import base64\nRUN = lambda blob: exec(base64.b64decode(blob))\n", 2),
+    ("import zlib\nSRC = zlib.decompress(b'')\n\ndef run():\n    exec(SRC)\n", 5),
+    ("import marshal\n\ndef f(code=marshal.loads(b'')):\n    return code\n", 3),
 ])
 def test_code_built_from_decoded_data_fails(plant_wheel, code, line):
     run = run_gate(plant_wheel({"ledger/planted.py": code.encode()}))

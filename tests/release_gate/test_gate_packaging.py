@@ -99,3 +99,12 @@ def test_source_tree_scan_names_the_planted_file(release, tmp_path):
     assert run.failed_rules() == {"core-no-odoo", "layering"}, run.stdout
     assert run.failures("core-no-odoo") == [f"{tree}:verifier/planted.py:2: imports odoo"]
     assert run.failures("layering")[0].startswith(f"{tree}:verifier/planted.py:1: verifier imports ledger")
+
+
+def test_wheel_file_outside_our_packages_not_in_the_sdist_fails(release, plant_wheel):
+    """A top-level module slipped into the wheel (it would run as `import sitecustomize`)."""
+    wheel = plant_wheel({"sitecustomize.py": b"import os\n"})
+    run = run_gate(wheel, release.sdist)
+    assert run.failed_rules() == {"wheel-matches-sdist"}, run.stdout
+    assert run.failures("wheel-matches-sdist") == [
+        f"{wheel.name}:sitecustomize.py: not in {release.sdist.name}"]
