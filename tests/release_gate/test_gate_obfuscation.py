@@ -221,3 +221,10 @@ def test_prose_sql_and_hex_literals_pass(plant_wheel):
     code = (f'"""{prose}"""\n\nSQL = """\n{sql}"""\n'.encode()
             + _wrapped_literal(random.Random(3).randbytes(300).hex()))
     assert run_gate(plant_wheel({"verifier/planted.py": code})).rc == 0
+
+
+def test_code_too_deep_to_parse_fails_closed(plant_wheel):
+    code = ("X = (1\n" + "+ 1\n" * 20000 + ")\n").encode()
+    run = run_gate(plant_wheel({"ledger/planted.py": code}))
+    assert run.rc == 1 and "Traceback" not in run.stderr
+    assert any(":ledger/planted.py: does not parse" in f for f in run.failures("unreadable-source"))
