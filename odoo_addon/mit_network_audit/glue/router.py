@@ -12,6 +12,7 @@ import os
 import threading
 
 from . import paths
+from .ingress import SKIP
 
 _logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class DatabaseRouter:
         return sink
 
     def submit(self, rec):
+        if rec.module == SKIP:  # the web client's own traffic (glue/ingress.py)
+            return
         self.sink_for(current_dbname()).submit(rec)
 
     def miss(self, ts, reason, n=1, until=0):
@@ -114,6 +117,9 @@ def install():
             return current
         # Someone installed it first (e.g. `netaudit run`): route Odoo's calls from now on.
         interceptor.use_sink(router)
+    from . import ingress
+
+    ingress.install()
     _logger.info("mit_network_audit: interceptor %s installed (pid %s)",
                  interceptor.VERSION, os.getpid())
     return router

@@ -5,4 +5,5 @@ from . import test_report
 from . import test_forensic
 from . import test_settings
 from . import test_interceptor
+from . import test_ingress
 from . import test_benchmark
