@@ -45,8 +45,6 @@ CREATE TABLE IF NOT EXISTS prune_anchors (
     signature BLOB NOT NULL
 ) STRICT;
 
-CREATE INDEX IF NOT EXISTS egress_log_ts ON egress_log(ts);
-
 -- Nothing in the ledger is ever changed in place.
 CREATE TRIGGER IF NOT EXISTS meta_no_update BEFORE UPDATE ON meta
 BEGIN SELECT RAISE(ABORT, 'ledger meta is append-only'); END;
@@ -69,11 +67,13 @@ CREATE TRIGGER IF NOT EXISTS egress_log_delete_gate BEFORE DELETE ON egress_log
 WHEN {VACUUM_GATE}(OLD.chain_seq) IS NOT 1
 BEGIN SELECT RAISE(ABORT, 'egress_log rows are deleted only by the retention vacuum'); END;
 
--- Every new row continues the chain: next seq, and prev_hash = the last row's hash.
+-- Every new row continues the chain: next seq, and prev_hash = the last row's hash. One index
+-- lookup of the last row; an empty table must start at row 1 from the genesis hash.
 CREATE TRIGGER IF NOT EXISTS egress_log_link BEFORE INSERT ON egress_log
-WHEN NEW.chain_seq IS NOT (SELECT coalesce(max(chain_seq), 0) + 1 FROM egress_log)
-  OR NEW.prev_hash IS NOT coalesce(
-       (SELECT row_hash FROM egress_log ORDER BY chain_seq DESC LIMIT 1), zeroblob(32))
+WHEN coalesce(
+       (SELECT NEW.chain_seq IS NOT chain_seq + 1 OR NEW.prev_hash IS NOT row_hash
+          FROM egress_log ORDER BY chain_seq DESC LIMIT 1),
+       NEW.chain_seq IS NOT 1 OR NEW.prev_hash IS NOT zeroblob(32))
 BEGIN SELECT RAISE(ABORT, 'egress_log insert must link to the last row'); END;
 """
 

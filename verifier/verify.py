@@ -56,6 +56,7 @@ class Verdict:
     head_seq: int | None = None          # the newest signed head that verified
     message: str = "chain verified"
     warnings: list[str] = field(default_factory=list)
+    spans: int = 1                       # how many parts the chain was checked in (worker processes)
 
     def as_json(self) -> dict:
         d = asdict(self)
@@ -230,16 +231,93 @@ def verify_ledger(path: str, pubkey: str | None = None, heads: list[Checkpoint] 
     import apsw
 
     with tempfile.TemporaryDirectory(prefix="netaudit-verify-") as tmp:
-        con = _open(_private_copy(path, tmp), path)
+        copy = _private_copy(path, tmp)
+        con = _open(copy, path)
         try:
-            return _verify(con, path, pubkey, heads or [], progress)
+            return _verify(con, copy, path, pubkey, heads or [], progress)
         except apsw.Error as exc:
             raise VerifyInputError(f"{path}: unreadable ledger ({exc.__class__.__name__}: {exc})") from None
         finally:
             con.close()
 
 
-def _verify(con, shown, pubkey, external, progress) -> Verdict:
+_ROWS_SQL = (f"SELECT chain_seq, {', '.join(COLUMN_NAMES)}, prev_hash, row_hash FROM egress_log "
+             "WHERE chain_seq BETWEEN ? AND ? ORDER BY chain_seq")
+PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
+
+
+def _check_span(copy: str, ledger_id: str, lo: int, hi: int, want, progress=None) -> ChainChecker:
+    """Check rows lo..hi on a connection of its own. The checker starts from the first row's own
+    link; the caller joins spans by checking that link against the previous span's last row."""
+    import apsw
+
+    con = apsw.Connection(copy, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        rows = con.execute(_ROWS_SQL, (lo, hi))
+        first = next(rows, None)
+        if first is None:
+            return ChainChecker(ledger_id, lo - 1, GENESIS_HASH, want)
+        checker = ChainChecker(ledger_id, first[0] - 1, first[-2], want)
+        checker.first = (first[0], first[-2])
+        checker.feed_many([first])
+        while not checker.failure:
+            before = checker.rows
+            checker.feed_many(islice(rows, 50_000))
+            if checker.rows == before:
+                break
+            if progress:
+                progress(checker.rows)
+        return checker
+    finally:
+        con.close()
+
+
+def _check_chain(con, copy, ledger_id, anchor_seq, anchor_hash, want, progress) -> ChainChecker:
+    """Check every row, in spans checked in parallel worker processes when the ledger is large.
+
+    Each row's hash depends only on its own columns and stored prev_hash, so spans are
+    independent; joining them checks the one link between neighbouring spans.
+    """
+    lo, hi, n = con.execute("SELECT min(chain_seq), max(chain_seq), count(*) FROM egress_log").fetchall()[0]
+    joined = ChainChecker(ledger_id, anchor_seq, anchor_hash, want)
+    joined.spans = 1
+    if not n:
+        return joined
+    workers = min(os.cpu_count() or 1, 4) if n >= PARALLEL_MIN_ROWS else 1
+    step = (hi - lo) // workers + 1
+    spans = [(lo + i * step, min(hi, lo + (i + 1) * step - 1)) for i in range(workers)]
+    joined.spans = workers
+    if workers == 1:
+        results = [_check_span(copy, ledger_id, *spans[0], want, progress)]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_check_span, copy, ledger_id, a, b, want) for a, b in spans[1:]]
+            results = [_check_span(copy, ledger_id, *spans[0], want, progress)] + [f.result() for f in futures]
+    for part in results:
+        first = getattr(part, "first", None)
+        if first is not None:
+            seq, prev = first
+            if seq != joined.last_seq + 1:
+                joined.failure = Failure(joined.last_seq + 1, "sequence_gap",
+                                         f"row {joined.last_seq + 1} is missing: row {seq} follows row {joined.last_seq}")
+                return joined
+            if type(prev) is bytes and not same_hash(prev, joined.last_hash):
+                joined.failure = Failure(seq, "broken_link", f"row {seq}: prev_hash does not match row {joined.last_seq}'s hash")
+                return joined
+        joined.rows += part.rows
+        joined.seen.update(part.seen)
+        if part.failure:
+            joined.failure = part.failure
+            return joined
+        if part.rows:
+            joined.last_seq, joined.last_hash = part.last_seq, part.last_hash
+    return joined
+
+
+def _verify(con, copy, shown, pubkey, external, progress) -> Verdict:
     meta = _meta(con, shown)
     ledger_id = meta["ledger_id"]
     try:
@@ -274,16 +352,7 @@ def _verify(con, shown, pubkey, external, progress) -> Verdict:
             anchor_seq, anchor_hash = a.seq, a.row_hash
 
     all_heads = internal + list(external)
-    checker = ChainChecker(ledger_id, anchor_seq, anchor_hash, want={h.seq for h in all_heads})
-    # Every row, in order: a row at or before the anchor shows up as a sequence_gap.
-    rows = con.execute(f"SELECT chain_seq, {', '.join(COLUMN_NAMES)}, prev_hash, row_hash "
-                       "FROM egress_log ORDER BY chain_seq")
-    while True:
-        before = checker.rows
-        if checker.feed_many(islice(rows, 50_000)) or checker.rows == before:
-            break
-        if progress:
-            progress(checker.rows)
+    checker = _check_chain(con, copy, ledger_id, anchor_seq, anchor_hash, {h.seq for h in all_heads}, progress)
     if checker.failure:
         f = checker.failure
         return Verdict(False, checker.rows, f.seq, f.reason, message=f.message, warnings=warnings)
@@ -298,4 +367,4 @@ def _verify(con, shown, pubkey, external, progress) -> Verdict:
     if anchor_seq:
         msg += f" from prune anchor at row {anchor_seq}"
     msg += f", newest signed head at row {newest}" if newest is not None else ", no signed head"
-    return Verdict(True, checker.rows, None, None, newest, msg, warnings)
+    return Verdict(True, checker.rows, None, None, newest, msg, warnings, checker.spans)
