@@ -8,8 +8,11 @@ requests routed to `web` or `bus` controllers (session, assets, the web client's
 websocket) are marked and dropped by the router.
 """
 import functools
+import logging
 import re
 import threading
+
+_logger = logging.getLogger(__name__)
 
 MARK = "_mit_network_audit_ingress"
 SKIP = "\0skip"  # module value of a record the router must drop
@@ -71,8 +74,8 @@ def install():
         result = original_set(self, rule)
         try:
             _tag(rule)
-        except Exception:  # fail-open: attribution must never break a request
-            pass
+        except Exception:  # fail-open: the request goes on, recorded as module "odoo"
+            _logger.debug("ingress attribution failed", exc_info=True)
         return result
 
     setattr(__call__, MARK, True)
