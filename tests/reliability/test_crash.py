@@ -1,0 +1,123 @@
+"""Crashes: a writer SIGKILLed at a random moment never leaves a ledger that fails to open, fails
+to verify, holds half a batch, or cannot be appended to from the right seq and hash.
+
+Each round forks a writer that opens the ledger and loops over one step (append a batch, sign a
+head, or vacuum), and kills it with SIGKILL after a random delay. A shared byte says whether the
+kill landed inside the step; the figures count those rounds too.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+
+import pytest
+
+from conftest import make_event
+from ledger import Ledger
+from verifier.format import parse_checkpoints
+from verifier.verify import verify_ledger
+
+from .conftest import scaled
+
+ROUNDS = scaled(50, 1000)           # per step kind
+FAR_FUTURE = 2**62                  # "now" for the vacuum: every row is past retention
+
+
+def _child(path: str, key_dir: str, step: str, rnd: int, flag: mmap.mmap) -> None:
+    """The writer: open, then loop over `step` until killed. flag[0] = 1 while inside the step."""
+    rng = random.Random(rnd)
+    led = Ledger.open(path, key_dir=key_dir)
+    n = 0
+    while True:
+        k = rng.randint(1, 20)
+        batch = [make_event(n * 20 + i, module=f"r{rnd}b{n}k{k}") for i in range(k)]
+        if step == "append":
+            flag[0] = 1
+            led.append_many(batch)
+            flag[0] = 0
+        elif step == "sign_head":
+            led.append_many(batch)
+            flag[0] = 1
+            led.sign_head()
+            flag[0] = 0
+        else:
+            led.append_many(batch)
+            led.sign_head()
+            flag[0] = 1
+            led.vacuum(0, now_ns=FAR_FUTURE)
+            flag[0] = 0
+        flag[1] = min(255, flag[1] + 1)
+        n += 1
+
+
+def _fork_and_kill(path: str, key_dir: str, step: str, rnd: int, rng: random.Random) -> tuple[bool, int]:
+    flag = mmap.mmap(-1, 2)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child never returns
+        try:
+            _child(path, key_dir, step, rnd, flag)
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+        os._exit(3)
+    time.sleep(rng.uniform(0.0, 0.06))
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, \
+        f"round {rnd}: the writer ended by itself (status {status}) before it was killed"
+    inside, done = flag[0] == 1, flag[1]
+    flag.close()
+    return inside, done
+
+
+def _check_after_crash(path: str, key_dir: str, pub: str, rnd: int) -> None:
+    led = Ledger.open(path, key_dir=key_dir)                       # 1. it always opens
+    try:
+        heads_text = open(led.keys.heads_path).read() if os.path.exists(led.keys.heads_path) else ""
+        heads = parse_checkpoints(heads_text) if heads_text.strip() else []
+        v = verify_ledger(path, pub, heads)                        # 2. it always verifies
+        assert v.valid, f"round {rnd}: {v.message}"
+        first = led.con.execute("SELECT min(chain_seq) FROM egress_log").fetchall()[0][0]
+        # 3. no half-written batch: a batch's rows are all there, contiguous (a prune may cut
+        #    the front of the oldest batch, never anything else)
+        for module, count, lo, hi in led.con.execute(
+                "SELECT module, count(*), min(chain_seq), max(chain_seq) FROM egress_log "
+                "WHERE module GLOB 'r*b*k*' GROUP BY module"):
+            k = int(module.rsplit("k", 1)[1])
+            assert hi - lo + 1 == count, f"round {rnd}: batch {module} is not contiguous"
+            assert count == k or (count < k and lo == first), \
+                f"round {rnd}: batch {module} has {count} of its {k} rows"
+        # 4. appending continues from the right seq and hash
+        seq, digest = led.last()
+        assert led.append(make_event(rnd, module="after-crash")) == seq + 1
+        prev = led.con.execute("SELECT prev_hash FROM egress_log WHERE chain_seq = ?", (seq + 1,)).fetchall()[0][0]
+        assert prev == digest
+    finally:
+        led.close()
+
+
+@pytest.mark.parametrize("step", ["append", "sign_head", "vacuum"])
+def test_sigkill_at_a_random_moment(home, step, figures):
+    path, key_dir = str(home / f"crash-{step}.sqlite"), str(home / "keys")
+    led = Ledger.open(path, key_dir=key_dir)
+    pub = led.public_key_text
+    led.sign_head()
+    led.close()
+    rng = random.Random(f"crash-{step}")
+    inside = 0
+    for rnd in range(ROUNDS):
+        hit, _ = _fork_and_kill(path, key_dir, step, rnd, rng)
+        inside += hit
+        _check_after_crash(path, key_dir, pub, rnd)
+        if rnd % 25 == 24:  # keep the ledger small: sign and prune all but the newest rows
+            with Ledger.open(path, key_dir=key_dir) as led:
+                led.sign_head()
+                led.vacuum(0, now_ns=FAR_FUTURE)
+    figures.crash[f"{step}: rounds"] = ROUNDS
+    figures.crash[f"{step}: killed inside the step"] = inside
+    assert inside > 0, f"no kill landed inside {step}: the loop does not test what it says"
