@@ -153,7 +153,7 @@ if ! psql -d postgres -Atc "select 1 from pg_database where datname='$TPL'" | gr
     fi
 fi
 dropdb --if-exists "$DB"
-rm -rf "$DATA_DIR/filestore/$DB" "$DATA_DIR/mit_network_audit/$DB"
+rm -rf "$DATA_DIR/filestore/$DB" "$DATA_DIR/mit_network_audit/$DB" "$DATA_DIR/mit_network_audit/_server"
 createdb -T "$TPL" "$DB"
 [ -d "$DATA_DIR/filestore/$TPL" ] && cp -a "$DATA_DIR/filestore/$TPL" "$DATA_DIR/filestore/$DB"
 

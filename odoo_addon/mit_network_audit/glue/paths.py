@@ -3,6 +3,7 @@
 
     <data_dir>/mit_network_audit/<db>/ledgers/<host>.sqlite   this host's ledger (+ shipped ones)
     <data_dir>/mit_network_audit/<db>/keys/                   signing key, HMAC salt, heads file
+    <data_dir>/mit_network_audit/_server/...                  calls made outside any database
 """
 import glob
 import os
@@ -33,8 +34,12 @@ def key_dir(dbname):
     return os.path.join(database_dir(dbname), "keys")
 
 
+SERVER_DB = "_server"  # calls made outside any database (Odoo names never start with "_")
+
+
 def default_folders(dbname):
-    return [os.path.dirname(own_ledger_path(dbname))]
+    """This database's ledger folder, and the server-level one."""
+    return [os.path.dirname(own_ledger_path(dbname)), os.path.dirname(own_ledger_path(SERVER_DB))]
 
 
 def parse_folders(text, dbname):

@@ -4,19 +4,20 @@
 The interceptor is process-wide; one Odoo process serves several databases. Odoo names the
 database of the current request, cron or test on the thread (threading.current_thread().dbname);
 the router reads it on the calling thread and hands the record to that database's own sink
-(interceptor.Sink: bounded queue, one writer thread, gap rows on faults). Calls made outside any
-database go to the server-level ledger "_server".
+(interceptor.Sink over ledger.sink.LedgerWriter: bounded queue, one writer thread, gap rows on
+faults, re-armed after fork). Calls made outside any database go to the server-level ledger
+"_server", which every database's ingest reads too.
 """
 import logging
 import os
 import threading
 
 from . import paths
+from .paths import SERVER_DB
 from .ingress import SKIP
 
 _logger = logging.getLogger(__name__)
 
-SERVER_DB = "_server"
 
 
 def current_dbname():
@@ -24,56 +25,19 @@ def current_dbname():
     return name if isinstance(name, str) and name else SERVER_DB
 
 
-class LedgerWriter:
-    """The interceptor sink's writer for one database: appends to this host's ledger.
+def ledger_sink(dbname):
+    """The interceptor sink of one database: the core's ledger writer on this host's ledger."""
+    from interceptor import Sink
+    from ledger.sink import LedgerWriter
 
-    The ledger is opened lazily on the writer thread; after a fork the child drops the parent's
-    connection (never closes it: SQLite handles must not cross a fork) and opens its own.
-    """
-
-    def __init__(self, dbname):
-        self.dbname = dbname
-        self._ledger = None
-        self._pid = None
-
-    def _open(self):
-        if self._ledger is None or self._pid != os.getpid():
-            from ledger import Ledger
-            import interceptor
-
-            self._ledger = Ledger.open(paths.own_ledger_path(self.dbname),
-                                       key_dir=paths.key_dir(self.dbname), host_id=paths.host_id())
-            self._pid = os.getpid()
-            self._ledger.append_audit("interceptor_installed", version=interceptor.VERSION,
-                                      pid=self._pid, database=self.dbname)
-        return self._ledger
-
-    @property
-    def salt(self):
-        return self._open().hmac_salt
-
-    def write_batch(self, events):
-        self._open().append_many(events)
-
-    def write_gap(self, dropped, t1_ns, t2_ns, reason):
-        self._open().append_audit("gap", dropped=dropped, t1=t1_ns, t2=t2_ns, reason=reason)
-
-    def after_fork(self):
-        self._ledger = None
-
-    def close(self):
-        if self._ledger is not None and self._pid == os.getpid():
-            self._ledger.close()
-        self._ledger = None
+    return Sink(LedgerWriter(paths.own_ledger_path(dbname), paths.key_dir(dbname)))
 
 
 class DatabaseRouter:
     """The sink given to interceptor.install(): submit/miss/flush, routed per database."""
 
-    def __init__(self, sink_factory=None):
-        from interceptor import Sink
-
-        self._factory = sink_factory or (lambda db: Sink(LedgerWriter(db)))
+    def __init__(self, sink_factory=ledger_sink):
+        self._factory = sink_factory
         self._sinks = {}
         self._lock = threading.Lock()
 
