@@ -7,3 +7,4 @@ from . import test_settings
 from . import test_interceptor
 from . import test_ingress
 from . import test_benchmark
+from . import test_ui
