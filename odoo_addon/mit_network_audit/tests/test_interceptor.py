@@ -4,17 +4,20 @@ call lands in this database's ledger attributed to that module, and the auditor'
 makes no call (an injected one raises the alarm)."""
 import http.server
 import os
+import shutil
 import socket
 import socketserver
+import tempfile
 import threading
 from unittest.mock import patch
 
+import apsw
 import interceptor
 
 from odoo.tests import TransactionCase, tagged
-from odoo.tools import config
+from odoo.tools import config, mute_logger
 
-from ..glue import hooks
+from ..glue import hooks, paths
 from ..glue.router import DatabaseRouter
 
 
@@ -89,6 +92,32 @@ class TestInterceptorInOdoo(TransactionCase):
         self.assertTrue(facts)
         self.assertIn(f"pid={os.getpid()}", facts[-1].url_path)
         self.assertLess(facts[-1].chain_seq, row.chain_seq)
+
+    @mute_logger("odoo.addons.mit_network_audit.models.network_audit_ledger")
+    def test_tampered_copy_of_the_real_ledger_stops_at_the_bad_row(self):
+        url = f"http://127.0.0.1:{self.port}/publisher-warranty/"
+        with patch.dict(config.options, {"publisher_warranty_url": url}), \
+                patch.dict(os.environ, {"NO_PROXY": "*", "no_proxy": "*"}):
+            self.env["publisher_warranty.contract"].update_notification(cron_mode=False)
+        self.assertTrue(interceptor.flush(10))
+        folder = tempfile.mkdtemp(prefix="netaudit-copy-")
+        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+        copy = os.path.join(folder, "copy.sqlite")
+        src = apsw.Connection(paths.own_ledger_path(self.env.cr.dbname), flags=apsw.SQLITE_OPEN_READONLY)
+        dst = apsw.Connection(copy)
+        with dst.backup("main", src, "main") as backup:
+            backup.step()
+        src.close()
+        bad = dst.execute("SELECT max(chain_seq) FROM egress_log WHERE module = 'mail'").fetchall()[0][0]
+        dst.execute("DROP TRIGGER egress_log_no_update")
+        dst.execute("UPDATE egress_log SET host = 'elsewhere.example' WHERE chain_seq = ?", (bad,))
+        dst.close()
+        self.env["ir.config_parameter"].sudo().set_param("mit_network_audit.ledger_folders", folder)
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("path", "=", copy)])
+        self.assertEqual((rec.ingest_state, rec.break_seq, rec.break_reason),
+                         ("broken", bad, "hash_mismatch"))
+        self.assertEqual(rec.last_seq, bad - 1)
 
     def test_zero_self_egress_then_injected_alarm(self):
         # Everything the addon does: ingest, sign, verify, vacuum, report.
