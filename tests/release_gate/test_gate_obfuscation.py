@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import importlib.machinery
 import importlib.util
-import os
 import random
 import py_compile
 import sysconfig
@@ -69,6 +68,7 @@ def test_package_without_its_init_source_fails(plant_wheel, tmp_path):
 
 @pytest.mark.parametrize("path", [
     "verifier/_speedups.cpython-311-x86_64-linux-gnu.so",
+    "ledger/ledger.cpython-311-x86_64-linux-gnu.so",  # a Cython/Nuitka-compiled copy of a module
     "ledger/netaudit_helper",
     "interceptor/_hook.pyd",
     "ledger/helper.dll",
