@@ -68,6 +68,8 @@ ALLOWED_OURS = {
     "ledger": frozenset({"interceptor", "verifier"}),
 }
 STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
+# The verifier is the trusted core an offline auditor installs: stdlib + apsw + cryptography.
+VERIFIER_THIRD_PARTY = frozenset({"apsw", "cryptography"})
 
 # --- Readability bounds -------------------------------------------------------------------------
 MAX_LINE = 500                # characters; obfuscators emit one huge line, people do not
@@ -175,7 +177,7 @@ RULES = (  # (id, one-line description), in report order
     ("unreadable-source", f"every .py parses, lines <= {MAX_LINE} chars, "
                           f"no long high-entropy literals"),
     ("core-no-odoo", "interceptor/, ledger/, verifier/ never import odoo"),
-    ("layering", "interceptor/ is stdlib-only; verifier/ imports nothing else of ours"),
+    ("layering", "interceptor/ is stdlib-only; verifier/ is stdlib+apsw+cryptography, none of ours"),
     ("no-self-egress", "no outbound connection in our code outside the interceptor's wrappers"),
     ("license", "the artifact carries the LGPL-3.0 licence"),
     ("sdist-contents", "the sdist contains tests/ and the addon odoo_addon/mit_network_audit/"),
@@ -651,6 +653,10 @@ def check_layering(t: Tree) -> Iterator[Finding]:
             elif pkg == "interceptor" and top not in STDLIB and top not in OUR_TOP_LEVEL:
                 yield Finding("layering", t.where(path, line),
                               f"interceptor imports {name}, not in the standard library")
+            elif pkg == "verifier" and top not in STDLIB | VERIFIER_THIRD_PARTY | OUR_TOP_LEVEL:
+                yield Finding("layering", t.where(path, line),
+                              f"verifier imports {name}: the verifier uses only the standard "
+                              f"library, {', '.join(sorted(VERIFIER_THIRD_PARTY))}")
 
 
 def _egress_scope(path: str) -> bool:

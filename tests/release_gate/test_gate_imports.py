@@ -50,6 +50,8 @@ def test_odoo_import_in_the_addon_passes(plant_sdist):
     ("verifier/planted.py", "from .. import ledger\n", "verifier imports ledger"),
     ("verifier/planted.py", "import importlib\nL = importlib.import_module('ledger')\n",
      "verifier imports ledger"),
+    ("verifier/planted.py", "import platformdirs\n", "the verifier uses only the standard library"),
+    ("verifier/planted.py", "from requests import get\n", "verifier imports requests:"),
     ("ledger/planted.py", "from odoo_addon.mit_network_audit import glue\n",
      "ledger may import interceptor, verifier"),
 ])
