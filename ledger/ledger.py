@@ -30,8 +30,9 @@ from verifier.format import (
     GENESIS_HASH,
     Checkpoint,
     FormatError,
-    encode_row,
+    encode_columns,
     public_key_from_text,
+    row_prefix,
     same_hash,
 )
 
@@ -181,7 +182,7 @@ class Ledger:
                     "created_at": str(clock()), "public_key": keys.public_key_text, "key_id": keys.key_id}
             con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
             led = Ledger(con, "", ledger_id, meta, key_dir, clock)
-            led._append_locked([event_values(audit_event("ledger_opened", clock(), created=1, host=host_id))])
+            led._append_fact_locked("ledger_opened", clock(), created=1, host=host_id)
         return meta
 
     def close(self) -> None:
@@ -222,12 +223,16 @@ class Ledger:
         return (rows[0][0], rows[0][1]) if rows else (0, GENESIS_HASH)
 
     def append_many(self, events: Iterable[NetEvent]) -> int:
-        """Append events as one transaction. Returns the last chain_seq."""
-        values = [event_values(e) for e in events]
-        if not values:
+        """Append events as one transaction. Returns the last chain_seq.
+
+        Columns are encoded before the write lock is taken; under the lock only the seq, the
+        hash and the insert remain, so concurrent writers wait on each other as little as possible.
+        """
+        encoded = [self._encode(event_values(e)) for e in events]
+        if not encoded:
             return self.last()[0]
         with self._write():
-            return self._append_locked(values)
+            return self._append_locked(encoded)
 
     def append(self, event: NetEvent) -> int:
         return self.append_many([event])
@@ -236,19 +241,23 @@ class Ledger:
         """Record an admin fact (interceptor_installed, forensic_on, ...) as a chain row."""
         return self.append(audit_event(fact, self.clock(), **detail))
 
-    def _append_locked(self, values: list[tuple]) -> int:
+    def _encode(self, values: tuple) -> tuple[tuple, bytes]:
+        try:
+            return values, encode_columns(self.ledger_id, values)
+        except FormatError:  # loose types from a caller: coerce once, then it must encode
+            values = _coerce(values)
+            return values, encode_columns(self.ledger_id, values)
+
+    def _append_fact_locked(self, fact: str, ts: int, **detail) -> int:
+        return self._append_locked([self._encode(event_values(audit_event(fact, ts, **detail)))])
+
+    def _append_locked(self, encoded: list[tuple[tuple, bytes]]) -> int:
         seq, prev = self.last()
-        ledger_id = self.ledger_id
         rows = []
-        for vals in values:
+        for values, body in encoded:
             seq += 1
-            try:
-                encoded = encode_row(ledger_id, seq, vals)
-            except FormatError:
-                vals = _coerce(vals)
-                encoded = encode_row(ledger_id, seq, vals)
-            digest = sha256(prev + encoded).digest()
-            rows.append((seq, *vals, prev, digest))
+            digest = sha256(prev + row_prefix(seq) + body).digest()
+            rows.append((seq, *values, prev, digest))
             prev = digest
         self.con.executemany(INSERT_ROW, rows)
         return seq
@@ -276,7 +285,7 @@ class Ledger:
             self.con.execute(
                 "INSERT INTO signed_heads (seq, row_hash, signed_at, key_id, signature) VALUES (?, ?, ?, ?, ?)",
                 (cp.seq, cp.row_hash, cp.signed_at, cp.key_id, cp.signature))
-            self._append_locked([event_values(audit_event("head_signed", cp.signed_at, seq=seq))])
+            self._append_fact_locked("head_signed", cp.signed_at, seq=seq)
         return cp.to_text()
 
     def head(self) -> Checkpoint | None:
@@ -327,8 +336,8 @@ class Ledger:
                     deleted = con.changes()
                     allowed["through"] = 0
                     anchor = through
-                vac._append_locked([event_values(audit_event(
-                    "vacuum", now_ns, retention_days=retention_days, deleted=deleted, pruned_through=anchor))])
+                vac._append_fact_locked("vacuum", now_ns, retention_days=retention_days, deleted=deleted,
+                                        pruned_through=anchor)
         finally:
             con.close()
         if not head:

@@ -70,17 +70,17 @@ _TEXT_IDX = tuple(i for i, (_, t) in enumerate(COLUMNS) if t == TEXT)
 # itemgetter of several indexes returns a tuple; INT and TEXT have many columns, REAL just one.
 _get_ints, _get_texts = itemgetter(*_INT_IDX), itemgetter(*_TEXT_IDX)
 (_REAL_AT,) = _REAL_IDX
-_FIXED = struct.Struct(
-    ">q" + "q" * len(_INT_IDX) + "d" * len(_REAL_IDX) + "I" * (1 + len(_TEXT_IDX))
-)
+_SEQ = struct.Struct(">q")
+_COLUMNS_FIXED = struct.Struct(">" + "q" * len(_INT_IDX) + "d" * len(_REAL_IDX) + "I" * (1 + len(_TEXT_IDX)))
 
 
 class FormatError(ValueError):
     """A value that the format cannot represent (wrong type, out of range, malformed text)."""
 
 
-def encode_row(ledger_id: str, chain_seq: int, values) -> bytes:
-    """Canonical bytes of one row; `values` are the COLUMNS values in order."""
+def encode_columns(ledger_id: str, values) -> bytes:
+    """Everything of encode_row after ROW_DOMAIN and chain_seq, which the writer can compute
+    before it knows the row's seq (outside its write lock)."""
     try:
         texts = (ledger_id, *_get_texts(values))
         data = "".join(texts).encode()
@@ -90,9 +90,24 @@ def encode_row(ledger_id: str, chain_seq: int, values) -> bytes:
         real = values[_REAL_AT]
         if type(real) is not float:
             raise TypeError(f"REAL column holds {type(real).__name__}")
-        return b"".join((ROW_DOMAIN, _FIXED.pack(chain_seq, *_get_ints(values), real, *lengths), data))
+        return _COLUMNS_FIXED.pack(*_get_ints(values), real, *lengths) + data
     except (AttributeError, TypeError, struct.error, UnicodeError, IndexError) as exc:
-        raise FormatError(f"row {chain_seq!r} cannot be encoded: {exc}") from None
+        raise FormatError(f"row cannot be encoded: {exc}") from None
+
+
+def encode_row(ledger_id: str, chain_seq: int, values) -> bytes:
+    """Canonical bytes of one row; `values` are the COLUMNS values in order."""
+    return row_prefix(chain_seq) + encode_columns(ledger_id, values)
+
+
+def row_prefix(chain_seq: int) -> bytes:
+    """ROW_DOMAIN || i64(chain_seq)."""
+    if type(chain_seq) is not int:
+        raise FormatError(f"chain_seq {chain_seq!r} is not an integer")
+    try:
+        return ROW_DOMAIN + _SEQ.pack(chain_seq)
+    except struct.error as exc:
+        raise FormatError(f"chain_seq {chain_seq!r}: {exc}") from None
 
 
 def row_hash(ledger_id: str, chain_seq: int, values, prev_hash: bytes) -> bytes:

@@ -35,8 +35,9 @@ from verifier.format import (
     FormatError,
     check_signature,
     key_id,
-    encode_row,
+    encode_columns,
     public_key_from_text,
+    row_prefix,
     same_hash,
 )
 from hashlib import sha256
@@ -108,9 +109,9 @@ class ChainChecker:
                 fail = Failure(seq, "broken_link", f"row {seq}: prev_hash does not match row {last_seq}'s hash")
                 break
             try:
-                computed = sha256(prev + encode_row(ledger_id, seq, row[1:-2])).digest()
+                computed = sha256(prev + row_prefix(seq) + encode_columns(ledger_id, row[1:-2])).digest()
             except FormatError as exc:
-                fail = Failure(seq, "bad_type", str(exc))
+                fail = Failure(seq, "bad_type", f"row {seq}: {exc}")
                 break
             if not same_hash(computed, stored):
                 fail = Failure(seq, "hash_mismatch", f"row {seq}: contents do not match its row_hash")
@@ -237,6 +238,9 @@ def verify_ledger(path: str, pubkey: str | None = None, heads: list[Checkpoint] 
             return _verify(con, copy, path, pubkey, heads or [], progress)
         except apsw.Error as exc:
             raise VerifyInputError(f"{path}: unreadable ledger ({exc.__class__.__name__}: {exc})") from None
+        except UnicodeDecodeError:  # in meta, a signed head or a prune anchor; rows are named above
+            return Verdict(False, 0, None, "bad_type", message=f"{path}: meta, a signed head or a prune anchor "
+                           "holds TEXT that is not UTF-8, which the writer never stores")
         finally:
             con.close()
 
@@ -262,7 +266,12 @@ def _check_span(copy: str, ledger_id: str, lo: int, hi: int, want, progress=None
         checker.feed_many([first])
         while not checker.failure:
             before = checker.rows
-            checker.feed_many(islice(rows, 50_000))
+            try:
+                checker.feed_many(islice(rows, 50_000))
+            except UnicodeDecodeError:  # apsw decodes TEXT while fetching: the row never reached feed
+                bad = con.execute("SELECT min(chain_seq) FROM egress_log WHERE chain_seq > ?",
+                                  (checker.last_seq,)).fetchall()[0][0]
+                checker.failure = Failure(bad, "bad_type", f"row {bad}: a TEXT column holds bytes that are not UTF-8")
             if checker.rows == before:
                 break
             if progress:
