@@ -32,7 +32,7 @@ EGRESS = [
 def test_outbound_call_in_the_core_fails(plant_wheel, package, code, line, reason):
     path = f"{package}/planted.py"
     run = run_gate(plant_wheel({path: code.encode()}))
-    third_party = package == "interceptor" and "requests" in code  # also breaks stdlib-only
+    third_party = package != "ledger" and "requests" in code  # also breaks layering
     assert run.rc == 1
     assert run.failed_rules() == {"no-self-egress"} | ({"layering"} if third_party else set()), \
         run.stdout
