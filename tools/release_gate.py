@@ -82,7 +82,7 @@ COMPILED_SUFFIXES = (".pyc", ".pyo")
 NATIVE_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
                 b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")  # ELF, Mach-O (fat); PE below
 DOC_SUFFIXES = (".md", ".rst", ".txt")
-DOC_NAMES = frozenset({"PKG-INFO", "METADATA", "SOURCES.txt"})
+DOC_NAMES = frozenset({"PKG-INFO", "METADATA", "SOURCES.txt", "RECORD"})  # RECORD: a file list
 
 # --- Obfuscator traces --------------------------------------------------------------------------
 OBFUSCATOR_PATHS = (  # (regex on a path component, what it is)
