@@ -16,6 +16,9 @@
 #      built (cached), copied into a fresh test database on every run.
 #   5. odoo -i mit_network_audit --test-enable --test-tags /mit_network_audit, then fails on any
 #      failed test, any ERROR/CRITICAL log line, or when none of our tests ran (Odoo exits 0 then).
+#   6. A prefork check (tools/odoo_prefork_check.py, ODOO_PREFORK_CHECK=0 skips it): a fresh
+#      database, the addon installed, `--workers=2`, XML-RPC calls from another process; every
+#      worker must capture into the database's ledger.
 #
 # Environment: ODOO_VENV, ODOO_TEST_DB (default netaudit_test), ODOO_HTTP_PORT (default 18069),
 #              ODOO_TEST_TAGS (default /mit_network_audit; the ingest benchmark:
@@ -59,12 +62,15 @@ if ! psql -d postgres -Atc "select 1" >/dev/null 2>&1; then
 fi
 
 # --- 2. virtual environment ------------------------------------------------------------
-REQ_HASH=$(cat "$ODOO_SRC/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
+VENV_RECIPE=2  # bump when the way the venv is built changes
+REQ_HASH=$( (echo "$VENV_RECIPE"; cat "$ODOO_SRC/requirements.txt" "$ROOT/pyproject.toml") | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.req-stamp" 2>/dev/null)" != "$REQ_HASH" ]; then
     say "building $VENV (Odoo requirements + this project)"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade "pip>=25.3" wheel "setuptools<70"
+    # setuptools 70..80 still ships pkg_resources (gevent's plugin loader needs it) and reads
+    # the normalised dist-info names of current wheels (zope_interface-*.dist-info).
+    "$VENV/bin/python" -m pip install -q --upgrade "pip>=25.3" wheel "setuptools>=70,<81"
     # python-ldap only builds with the OpenLDAP headers; the addons we load do not use it.
     REQS="$VENV/requirements.txt"
     if [ -f /usr/include/ldap.h ]; then
@@ -169,6 +175,25 @@ set -e
 [ "${ODOO_KEEP_DB:-0}" = 1 ] || { dropdb --if-exists "$DB"; rm -rf "$DATA_DIR/filestore/$DB"; }
 
 FAIL=0
+# --- 6. prefork: post_load in the master, capture in every worker ------------------------
+if [ "${ODOO_PREFORK_CHECK:-1}" = 1 ]; then
+    PDB="${DB}_prefork"
+    dropdb --if-exists "$PDB" 2>/dev/null
+    rm -rf "$DATA_DIR/filestore/$PDB" "$DATA_DIR/mit_network_audit/$PDB"
+    createdb -T "$TPL" "$PDB"
+    [ -d "$DATA_DIR/filestore/$TPL" ] && cp -a "$DATA_DIR/filestore/$TPL" "$DATA_DIR/filestore/$PDB"
+    if "${ODOO[@]}" -d "$PDB" -i mit_network_audit --stop-after-init --log-level=warn \
+            > "$VENV/prefork-install.log" 2>&1 \
+       && "$PY" "$ROOT/tools/odoo_prefork_check.py" "$TREE/setup/odoo" "$PDB" "$DATA_DIR" \
+            "$((PORT + 10))" -- "${OPTS[@]}"; then
+        :
+    else
+        echo "test_odoo: prefork check failed (logs: $VENV/prefork-install.log, $DATA_DIR/prefork-check.log)"
+        FAIL=1
+    fi
+    dropdb --if-exists "$PDB"; rm -rf "$DATA_DIR/filestore/$PDB"
+fi
+
 LOGLINE='^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:,]+ [0-9]+ '
 if grep -E "$LOGLINE(ERROR|CRITICAL) " "$LOG" >/dev/null; then
     echo "---- ERROR/CRITICAL lines in the Odoo log:"

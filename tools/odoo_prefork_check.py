@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Check the addon in Odoo's prefork mode: post_load in the master, capture in every worker.
+
+Run by tools/test_odoo.sh with the venv's Python, after the addon's tests:
+    odoo_prefork_check.py ODOO_SCRIPT DB DATA_DIR PORT -- ODOO_OPTIONS...
+
+Starts `odoo --workers=2 --load=base,web,mit_network_audit` on 127.0.0.1 for DB (the addon must be
+installed there), makes XML-RPC calls from a separate client process, among them one that makes
+the stock `mail` module call a local stand-in for the publisher warranty server, stops the
+server, then reads this host's ledger for DB under DATA_DIR. Fails unless: the server logged no
+error, the ledger verifies,
+`mail`'s egress and `base`'s ingress rows are there, they come from worker processes (not the
+master), every worker that served a call wrote an interceptor_installed row, and nothing is
+self-egress.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+CLIENT = r"""
+import http.server, socketserver, sys, threading, xmlrpc.client
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b"{'messages': []}"
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+class S(http.server.HTTPServer):
+    server_bind = socketserver.TCPServer.server_bind
+srv = S(("127.0.0.1", int(sys.argv[3])), H)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+base, db = sys.argv[1], sys.argv[2]
+uid = xmlrpc.client.ServerProxy(base + "/xmlrpc/2/common").authenticate(db, "admin", "admin", {})
+assert uid, "admin/admin cannot log in"
+models = xmlrpc.client.ServerProxy(base + "/xmlrpc/2/object")
+for _ in range(6):
+    assert models.execute_kw(db, uid, "admin", "publisher_warranty.contract",
+                             "update_notification", [[]], {"cron_mode": False})
+"""
+
+
+def fail(msg: str) -> int:
+    print(f"prefork_check: FAILED: {msg}")
+    return 1
+
+
+def main(argv: list[str]) -> int:
+    sep = argv.index("--")
+    script, db, data_dir, port = argv[:sep]
+    options = argv[sep + 1:]
+    stand_in = int(port) + 1
+    conf = os.path.join(data_dir, "prefork-check.conf")
+    with open(conf, "w") as fh:  # publisher_warranty_url has no command-line option
+        fh.write(f"[options]\npublisher_warranty_url = http://127.0.0.1:{stand_in}/publisher-warranty/\n")
+    log = open(os.path.join(data_dir, "prefork-check.log"), "w")
+    server = subprocess.Popen(
+        [sys.executable, script, "-c", conf, *options, "-d", db, f"--db-filter=^{db}$",
+         "--load=base,web,mit_network_audit", "--workers=2", "--max-cron-threads=0",
+         "--http-interface=127.0.0.1", f"--http-port={port}", "--log-level=info"],
+        stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "NO_PROXY": "*", "no_proxy": "*"}
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for _ in range(60):
+            try:
+                opener.open(base + "/web/login", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # it answered
+            except OSError:
+                time.sleep(0.5)
+        else:
+            return fail("the prefork server did not answer")
+        client = subprocess.run([sys.executable, "-c", CLIENT, base, db, str(stand_in)],
+                                capture_output=True, text=True, timeout=120, env=env)
+        if client.returncode:
+            return fail(f"client: {client.stderr.strip().splitlines()[-1:]}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+    with open(log.name, encoding="utf-8", errors="replace") as fh:
+        bad = [line for line in fh if " ERROR " in line or " CRITICAL " in line or
+               line.startswith("Traceback")]
+    if bad:
+        return fail(f"the server logged errors: {bad[0].strip()[:200]}")
+
+    from ledger import Ledger
+    from verifier import verify_ledger
+
+    [path] = glob.glob(os.path.join(data_dir, "mit_network_audit", db, "ledgers", "*.sqlite"))
+    verdict = verify_ledger(path)
+    if not verdict.valid:
+        return fail(f"ledger does not verify: {verdict.message}")
+    with Ledger.open(path, readonly=True) as led:
+        rows = list(led.rows())
+    master = server.pid
+    mail = [r for r in rows if r["module"] == "mail" and r["dst_port"] == stand_in]
+    ingress = [r for r in rows if r["direction"] == "ingress" and r["url_path"] == "/xmlrpc/2/object"]
+    installed = {r["pid"] for r in rows if r["method"] == "interceptor_installed"}
+    if len(mail) != 6 or len(ingress) != 6:
+        return fail(f"{len(mail)} mail egress rows and {len(ingress)} ingress rows, expected 6 and 6")
+    if any(r["module"] != "base" for r in ingress):
+        return fail("an /xmlrpc/2/object ingress row is not attributed to base")
+    workers = {r["pid"] for r in mail + ingress}
+    if master in workers:
+        return fail("the master process served a request: not prefork")
+    if not workers <= installed:
+        return fail(f"workers {sorted(workers - installed)} wrote no interceptor_installed row")
+    if any(r["self_egress"] for r in rows):
+        return fail("self-egress rows in the ledger")
+    print(f"prefork_check: OK: {verdict.message}; master {master}, workers {sorted(workers)}; "
+          f"{len(mail)} mail egress rows, {len(ingress)} ingress rows attributed to base")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
