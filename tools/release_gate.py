@@ -213,7 +213,9 @@ class Tree:
     _aliases: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     def where(self, path: str, line: int | None = None) -> str:
-        return f"{self.label}:{path}" + (f":{line}" if line else "")
+        """`artifact.whl:member:line` in an archive, `dir/path:line` (a path to open) in a tree."""
+        place = f"{self.label}/{path}" if self.kind == "source" else f"{self.label}:{path}"
+        return place + (f":{line}" if line else "")
 
     def python(self) -> Iterator[tuple[str, ast.Module]]:
         """Every .py file that parses, with its AST (parse errors are unreadable-source's)."""

@@ -97,8 +97,8 @@ def test_source_tree_scan_names_the_planted_file(release, tmp_path):
     (tree / "interceptor" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0" * 16)  # not shipped
     run = run_gate("--source", tree)
     assert run.failed_rules() == {"core-no-odoo", "layering"}, run.stdout
-    assert run.failures("core-no-odoo") == [f"{tree}:verifier/planted.py:2: imports odoo"]
-    assert run.failures("layering")[0].startswith(f"{tree}:verifier/planted.py:1: verifier imports ledger")
+    assert run.failures("core-no-odoo") == [f"{tree}/verifier/planted.py:2: imports odoo"]
+    assert run.failures("layering")[0].startswith(f"{tree}/verifier/planted.py:1: verifier imports ledger")
 
 
 def test_wheel_file_outside_our_packages_not_in_the_sdist_fails(release, plant_wheel):
