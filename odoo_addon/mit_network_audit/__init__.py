@@ -2,4 +2,4 @@
 from . import glue
 from . import models
 from . import wizard
-from .glue.hooks import post_load
+from .glue.hooks import post_load, uninstall_hook

@@ -25,5 +25,6 @@
         "views/menus.xml",
     ],
     "post_load": "post_load",
+    "uninstall_hook": "uninstall_hook",
     "application": True,
 }

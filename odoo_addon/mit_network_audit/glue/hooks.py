@@ -29,3 +29,11 @@ def post_load():
 def status():
     """{'installed': bool, 'router': DatabaseRouter or None, 'error': str or None}."""
     return dict(_STATE)
+
+
+def uninstall_hook(env):
+    """The egress log's table goes with the module; its guard function must go too.
+
+    The ledger files and keys under data_dir stay: they are evidence, not module data.
+    """
+    env.cr.execute("DROP FUNCTION IF EXISTS network_egress_log_guard() CASCADE")

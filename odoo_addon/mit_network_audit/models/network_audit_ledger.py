@@ -12,8 +12,11 @@ import logging
 import time
 from contextlib import closing
 
+import psycopg2
+
 from odoo import api, fields, models
 from odoo.exceptions import AccessError, UserError
+from odoo.tools import mute_logger
 
 from ..glue import paths
 from .network_egress_log import VACUUM_SETTING, BigInteger, privileged_writer
@@ -202,6 +205,9 @@ class NetworkAuditLedger(models.Model):
         """Append the ledger's new rows to PostgreSQL, each checked to link to the previous one."""
         self.ensure_one()
         rec = self.sudo()
+        if not rec._lock_cursor():
+            _logger.info("ledger %s: another ingest is running, skipped", rec.host_id)
+            return 0
         if rec.public_key != led.meta["public_key"]:
             rec._break(rec.last_seq + 1, "foreign_key",
                        "the ledger's public key is not the one pinned at first ingest")
@@ -230,6 +236,18 @@ class NetworkAuditLedger(models.Model):
         rec.write(vals)
         rec._pull_head(led)
         return added
+
+    def _lock_cursor(self):
+        """Take this ledger's cursor row for the transaction; False when another ingest has it."""
+        self.env.flush_all()
+        try:
+            with mute_logger("odoo.sql_db"), self.env.cr.savepoint():
+                self.env.cr.execute(
+                    "SELECT id FROM network_audit_ledger WHERE id = %s FOR UPDATE NOWAIT", [self.id])
+        except (psycopg2.errors.LockNotAvailable, psycopg2.errors.SerializationFailure):
+            return False
+        self.invalidate_recordset()  # the cursor as the previous ingest committed it
+        return True
 
     def _start_from_anchor(self, led):
         """A ledger already pruned before its first ingest resumes at its newest prune anchor."""
