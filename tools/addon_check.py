@@ -12,7 +12,7 @@ Checks:
               Odoo's own models are accepted for models we only _inherit);
   access      ir.model.access.csv has the right header, unique ids, and names only our models;
               every model we define (not transient) has an access line;
-  pylint      pylint-odoo, when it can be installed into its own venv (tools/.venv-pylint);
+  pylint      pylint-odoo, when it can be installed into its own venv (.venv-pylint/);
               skipped with a message otherwise (--no-pylint, or no network).
 """
 from __future__ import annotations
@@ -244,7 +244,8 @@ def check_access(addon: str, models: dict, kinds: dict, problems: Problems) -> N
 def run_pylint(addon: str) -> tuple[bool | None, str]:
     """(True/False, output) when pylint-odoo ran; (None, reason) when it could not be set up."""
     here = os.path.dirname(os.path.abspath(__file__))
-    env_dir = os.path.join(here, ".venv-pylint")
+    # at the repository's root, like the other venvs: never inside a folder the sdist grafts
+    env_dir = os.path.join(os.path.dirname(here), ".venv-pylint")
     py = os.path.join(env_dir, "bin", "python")
     if not os.path.exists(os.path.join(env_dir, ".ok")):
         try:
