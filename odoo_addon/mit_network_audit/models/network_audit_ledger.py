@@ -24,6 +24,8 @@ from .network_egress_log import VACUUM_SETTING, BigInteger, privileged_writer
 _logger = logging.getLogger(__name__)
 
 try:
+    import apsw
+
     from ledger import Ledger, LedgerError
     from verifier.format import (
         ANCHOR_ORIGIN,
@@ -194,9 +196,16 @@ class NetworkAuditLedger(models.Model):
                 _logger.warning("ledger %s: not ingested: %s", path, exc)
                 continue
             with closing(led):
-                rec = self._record_for(led, path)
-                seen.add(rec.id)
-                done[led.ledger_id] = rec._ingest(led)
+                try:
+                    # one ledger's failure (a file shipped half-way, a corrupt page) leaves the
+                    # others' ingest, and this one's cursor, as they were
+                    with self.env.cr.savepoint():
+                        rec = self._record_for(led, path)
+                        seen.add(rec.id)
+                        done[led.ledger_id] = rec._ingest(led)
+                except (apsw.Error, LedgerError, FormatError, psycopg2.Error) as exc:
+                    self.env.invalidate_all()
+                    _logger.warning("ledger %s: ingest failed: %s: %s", path, type(exc).__name__, exc)
         missing = self.sudo().search([("id", "not in", list(seen)), ("ingest_state", "=", "ok")])
         missing.write({"ingest_state": "missing"})
         return done

@@ -139,3 +139,13 @@ class TestIngest(LedgerCase):
         self.assertEqual((row.url_path, row.host), (awkward, "ünï.example"))
         [result] = rec._verify_pg()
         self.assertTrue(result["valid"], result)
+
+    @mute_logger("odoo.addons.mit_network_audit.models.network_audit_ledger")
+    def test_unreadable_file_does_not_stop_the_others(self):
+        self.write_ledger("host-good", [make_event(1)])
+        with open(f"{self.folder}/ledgers/half-shipped.sqlite", "wb") as fh:
+            fh.write(b"SQLite format 3\0" + b"\x01" * 3000)
+        with open(f"{self.folder}/ledgers/not-a-ledger.sqlite", "wb") as fh:
+            fh.write(b"hello")
+        self.assertEqual(list(self.Ledger._ingest_all().values()), [2])
+        self.assertEqual(self.Ledger.search([]).mapped("host_id"), ["host-good"])
