@@ -149,3 +149,30 @@ class TestIngest(LedgerCase):
             fh.write(b"hello")
         self.assertEqual(list(self.Ledger._ingest_all().values()), [2])
         self.assertEqual(self.Ledger.search([]).mapped("host_id"), ["host-good"])
+
+    def test_rewritten_chain_is_caught_by_the_signed_head(self):
+        """Someone rewrites a row in PostgreSQL and recomputes every later hash: the links all
+        hold, but the signed head (kept in ir.config_parameter too) names the old hash."""
+        from verifier.format import COLUMNS, row_hash
+
+        self.write_ledger("host-w", [make_event(i) for i in range(5)], sign=True)
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-w")])
+        cr = self.env.cr
+        cr.execute("ALTER TABLE network_egress_log DISABLE TRIGGER network_egress_log_guard")
+        cr.execute("UPDATE network_egress_log SET host = 'elsewhere.example' "
+                   "WHERE audit_ledger_id = %s AND chain_seq = 3", [rec.id])
+        rows = list(rec._pg_rows())
+        prev = rows[1][-1]
+        for row in rows[2:]:
+            digest = row_hash(rec.ledger_uuid, row[0], row[1:1 + len(COLUMNS)], prev)
+            cr.execute("UPDATE network_egress_log SET prev_hash = %s, row_hash = %s "
+                       "WHERE audit_ledger_id = %s AND chain_seq = %s",
+                       [prev.hex(), digest.hex(), rec.id, row[0]])
+            prev = digest
+        cr.execute("UPDATE network_audit_ledger SET last_hash = %s WHERE id = %s", [prev.hex(), rec.id])
+        cr.execute("ALTER TABLE network_egress_log ENABLE TRIGGER network_egress_log_guard")
+        self.env.invalidate_all()
+        [result] = rec._verify_pg()
+        self.assertFalse(result["valid"])
+        self.assertEqual((result["reason"], result["seq"]), ("head_mismatch", rec.head_seq))
