@@ -156,6 +156,8 @@ PROCESS_CALLS = frozenset({
     "os.popen", "os.execv", "os.execvp", "os.execl", "os.execlp", "os.spawnv", "os.spawnvp",
     "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell",
 })
+WATCHED_NAMES = EGRESS_CALLS | PROCESS_CALLS | DECODERS | BANNED_CALLS.keys() | {
+    "importlib.import_module", "importlib.__import__"}
 NETWORK_COMMANDS = frozenset({"curl", "wget", "nc", "ncat", "netcat", "ssh", "scp", "sftp",
                               "rsync", "telnet", "ftp", "socat"})
 
@@ -324,8 +326,20 @@ def import_aliases(nodes: Iterable[ast.AST]) -> dict[str, str]:
                     aliases[top] = top
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             for a in node.names:
-                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                if a.name == "*":  # `from socket import *`: kept as "*socket" -> "socket"
+                    aliases[f"*{node.module}"] = node.module
+                else:
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
     return aliases
+
+
+def _star_imported(name: str, aliases: dict[str, str]) -> str | None:
+    """`create_connection` -> `socket.create_connection` after `from socket import *`, for the
+    names the rules look for."""
+    for key, module in aliases.items():
+        if key.startswith("*") and f"{module}.{name}" in WATCHED_NAMES:
+            return f"{module}.{name}"
+    return None
 
 
 def qualified_name(node: ast.expr, aliases: dict[str, str]) -> str | None:
@@ -333,16 +347,22 @@ def qualified_name(node: ast.expr, aliases: dict[str, str]) -> str | None:
     if isinstance(node, ast.Name):
         if node.id in aliases:
             return aliases[node.id]
-        return f"builtins.{node.id}" if node.id in ("exec", "eval", "compile", "__import__") \
-            else node.id
+        if node.id in ("exec", "eval", "compile", "__import__", "getattr"):
+            return f"builtins.{node.id}"
+        if node.id == "__builtins__":
+            return "builtins"
+        return _star_imported(node.id, aliases) or node.id
     if isinstance(node, ast.Attribute):
         base = qualified_name(node.value, aliases)
         return f"{base}.{node.attr}" if base else None
-    if isinstance(node, ast.Call):  # __import__("socket").create_connection
+    if isinstance(node, ast.Call):
         target = qualified_name(node.func, aliases)
         if target in ("builtins.__import__", "importlib.import_module") and node.args:
-            name = _literal_str(node.args[0])
+            name = _literal_str(node.args[0])  # __import__("socket").create_connection
             return name.split(".")[0] if name and target == "builtins.__import__" else name
+        if target == "builtins.getattr" and len(node.args) >= 2:
+            base, attr = qualified_name(node.args[0], aliases), _literal_str(node.args[1])
+            return f"{base}.{attr}" if base and attr else None  # getattr(socket, "socket")
     return None
 
 

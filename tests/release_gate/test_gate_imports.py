@@ -18,6 +18,7 @@ ODOO_IMPORTS = [
     ("import importlib\n\ndef load(name):\n    return importlib.import_module(name)\n", 4,
      "computed module name"),
     ("import builtins\nODOO = builtins.__import__('odoo.api')\n", 2, "imports odoo.api"),
+    ("from importlib import *\nODOO = import_module('odoo')\n", 2, "imports odoo"),
 ]
 
 

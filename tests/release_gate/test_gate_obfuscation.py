@@ -160,6 +160,8 @@ def test_obfuscator_names_in_python_fail(plant_wheel, code, what):
     ("import marshal\nCODE = marshal.loads(b'')\n", 2),
     ("CODE = __import__('marshal').loads(b'')\n", 1),
     ("import base64\nRUN = lambda blob: exec(base64.b64decode(blob))\n", 2),
+    ("from base64 import *\nexec(b64decode(b''))\n", 2),
+    ("import zlib\ngetattr(__builtins__, 'exec')(zlib.decompress(b''))\n", 2),
     ("import zlib\nSRC = zlib.decompress(b'')\n\ndef run():\n    exec(SRC)\n", 5),
     ("import marshal\n\ndef f(code=marshal.loads(b'')):\n    return code\n", 3),
 ])
