@@ -9,6 +9,7 @@ logic of its own.
 import datetime
 import io
 import logging
+import os
 import time
 from contextlib import closing
 
@@ -360,22 +361,37 @@ class NetworkAuditLedger(models.Model):
                        bytes.fromhex(row[-2] or ""), bytes.fromhex(row[-1] or ""))
             last = batch[-1][0]
 
+    def _known_heads(self):
+        """Every signed head we can find for this ledger: on the record, in
+        ir.config_parameter, and the newest one in the ledger file itself when it is at hand
+        (so erasing the copies kept in PostgreSQL does not silence the check)."""
+        self.ensure_one()
+        texts = {self.head_checkpoint,
+                 self.env["ir.config_parameter"].sudo().get_param(HEAD_PARAM + self.ledger_uuid)}
+        heads = []
+        for text in filter(None, texts):
+            try:
+                heads.append(Checkpoint.from_text(text))
+            except FormatError as exc:
+                _logger.warning("ledger %s: a stored head is unreadable: %s", self.host_id, exc)
+        if self.path and os.path.isfile(self.path):
+            try:
+                with closing(Ledger.open(self.path, readonly=True)) as led:
+                    head = led.head() if led.ledger_id == self.ledger_uuid else None
+            except (apsw.Error, LedgerError) as exc:
+                _logger.warning("ledger %s: file unreadable for its heads: %s", self.host_id, exc)
+                head = None
+            if head is not None:
+                heads.append(head)
+        return heads
+
     def _verify_pg(self):
         """Re-verify each ledger's PostgreSQL rows and its signed head; store and return verdicts."""
         self.env.flush_all()
         results = []
         for rec in self:
             start_hash = bytes.fromhex(rec.start_hash or GENESIS_HASH.hex())
-            heads = []
-            if rec.head_checkpoint:
-                try:
-                    heads.append(Checkpoint.from_text(rec.head_checkpoint))
-                except FormatError as exc:
-                    heads = []
-                    _logger.warning("ledger %s: stored head unreadable: %s", rec.ledger_uuid, exc)
-            param = self.env["ir.config_parameter"].get_param(HEAD_PARAM + rec.ledger_uuid)
-            if param and param != rec.head_checkpoint:
-                heads.append(Checkpoint.from_text(param))
+            heads = rec._known_heads()
             # Heads beyond the last row ingested are checked by the next ingest, not here.
             heads = [h for h in heads if rec.start_seq < h.seq <= rec.last_seq]
             checker = ChainChecker(rec.ledger_uuid, rec.start_seq, start_hash,

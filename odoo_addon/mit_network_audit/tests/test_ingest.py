@@ -176,3 +176,11 @@ class TestIngest(LedgerCase):
         [result] = rec._verify_pg()
         self.assertFalse(result["valid"])
         self.assertEqual((result["reason"], result["seq"]), ("head_mismatch", rec.head_seq))
+        # erasing the copies of the head kept in PostgreSQL does not help: the file has it
+        cr.execute("UPDATE network_audit_ledger SET head_checkpoint = NULL WHERE id = %s", [rec.id])
+        cr.execute("DELETE FROM ir_config_parameter WHERE key = %s", [HEAD_PARAM + rec.ledger_uuid])
+        self.env.invalidate_all()
+        self.env.registry.clear_cache()  # get_param's cache
+        self.assertFalse(self.env["ir.config_parameter"].sudo().get_param(HEAD_PARAM + rec.ledger_uuid))
+        [result] = rec._verify_pg()
+        self.assertEqual(result["reason"], "head_mismatch")
