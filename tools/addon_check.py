@@ -9,7 +9,8 @@ Checks:
   xml         every XML file parses;
   models      every model (parsed from models/*.py with ast) has _description, every field help=;
   views       every <field name> in a view exists on the view's model (fields inherited from
-              Odoo's own models are accepted for models we only _inherit);
+              Odoo's own models are accepted for models we only _inherit), and every
+              <button type="object"> calls a method the model defines;
   access      ir.model.access.csv has the right header, unique ids, and names only our models;
               every model we define (not transient) has an access line;
   pylint      pylint-odoo, when it can be installed into its own venv (.venv-pylint/);
@@ -41,6 +42,9 @@ FIELD_TYPES = {"Boolean", "Integer", "Float", "Monetary", "Char", "Text", "Html"
 KNOWN_INHERITED = {"res.config.settings": {"company_id"}}
 
 
+METHODS: dict[str, set[str]] = {}  # model -> method names defined in this addon
+
+
 class Problems(list):
     def add(self, where: str, message: str) -> None:
         self.append(f"{where}: {message}")
@@ -67,6 +71,7 @@ def parse_models(addon: str, problems: Problems) -> tuple[dict, dict]:
         tree = ast.parse(open(path, encoding="utf-8").read(), path)
         for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
             attrs, fields = {}, {}
+            methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
             base = " ".join(ast.unparse(b) for b in cls.bases)
             for stmt in cls.body:
                 if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
@@ -98,6 +103,7 @@ def parse_models(addon: str, problems: Problems) -> tuple[dict, dict]:
                 if not has_help:
                     problems.add(where, f"field {model}.{fname_} has no help=")
             models.setdefault(model, {}).update(fields)
+            METHODS.setdefault(model, set()).update(methods)
     return models, kinds
 
 
@@ -150,6 +156,9 @@ def _view_fields(arch, model: str, models: dict, where: str, problems: Problems)
         for child in node:
             if not isinstance(child.tag, str):
                 continue
+            if (child.tag == "button" and child.get("type") == "object" and current in METHODS
+                    and child.get("name") not in METHODS[current]):
+                problems.add(where, f"button calls {current}.{child.get('name')}(), which does not exist")
             if child.tag == "field" and child.get("name"):
                 name = child.get("name")
                 if fields is not None and name not in fields and name not in MAGIC_FIELDS \
