@@ -41,6 +41,7 @@ DB=${ODOO_TEST_DB:-netaudit_test}
 PORT=${ODOO_HTTP_PORT:-18069}
 PYTHON=${PYTHON:-python3}
 T0=$(date +%s)
+export PGOPTIONS="${PGOPTIONS:---client-min-messages=warning}"  # no NOTICEs from dropdb --if-exists
 
 # --- 1. PostgreSQL ----------------------------------------------------------------------
 if ! command -v pg_lsclusters >/dev/null 2>&1; then
@@ -205,6 +206,10 @@ STATS=$(grep -E "odoo\.tests\.stats: mit_network_audit: [0-9]+ tests" "$LOG" | t
 echo "${RESULT:-test_odoo: no odoo.tests.result line}"
 echo "${STATS:-test_odoo: no test of mit_network_audit ran}"
 [ -n "$STATS" ] || FAIL=1
+if [ -z "$RESULT" ] || echo "$RESULT" | grep -q " of 0 tests"; then FAIL=1; fi
+if grep -q "^Traceback" "$LOG"; then  # a traceback printed outside Odoo's logging
+    echo "---- traceback in the Odoo log:"; grep -A15 "^Traceback" "$LOG" | head -40; FAIL=1
+fi
 if [ -n "$RESULT" ] && ! echo "$RESULT" | grep -q " 0 failed, 0 error(s)"; then FAIL=1; fi
 [ "$RC" = 0 ] || { echo "test_odoo: odoo exited with $RC"; FAIL=1; }
 say "done in $(( $(date +%s) - T0 ))s"
