@@ -7,8 +7,11 @@ table in docs/RELIABILITY.md is a copy of the last `make soak` run).
 from __future__ import annotations
 
 import os
-import sqlite3
+import shutil
+import tempfile
 import time
+
+import apsw
 
 import pytest
 
@@ -67,24 +70,36 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(FIGURES.table())
 
 
-def dump(path: str) -> dict[str, list]:
-    """The logical content of a ledger file: every table's rows, in order, as Python values.
+def dump(path: str) -> dict[str, list] | None:
+    """The logical content of a ledger file (with its -wal): every table's rows, in rowid order.
 
-    A byte flip that leaves this unchanged (free pages, unused header bytes) did not tamper
-    with anything; one that changes it did. None when SQLite cannot read the file at all.
+    A byte flip that leaves this unchanged (free pages, unused header bytes, a WAL frame that
+    a later one supersedes) did not tamper with anything; one that changes it did. Read from a
+    private copy, as SQLite may write beside the file it opens. None when SQLite cannot read it.
     """
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro&immutable=0", uri=True)
+    with tempfile.TemporaryDirectory(prefix="netaudit-dump-") as tmp:
+        copy = os.path.join(tmp, "d.sqlite")
+        shutil.copyfile(path, copy)
+        if os.path.exists(path + "-wal"):
+            shutil.copyfile(path + "-wal", copy + "-wal")
         try:
-            out = {}
-            for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"):
-                out[name] = con.execute(f'SELECT * FROM "{name}" ORDER BY rowid').fetchall()
-            out["__schema__"] = con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
-            return out
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
+            con = apsw.Connection(copy)
+            try:
+                out = {"__schema__": con.execute("SELECT hex(type), hex(name), hex(sql) FROM sqlite_master "
+                                                 "ORDER BY type, name").fetchall()}
+                for (name,) in con.execute("SELECT CAST(name AS BLOB) FROM sqlite_master WHERE type='table' ORDER BY name").fetchall():
+                    name = name.decode("utf-8", "replace")
+                    try:
+                        out[name] = con.execute(f'SELECT * FROM "{name}" ORDER BY rowid').fetchall()
+                    except UnicodeDecodeError:  # TEXT that is not UTF-8: the writer never stores that
+                        cols = [c[1] for c in con.execute(f'PRAGMA table_info("{name}")')]
+                        sel = ", ".join(f'typeof("{c}"), hex("{c}")' for c in cols)
+                        out[name] = ("undecodable", con.execute(f'SELECT {sel} FROM "{name}" ORDER BY rowid').fetchall())
+                return out
+            finally:
+                con.close()
+        except apsw.Error:
+            return None
 
 
 @pytest.fixture
