@@ -125,10 +125,13 @@ class TestIngest(LedgerCase):
 
     def test_crons_run(self):
         self.write_ledger("host-c", [make_event(1)])
-        for xmlid in ("ir_cron_ingest", "ir_cron_sign_head", "ir_cron_vacuum", "ir_cron_forensic_expire"):
+        for xmlid in ("ir_cron_ingest", "ir_cron_sign_head", "ir_cron_verify", "ir_cron_vacuum",
+                      "ir_cron_forensic_expire"):
             cron = self.env.ref(f"mit_network_audit.{xmlid}")
             cron.method_direct_trigger()
-        self.assertTrue(self.Ledger.search([("host_id", "=", "host-c")]).last_ingest)
+        rec = self.Ledger.search([("host_id", "=", "host-c")])
+        self.assertTrue(rec.last_ingest)
+        self.assertEqual(rec.verify_state, "valid")
 
     def test_awkward_text_survives_ingest_and_verifies(self):
         awkward = "/a\tb\\c\nd\re é ✓ \\N"
