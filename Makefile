@@ -32,7 +32,7 @@ soak: $(STAMP)
 # Build the sdist and wheel with the standard `build` frontend, then gate them.
 release: $(STAMP)
 	$(PY) -m pip install -q build
-	rm -rf dist
+	rm -rf build dist
 	$(PY) -m build --sdist --wheel --outdir dist .
 	$(PY) tools/release_gate.py dist/*.whl dist/*.tar.gz
 
