@@ -13,6 +13,7 @@ from unittest.mock import patch
 
 import apsw
 import interceptor
+from ledger import Ledger
 
 from odoo.tests import TransactionCase, tagged
 from odoo.tools import config, mute_logger
@@ -118,6 +119,26 @@ class TestInterceptorInOdoo(TransactionCase):
         self.assertEqual((rec.ingest_state, rec.break_seq, rec.break_reason),
                          ("broken", bad, "hash_mismatch"))
         self.assertEqual(rec.last_seq, bad - 1)
+
+    def test_calls_go_to_the_ledger_of_their_database(self):
+        """One Odoo process, several databases: the thread's dbname picks the ledger."""
+        other = "netaudit_routing_probe"
+        self.addCleanup(shutil.rmtree, paths.database_dir(other), ignore_errors=True)
+
+        def call():
+            threading.current_thread().dbname = other
+            socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
+
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join(10)
+        self.assertTrue(interceptor.flush(10))
+        with Ledger.open(paths.own_ledger_path(other), readonly=True) as led:
+            rows = [r for r in led.rows() if r["channel"] == "socket"]
+        self.assertEqual([(r["method"], r["dst_port"]) for r in rows], [("connect", self.port)])
+        own = self.ingest_own()
+        self.assertFalse(self.Log.search_count([("audit_ledger_id", "=", own.id),
+                                                ("channel", "=", "socket"), ("dst_port", "=", self.port)]))
 
     def test_zero_self_egress_then_injected_alarm(self):
         # Everything the addon does: ingest, sign, verify, vacuum, report.
