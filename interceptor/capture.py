@@ -101,18 +101,40 @@ class Record:
         """Writer thread: the final NetEvent. The salt turns the payload digest into the fingerprint."""
         fp = ""
         if self.hasher is not None and salt:
-            fp = hmac.new(salt, self.hasher.digest(), sha256).hexdigest()[:FINGERPRINT_HEX]
-        addr = lambda a: a if isinstance(a, str) else ""
+            fp = hmac.digest(salt, self.hasher.digest(), "sha256").hex()[:FINGERPRINT_HEX]
+        src_ip, dst_ip = self.src_ip, self.dst_ip
         return NetEvent(
-            ts=self.ts, duration_ms=float(self.duration_ms), direction=self.direction,
-            channel=self.channel, protocol=self.protocol, method=clean_name(self.method),
-            host=clean_name(self.host or ""), url_path=clean_path(self.url_path or ""),
-            query_keys=clean_names(self.query_keys, unquote=True), src_ip=addr(self.src_ip),
-            src_port=int(self.src_port or 0), dst_ip=addr(self.dst_ip), dst_port=int(self.dst_port or 0),
-            status=str(self.status), error=self.error, req_bytes=int(self.req_bytes),
-            resp_bytes=int(self.resp_bytes or 0), header_names=clean_names(self.header_names or ()),
-            fingerprint=fp, module=self.module, author=self.author, call_site=self.call_site,
-            pid=self.pid, self_egress=bool(self.self_egress))
+            self.ts, float(self.duration_ms), self.direction, self.channel, self.protocol,
+            _cleaned("m", self.method), _cleaned("h", self.host or ""), clean_path(self.url_path or ""),
+            _cleaned("q", tuple(self.query_keys)) if self.query_keys else (),
+            src_ip if isinstance(src_ip, str) else "", int(self.src_port or 0),
+            dst_ip if isinstance(dst_ip, str) else "", int(self.dst_port or 0), str(self.status), self.error,
+            int(self.req_bytes), int(self.resp_bytes or 0),
+            _cleaned("n", tuple(self.header_names)) if self.header_names else (),
+            fp, self.module, self.author, self.call_site, self.pid, bool(self.self_egress))
+
+
+# Writer thread only: cleaned names by raw value. A process sends the same header names, query
+# keys, methods and hosts again and again, so cleaning each distinct one once saves most of the work.
+_CLEAN_CACHE: dict = {}
+_CLEAN_CACHE_MAX = 4096
+_CLEANERS = {
+    "m": clean_name,
+    "h": clean_name,
+    "q": lambda names: clean_names(names, unquote=True),
+    "n": clean_names,
+}
+
+
+def _cleaned(kind: str, raw):
+    key = (kind, raw)
+    value = _CLEAN_CACHE.get(key)
+    if value is None:
+        value = _CLEANERS[kind](raw)
+        if len(_CLEAN_CACHE) >= _CLEAN_CACHE_MAX:
+            _CLEAN_CACHE.clear()
+        _CLEAN_CACHE[key] = value
+    return value
 
 
 def begin(channel: str, protocol: str, method: str, host: str, port: int, frame) -> Record:

@@ -21,6 +21,7 @@ def _serve(server):
 
 class _HTTPHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True
 
     def _reply(self):
         length = int(self.headers.get("Content-Length") or 0)

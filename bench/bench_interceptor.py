@@ -1,0 +1,311 @@
+"""Interceptor benchmarks, side by side in one run (issue 3).
+
+1. Per-call cost of kept-alive loopback GETs to a server in another process, three ways:
+   bare, with our interceptor (ledger sink, real writer thread), and with OpenTelemetry's
+   requests/urllib3 instrumentation exporting to an in-memory exporter. Clients: a
+   requests.Session GET, a urllib3 PoolManager GET, a plain http.client GET (OpenTelemetry has
+   no http.client instrumentation). Each (client, mode) runs in a fresh process, twice,
+   interleaved; the figure is the median of the per-round means.
+2. Events per second the writer sustains into a ledger from 8 producing threads, without dropping.
+3. Memory with a stalled ledger (locked by another connection): the queue stays bounded and the
+   misses are counted.
+Run: make bench  (or: .venv/bin/python -m bench interceptor). Needs the `bench` extra for the
+OpenTelemetry column: pip install -e '.[bench]'. BENCH_CALLS overrides calls per round.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CALLS = int(os.environ.get("BENCH_CALLS", "500"))
+ROUNDS = 11
+WARMUP = 300
+REPS = 3
+CLIENTS = ("requests", "urllib3", "http.client")
+MODES = ("bare", "ours", "otel")
+
+SERVER = r"""
+# A minimal keep-alive HTTP/1.1 server (one thread, selectors): it reads each request's head and
+# answers a canned 200, so the client's own cost dominates the figures.
+import os, selectors, socket
+BODY = b'{"ok": true, "items": [1, 2, 3]}'
+REPLY = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY)) + BODY
+sel = selectors.DefaultSelector()
+srv = socket.create_server(("127.0.0.1", 0))
+srv.setblocking(False)
+sel.register(srv, selectors.EVENT_READ)
+print(srv.getsockname()[1], flush=True)
+buf = {}
+while True:
+    for key, _ in sel.select():
+        s = key.fileobj
+        if s is srv:
+            c, _ = srv.accept()
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.setblocking(False)
+            sel.register(c, selectors.EVENT_READ)
+            buf[c] = b""
+            continue
+        try:
+            data = s.recv(65536)
+        except ConnectionError:
+            data = b""
+        if not data:
+            sel.unregister(s); s.close(); buf.pop(s, None)
+            continue
+        b = buf[s] + data
+        while b"\r\n\r\n" in b:
+            _, _, b = b.partition(b"\r\n\r\n")
+            s.sendall(REPLY)
+        buf[s] = b
+"""
+
+
+# ---- worker: one (client, mode) in its own process ---------------------------------------------
+
+def _client(kind: str, port: int):
+    url = f"http://127.0.0.1:{port}/api/items?page=1&token=t"
+    if kind == "requests":
+        import requests
+
+        s = requests.Session()
+        return lambda: s.get(url).content
+    if kind == "urllib3":
+        import urllib3
+
+        pool = urllib3.PoolManager()
+        return lambda: pool.request("GET", url).data
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+
+    def get():
+        conn.request("GET", "/api/items?page=1&token=t")
+        return conn.getresponse().read()
+    return get
+
+
+def _setup(mode: str, kind: str, tmp: str):
+    if mode == "ours":
+        import interceptor
+        from ledger.sink import LedgerWriter
+
+        sink = interceptor.Sink(LedgerWriter(os.path.join(tmp, "bench.sqlite"), os.path.join(tmp, "keys")))
+        interceptor.install(sink=sink)
+        return sink
+    if mode == "otel":
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+        trace.set_tracer_provider(provider)
+        if kind == "requests":
+            from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+            RequestsInstrumentor().instrument()
+        elif kind == "urllib3":
+            from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
+
+            URLLib3Instrumentor().instrument()
+        else:
+            raise SystemExit("no OpenTelemetry instrumentation for plain http.client")
+        return provider
+    return None
+
+
+def worker(kind: str, mode: str, port: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        handle = _setup(mode, kind, tmp)
+        get = _client(kind, port)
+        for _ in range(WARMUP):
+            get()
+        means, cpu = [], []
+        for _ in range(ROUNDS):
+            t0, c0 = time.perf_counter_ns(), time.process_time_ns()
+            for _ in range(CALLS):
+                get()
+            means.append((time.perf_counter_ns() - t0) / CALLS / 1000)
+            cpu.append((time.process_time_ns() - c0) / CALLS / 1000)
+        extra = {}
+        if mode == "ours":
+            handle.flush(30)
+            led = handle.writer.ledger
+            extra = {"rows": led.count(), "dropped": handle.dropped_total}
+        print(json.dumps({"means_us": means, "cpu_us": cpu, **extra}))
+
+
+# ---- per-call table ---------------------------------------------------------------------------
+
+def _otel_available() -> bool:
+    try:
+        import opentelemetry.instrumentation.requests  # noqa: F401
+        import opentelemetry.instrumentation.urllib3  # noqa: F401
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def per_call_table() -> None:
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        otel = _otel_available()
+        results: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
+        checks = {}
+        for _rep in range(REPS):
+            for kind in CLIENTS:
+                for mode in MODES:
+                    if mode == "otel" and (kind == "http.client" or not otel):
+                        continue
+                    out = subprocess.run([sys.executable, "-m", "bench.bench_interceptor", "--worker", kind, mode,
+                                          str(port)], capture_output=True, text=True, timeout=600)
+                    if out.returncode:
+                        raise SystemExit(f"worker {kind}/{mode} failed:\n{out.stderr}")
+                    data = json.loads(out.stdout.strip().splitlines()[-1])
+                    results.setdefault((kind, mode), []).extend(data["means_us"])
+                    cpu.setdefault((kind, mode), []).extend(data["cpu_us"])
+                    if mode == "ours":
+                        checks[kind] = (data["rows"], data["dropped"])
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"per-call cost, kept-alive loopback GET to a server in another process "
+          f"({ROUNDS} rounds x {CALLS} calls, x{REPS} processes each, interleaved).\n"
+          f"Figure: the fastest round mean, since a shared machine's noise only ever adds time; "
+          f"the median round is in brackets.")
+    for title, table in (("wall clock per call", results), ("process CPU per call (all threads, writer included)", cpu)):
+        print(f"\n{title}")
+        head = (f"{'client':<13}{'bare us':>9}{'ours us':>9}{'added':>16}{'':>9}"
+                f"{'otel us':>9}{'added':>16}{'':>9}")
+        print(head)
+        print("-" * len(head))
+        for kind in CLIENTS:
+            bare, bare_med = min(table[(kind, "bare")]), statistics.median(table[(kind, "bare")])
+            line = f"{kind:<13}{bare:>9.1f}"
+            for mode in ("ours", "otel"):
+                if (kind, mode) not in table:
+                    line += f"{'n/a':>9}"
+                    continue
+                v, med = min(table[(kind, mode)]), statistics.median(table[(kind, mode)])
+                line += (f"{v:>9.1f}{v - bare:>+8.1f} us{(v - bare) / bare * 100:>+5.1f}%"
+                         f"{f'[{med - bare_med:+.0f} us]':>10}")
+            print(line)
+    print("ledger rows written by the 'ours' runs (rows incl. audit facts, dropped): "
+          + ", ".join(f"{k}: {r} rows, {d} dropped" for k, (r, d) in checks.items()))
+    if not _otel_available():
+        print("(OpenTelemetry not installed: pip install -e '.[bench]' for that column)")
+
+
+# ---- writer throughput and stalled-ledger memory ------------------------------------------------
+
+def _record(i: int):
+    from interceptor.capture import Record
+
+    r = Record("http", "https", "POST", "api.example.com", 443)
+    r.url_path = f"/v1/orders/{i}"
+    r.query_keys = ["page", "token"]
+    r.header_names = ["Host", "Content-Type", "Authorization"]
+    r.status, r.resp_bytes, r.dst_ip, r.src_ip, r.src_port = 201, 2048, "127.0.0.1", "127.0.0.1", 40000
+    r.hash_payload(b'{"order": %d}' % i)
+    r.module, r.call_site = "sale", "odoo.addons.sale.models.sale_order:812:_push"
+    r.duration_ms = 12.5
+    return r
+
+
+def writer_throughput(total: int = 200_000, threads: int = 8) -> None:
+    from interceptor import Sink
+    from ledger.sink import LedgerWriter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = Sink(LedgerWriter(os.path.join(tmp, "w.sqlite"), os.path.join(tmp, "keys")))
+        sink.writer.ledger  # open (and create keys) before timing
+        per = total // threads
+        high = sink.maxsize * 3 // 4
+
+        def produce(offset):
+            for i in range(offset, offset + per):
+                while sink.pending > high:  # producers slower than the writer never drop
+                    time.sleep(0.0005)
+                sink.submit(_record(i))
+
+        t0 = time.perf_counter()
+        ts = [threading.Thread(target=produce, args=(k * per,)) for k in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        sink.flush(120)
+        dt = time.perf_counter() - t0
+        rows = sink.writer.ledger.count()
+        print(f"writer: {per * threads} events from {threads} threads into a ledger in {dt:.2f} s = "
+              f"{per * threads / dt:,.0f} events/s sustained, dropped {sink.dropped_total}, ledger rows {rows}")
+        sink.close()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def stalled_memory(total: int = 1_000_000, threads: int = 8) -> None:
+    import apsw
+
+    from interceptor import Sink
+    from ledger.sink import LedgerWriter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "s.sqlite")
+        sink = Sink(LedgerWriter(path, os.path.join(tmp, "keys")))
+        sink.writer.ledger
+        locker = apsw.Connection(path)
+        locker.execute("BEGIN EXCLUSIVE")  # every write now waits for the busy timeout, then fails
+        before = _rss_mb()
+        per = total // threads
+
+        def produce(offset):
+            for i in range(offset, offset + per):
+                sink.submit(_record(i))
+
+        t0 = time.perf_counter()
+        ts = [threading.Thread(target=produce, args=(k * per,)) for k in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        dt = time.perf_counter() - t0
+        after = _rss_mb()
+        print(f"stalled ledger: {per * threads:,} events submitted in {dt:.1f} s; queue held {sink.pending} "
+              f"(max {sink.maxsize}), dropped {sink.dropped_total:,}; RSS {before:.0f} MB -> {after:.0f} MB "
+              f"(+{after - before:.1f} MB)")
+        locker.execute("ROLLBACK")
+        locker.close()
+        sink.flush(30)
+        gaps = [r for r in sink.writer.ledger.rows() if r["method"] == "gap"]
+        print(f"after the lock was released: gap rows {len(gaps)}, dropped recorded "
+              f"{sum(int(dict(p.split('=', 1) for p in g['url_path'].split(';'))['dropped']) for g in gaps):,}")
+        sink.close()
+
+
+def main() -> None:
+    per_call_table()
+    print()
+    writer_throughput()
+    stalled_memory()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main()
