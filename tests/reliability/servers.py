@@ -10,6 +10,8 @@ import http.server, socketserver, sys
 
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = -1                    # one send per reply (flushed after each request) ...
+    disable_nagle_algorithm = True   # ... and no 40 ms delayed-ACK stall on keep-alive
     def _reply(self):
         n = int(self.headers.get("Content-Length") or 0)
         if n:
