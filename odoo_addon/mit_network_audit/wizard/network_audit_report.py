@@ -4,12 +4,16 @@
 Module verdicts: quiet (no egress), declared (only to declared hosts), undeclared (egress
 elsewhere), alarm (self-egress, or a broken or tampered chain of the ledger it was read from).
 Overall: Alarm when any alarm (self-egress > 0 included); Review when anything is undeclared,
-events were dropped, or no signed head is recent; Trusted otherwise.
+events were dropped, no signed head is recent, or this process does not capture; Trusted
+otherwise.
 """
 import datetime
+import os
 import re
 
 from odoo import api, fields, models
+
+from ..glue import hooks
 
 SELF_MODULE = "mit_network_audit"
 HEAD_MAX_AGE = datetime.timedelta(hours=48)
@@ -40,6 +44,9 @@ class NetworkAuditReport(models.TransientModel):
     forensic_chip = fields.Char(string="Forensic mode", readonly=True,
                                 help="Off, or on until T, by whom and why.")
     forensic_on = fields.Boolean(readonly=True, help="Forensic mode is on.")
+    capture_chip = fields.Char(string="Capture", readonly=True,
+                               help="Whether this Odoo process records calls (post_load ran).")
+    capture_ok = fields.Boolean(readonly=True, help="The interceptor is installed here.")
     hosts_chip = fields.Char(string="Hosts", readonly=True,
                              help="Ledgers found and the last ingest.")
     line_ids = fields.One2many("network.audit.report.line", "report_id", string="Modules",
@@ -67,31 +74,57 @@ class NetworkAuditReport(models.TransientModel):
         self.ensure_one()
         env = self.sudo().env
         ledgers = env["network.audit.ledger"].search([])  # pylint: disable=no-search-all
-        now = fields.Datetime.now()
-
         broken = ledgers.filtered(lambda r: r.ingest_state == "broken" or r.verify_state == "tampered")
+        head, head_ok = self._head_chip(ledgers)
+        capture, capture_ok = self._capture_chip()
+        self_egress, dropped = self._counts()
+        forensic, forensic_on = self._forensic_chip()
+        lines = self._module_lines(broken)
+        alarm = bool(self_egress or broken or any(v["verdict"] == "alarm" for v in lines))
+        review = (not head_ok or dropped or not ledgers or not capture_ok
+                  or any(v["verdict"] == "undeclared" for v in lines))
+        self.line_ids.unlink()
+        self.write({
+            "verdict": "alarm" if alarm else ("review" if review else "trusted"),
+            "generated_at": fields.Datetime.now(), "chain_chip": self._chain_chip(ledgers, broken),
+            "chain_ok": bool(ledgers) and not broken, "head_chip": head, "head_ok": head_ok,
+            "capture_chip": capture, "capture_ok": capture_ok,
+            "self_egress_count": self_egress, "dropped_count": dropped,
+            "forensic_chip": forensic, "forensic_on": forensic_on,
+            "hosts_chip": self._hosts_chip(ledgers),
+            "line_ids": [fields.Command.create(v) for v in lines],
+        })
+
+    def _chain_chip(self, ledgers, broken):
         if broken:
             b = broken[0]
-            seq = b.verify_seq if b.verify_state == "tampered" else b.break_seq
-            reason = b.verify_reason if b.verify_state == "tampered" else b.break_reason
-            chain = self.env._("broken at host %(host)s row %(seq)s (%(reason)s)",
-                      host=b.host_id, seq=seq, reason=reason)
-        elif ledgers and all(r.verify_state == "valid" for r in ledgers):
-            chain = self.env._("verified at %s", min(ledgers.mapped("verified_at")))
-        else:
-            chain = self.env._("not verified yet")
+            tampered = b.verify_state == "tampered"
+            return self.env._("broken at host %(host)s row %(seq)s (%(reason)s)", host=b.host_id,
+                              seq=b.verify_seq if tampered else b.break_seq,
+                              reason=b.verify_reason if tampered else b.break_reason)
+        if ledgers and all(r.verify_state == "valid" for r in ledgers):
+            return self.env._("verified at %s", min(ledgers.mapped("verified_at")))
+        return self.env._("not verified yet")
 
+    def _head_chip(self, ledgers):
         signed = ledgers.filtered("head_signed_at")
-        if signed:
-            newest = max(signed, key=lambda r: r.head_signed_at)
-            age = now - newest.head_signed_at
-            head = self.env._("row %(seq)s, %(hours)s h ago", seq=newest.head_seq,
-                     hours=int(age.total_seconds() // 3600))
-            head_ok = age <= HEAD_MAX_AGE
-        else:
-            head, head_ok = self.env._("never signed"), False
+        if not signed:
+            return self.env._("never signed"), False
+        newest = max(signed, key=lambda r: r.head_signed_at)
+        age = fields.Datetime.now() - newest.head_signed_at
+        return (self.env._("row %(seq)s, %(hours)s h ago", seq=newest.head_seq,
+                           hours=int(age.total_seconds() // 3600)), age <= HEAD_MAX_AGE)
 
-        cr = env.cr
+    def _capture_chip(self):
+        """Whether this Odoo process captures (post_load installed the interceptor)."""
+        state = hooks.status()
+        if state["installed"]:
+            return self.env._("on in this process (pid %s)", os.getpid()), True
+        return self.env._("OFF in this process: %s", state["error"] or "post_load did not run"), False
+
+    def _counts(self):
+        """(self-egress calls, dropped events): the two numbers that must read 0."""
+        cr = self.env.cr
         cr.execute("SELECT count(*) FROM network_egress_log WHERE self_egress")
         self_egress = cr.fetchone()[0]
         cr.execute("SELECT url_path FROM network_egress_log WHERE channel = 'audit' AND method = 'gap'")
@@ -99,30 +132,28 @@ class NetworkAuditReport(models.TransientModel):
         for (detail,) in cr.fetchall():
             match = _DROPPED.search(detail or "")
             dropped += int(match.group(1)) if match else 1
+        return self_egress, dropped
 
-        session = env["network.audit.forensic.session"].current()
-        if session:
-            forensic = self.env._("on until %(t)s, by %(who)s: %(why)s", t=session.expires_at,
-                         who=session.user_id.name, why=session.reason)
-        else:
-            forensic = self.env._("off")
+    def _forensic_chip(self):
+        """Off or on (until when, by whom, why), and how often it was switched (chain rows)."""
+        cr = self.env.cr
+        cr.execute("SELECT count(*) FROM network_egress_log WHERE channel = 'audit' "
+                   "AND method = 'forensic_on' AND event_time > now() - interval '90 days'")
+        history = self.env._("%s time(s) on in 90 days", cr.fetchone()[0])
+        session = self.env["network.audit.forensic.session"].current()
+        if not session:
+            return self.env._("off (%s)", history), False
+        return self.env._("on until %(t)s, by %(who)s: %(why)s (%(history)s)", t=session.expires_at,
+                          who=session.user_id.name, why=session.reason, history=history), True
 
+    def _hosts_chip(self, ledgers):
         last_ingest = max(ledgers.filtered("last_ingest").mapped("last_ingest"), default=False)
-        hosts = self.env._("%(n)s ledger(s), last ingest %(t)s", n=len(ledgers),
-                  t=last_ingest or self.env._("never"))
-
-        lines = self._module_lines(broken)
-        alarm = bool(self_egress or broken or any(v["verdict"] == "alarm" for v in lines))
-        review = (not head_ok or dropped or not ledgers
-                  or any(v["verdict"] == "undeclared" for v in lines))
-        self.line_ids.unlink()
-        self.write({
-            "verdict": "alarm" if alarm else ("review" if review else "trusted"),
-            "generated_at": now, "chain_chip": chain, "chain_ok": bool(ledgers) and not broken,
-            "head_chip": head, "head_ok": head_ok, "self_egress_count": self_egress,
-            "dropped_count": dropped, "forensic_chip": forensic, "forensic_on": bool(session),
-            "hosts_chip": hosts, "line_ids": [fields.Command.create(v) for v in lines],
-        })
+        text = self.env._("%(n)s ledger(s), last ingest %(t)s", n=len(ledgers),
+                          t=last_ingest or self.env._("never"))
+        missing = len(ledgers.filtered(lambda r: r.ingest_state == "missing"))
+        if missing:
+            text += self.env._(", %s file(s) missing", missing)
+        return text
 
     def _module_lines(self, broken_ledgers):
         cr = self.env.cr
