@@ -43,7 +43,8 @@ s.serve_forever()
 
 class HTTPServerProcess:
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
         self.port = int(self.proc.stdout.readline())
 
     def url(self, path: str) -> str:
