@@ -96,6 +96,10 @@ class NetworkAuditLedger(models.Model):
         string="Chain starts after", readonly=True,
         help="Rows up to here were pruned (signed prune anchor, or the PostgreSQL vacuum).")
     start_hash = fields.Char(readonly=True, help="row_hash (hex) of the row the chain resumes after.")
+    start_anchor = fields.Text(
+        readonly=True,
+        help="The signed prune anchor (checkpoint text) naming the row the chain resumes after: "
+        "Verify chain checks its signature, so the prune point cannot be moved unnoticed.")
     last_ingest = fields.Datetime(readonly=True, help="When the ingest last read this ledger.")
     ingest_state = fields.Selection(
         [("ok", "Linked"), ("broken", "Broken"), ("missing", "File missing")],
@@ -259,18 +263,24 @@ class NetworkAuditLedger(models.Model):
         self.invalidate_recordset()  # the cursor as the previous ingest committed it
         return True
 
-    def _start_from_anchor(self, led):
-        """A ledger already pruned before its first ingest resumes at its newest prune anchor."""
+    @staticmethod
+    def _newest_anchor(led):
+        """The ledger file's newest signed prune anchor, or None."""
         anchors = led.con.execute(
             "SELECT pruned_through_seq, row_hash, signed_at, key_id, signature "
             "FROM prune_anchors ORDER BY pruned_through_seq DESC LIMIT 1").fetchall()
-        if not anchors:
+        return Checkpoint(ANCHOR_ORIGIN, led.ledger_id, *anchors[0]) if anchors else None
+
+    def _start_from_anchor(self, led):
+        """A ledger already pruned before its first ingest resumes at its newest prune anchor."""
+        cp = self._newest_anchor(led)
+        if cp is None:
             return
-        cp = Checkpoint(ANCHOR_ORIGIN, led.ledger_id, *anchors[0])
         if not check_signature(cp, public_key_from_text(self.public_key)):
             self._break(cp.seq + 1, "bad_signature", "the prune anchor does not verify")
             return
-        self.write({"start_seq": cp.seq, "start_hash": cp.row_hash.hex()})
+        self.write({"start_seq": cp.seq, "start_hash": cp.row_hash.hex(),
+                    "start_anchor": cp.to_text()})
 
     def _pull_head(self, led):
         """Keep the ledger's newest signed head (already signature-checked) on the record."""
@@ -391,6 +401,26 @@ class NetworkAuditLedger(models.Model):
                 heads.append(head)
         return heads
 
+    def _check_start(self):
+        """Where the chain resumes after pruning must be a signed prune anchor naming that row."""
+        if not self.start_seq:
+            return None
+        try:
+            cp = Checkpoint.from_text(self.start_anchor or "")
+        except FormatError:
+            cp = None
+        if (cp is None or cp.origin != ANCHOR_ORIGIN or cp.ledger_id != self.ledger_uuid
+                or not check_signature(cp, public_key_from_text(self.public_key))):
+            return Failure(self.start_seq + 1, "bad_signature",
+                           self.env._("the prune point (row %s) has no valid signed prune anchor",
+                                      self.start_seq))
+        if cp.seq != self.start_seq or cp.row_hash.hex() != self.start_hash:
+            return Failure(self.start_seq + 1, "broken_link",
+                           self.env._("the prune point (row %(seq)s) is not the one its signed "
+                                      "anchor names (row %(anchor)s)", seq=self.start_seq,
+                                      anchor=cp.seq))
+        return None
+
     def _verify_pg(self):
         """Re-verify each ledger's PostgreSQL rows and its signed head; store and return verdicts."""
         self.env.flush_all()
@@ -402,7 +432,7 @@ class NetworkAuditLedger(models.Model):
             heads = [h for h in heads if rec.start_seq < h.seq <= rec.last_seq]
             checker = ChainChecker(rec.ledger_uuid, rec.start_seq, start_hash,
                                    want={h.seq for h in heads})
-            failure = checker.feed_many(rec._pg_rows())
+            failure = rec._check_start() or checker.feed_many(rec._pg_rows())
             if not failure and checker.last_seq != rec.last_seq:
                 failure = Failure(checker.last_seq + 1, "truncation", self.env._(
                     "rows %(a)s..%(b)s were ingested but are gone from PostgreSQL",
@@ -473,31 +503,37 @@ class NetworkAuditLedger(models.Model):
         return deleted
 
     def _vacuum_pg(self, cutoff_ns):
+        """Delete this ledger's PostgreSQL rows through the file's newest signed prune anchor,
+        when that anchor is older than the retention window and below the signed head; the
+        anchor becomes where Verify chain resumes."""
         self.ensure_one()
-        if not self.head_seq:
+        if not (self.head_seq and self.path and os.path.isfile(self.path)):
+            return 0
+        with closing(Ledger.open(self.path, readonly=True)) as led:
+            anchor = self._newest_anchor(led)
+        if anchor is None or anchor.seq <= self.start_seq or anchor.seq >= self.head_seq:
             return 0
         cr = self.env.cr
         cr.execute("""
-            SELECT max(chain_seq) FROM network_egress_log
-            WHERE audit_ledger_id = %(id)s AND chain_seq < %(head)s AND chain_seq < coalesce(
-                (SELECT min(chain_seq) FROM network_egress_log
-                  WHERE audit_ledger_id = %(id)s AND ts >= %(cutoff)s), %(head)s)
-        """, {"id": self.id, "head": self.head_seq, "cutoff": cutoff_ns})
-        through = cr.fetchone()[0]
-        if not through:
+            SELECT row_hash, ts >= %s FROM network_egress_log
+            WHERE audit_ledger_id = %s AND chain_seq = %s
+        """, [cutoff_ns, self.id, anchor.seq])
+        found = cr.fetchone()
+        if (not found or found[1] or found[0] != anchor.row_hash.hex()
+                or not check_signature(anchor, public_key_from_text(self.public_key))):
+            _logger.warning("ledger %s: prune anchor at row %s does not match PostgreSQL; "
+                            "nothing pruned", self.host_id, anchor.seq)
             return 0
-        cr.execute("SELECT row_hash FROM network_egress_log WHERE audit_ledger_id = %s "
-                   "AND chain_seq = %s", [self.id, through])
-        anchor_hash = cr.fetchone()[0]
         self.env.flush_all()
         with privileged_writer("vacuum"):
             cr.execute("SELECT set_config(%s, 'on', true)", [VACUUM_SETTING])
             cr.execute("DELETE FROM network_egress_log WHERE audit_ledger_id = %s "
-                       "AND chain_seq <= %s", [self.id, through])
+                       "AND chain_seq <= %s", [self.id, anchor.seq])
             count = cr.rowcount
             cr.execute("SELECT set_config(%s, 'off', true)", [VACUUM_SETTING])
         self.env["network.egress_log"].invalidate_model()
-        self.write({"start_seq": through, "start_hash": anchor_hash})
+        self.write({"start_seq": anchor.seq, "start_hash": anchor.row_hash.hex(),
+                    "start_anchor": anchor.to_text()})
         return count
 
     @api.ondelete(at_uninstall=False)

@@ -4,6 +4,8 @@ import time
 from odoo.tests import tagged
 from odoo.tools import mute_logger
 
+from ledger import Ledger
+
 from .common import LedgerCase, make_event
 
 HEAD_PARAM = "mit_network_audit.head."
@@ -108,20 +110,61 @@ class TestIngest(LedgerCase):
         self.assertEqual(
             self.env["ir.config_parameter"].sudo().get_param(HEAD_PARAM + rec.ledger_uuid), text)
 
-    def test_vacuum_never_at_or_after_signed_head(self):
+    def _old_signed_ledger(self, host):
+        """A ledger whose first rows are 400 days old, signed, pruned by its own host (365 days)."""
         old = time.time_ns() - 400 * 86400 * 10**9
-        self.write_ledger("host-old", [make_event(i, ts=old + i) for i in range(5)], sign=True,
-                          clock=lambda: old + 10)
+        path, _head = self.write_ledger(host, [make_event(i, ts=old + i) for i in range(5)],
+                                        sign=True, clock=lambda: old + 10)
         self.Ledger._ingest_all()
-        rec = self.Ledger.search([("host_id", "=", "host-old")])
+        with Ledger.open(path, key_dir=f"{self.folder}/keys/{host}") as led:
+            result = led.vacuum(365)
+        return self.Ledger.search([("host_id", "=", host)]), result
+
+    def test_vacuum_never_at_or_after_signed_head(self):
+        rec, result = self._old_signed_ledger("host-old")
         head = rec.head_seq
+        self.assertEqual(result.pruned_through, head - 1)  # the ledger's own rule
         deleted = self.Ledger.run_vacuum(retention_days=365)
         self.assertEqual(deleted[rec.ledger_uuid], head - 1)
         seqs = self.Log.search([("audit_ledger_id", "=", rec.id)]).mapped("chain_seq")
         self.assertEqual(min(seqs), head)
         self.assertEqual(rec.start_seq, head - 1)
-        [result] = rec._verify_pg()  # the remaining chain still verifies from the prune point
+        self.assertIn("mit-network-audit/anchor/v1", rec.start_anchor)
+        [result] = rec._verify_pg()  # the remaining chain still verifies from the signed anchor
         self.assertTrue(result["valid"], result)
+
+    def test_vacuum_waits_for_the_ledgers_own_anchor(self):
+        old = time.time_ns() - 400 * 86400 * 10**9
+        self.write_ledger("host-unpruned", [make_event(i, ts=old + i) for i in range(5)],
+                          sign=True, clock=lambda: old + 10)
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-unpruned")])
+        self.assertEqual(self.Ledger.run_vacuum(retention_days=365)[rec.ledger_uuid], 0)
+
+    def test_moved_prune_point_is_caught(self):
+        rec, _result = self._old_signed_ledger("host-mv")
+        self.Ledger.run_vacuum(retention_days=365)
+        self.env.flush_all()
+        # someone deletes one more row and moves the prune point onto it
+        cr = self.env.cr
+        cr.execute("SELECT row_hash FROM network_egress_log WHERE audit_ledger_id = %s "
+                   "AND chain_seq = %s", [rec.id, rec.start_seq + 1])
+        moved_hash = cr.fetchone()[0]
+        cr.execute("ALTER TABLE network_egress_log DISABLE TRIGGER network_egress_log_guard")
+        cr.execute("DELETE FROM network_egress_log WHERE audit_ledger_id = %s AND chain_seq = %s",
+                   [rec.id, rec.start_seq + 1])
+        cr.execute("ALTER TABLE network_egress_log ENABLE TRIGGER network_egress_log_guard")
+        cr.execute("UPDATE network_audit_ledger SET start_seq = start_seq + 1, start_hash = %s "
+                   "WHERE id = %s", [moved_hash, rec.id])
+        self.env.invalidate_all()
+        [result] = rec._verify_pg()
+        self.assertFalse(result["valid"])
+        self.assertEqual(result["reason"], "broken_link")
+        # and without any anchor at all
+        cr.execute("UPDATE network_audit_ledger SET start_anchor = NULL WHERE id = %s", [rec.id])
+        self.env.invalidate_all()
+        [result] = rec._verify_pg()
+        self.assertEqual(result["reason"], "bad_signature")
 
     def test_crons_run(self):
         self.write_ledger("host-c", [make_event(1)])
