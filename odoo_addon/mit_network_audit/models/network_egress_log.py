@@ -103,6 +103,14 @@ class NetworkEgressLog(models.Model):
          "A ledger row is ingested once."),
     ]
 
+    @api.depends("module", "host", "channel", "method", "chain_seq")
+    def _compute_display_name(self):
+        for row in self:
+            if row.channel == "audit":
+                row.display_name = f"#{row.chain_seq} {row.method}"
+            else:
+                row.display_name = f"#{row.chain_seq} {row.module or '?'} → {row.host or row.dst_ip}"
+
     # ---- read-only, even under sudo --------------------------------------------------------------
 
     @api.model_create_multi

@@ -18,6 +18,9 @@ class TestReadOnly(LedgerCase):
 
     def test_rows_ingested(self):
         self.assertEqual(len(self.rows), 4)  # ledger_opened + 3 calls
+        first, last = self.rows.sorted("chain_seq")[0], self.rows.sorted("chain_seq")[-1]
+        self.assertEqual(first.display_name, "#1 ledger_opened")
+        self.assertEqual(last.display_name, "#4 sale → api.example.com")
 
     def test_create_refused_even_sudo(self):
         with self.assertRaises(AccessError):
