@@ -27,7 +27,7 @@ CALLS = int(os.environ.get("BENCH_CALLS", "500"))
 ROUNDS = 11
 WARMUP = 300
 REPS = 3
-CLIENTS = ("requests", "urllib3", "http.client")
+CLIENTS = tuple(os.environ.get("BENCH_CLIENTS", "requests,urllib3,http.client").split(","))
 MODES = ("bare", "ours", "otel")
 
 SERVER = r"""
@@ -111,36 +111,65 @@ def _setup(mode: str, kind: str, tmp: str):
         if kind == "requests":
             from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
-            RequestsInstrumentor().instrument()
+            instrumentor = RequestsInstrumentor()
         elif kind == "urllib3":
             from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 
-            URLLib3Instrumentor().instrument()
+            instrumentor = URLLib3Instrumentor()
         else:
             raise SystemExit("no OpenTelemetry instrumentation for plain http.client")
-        return provider
+        instrumentor.instrument()
+        return provider, instrumentor
     return None
 
 
+def _toggle(mode: str, handle, on: bool) -> None:
+    """Switch the instrumentation on or off between rounds, in the same process.
+
+    Ours: put the http.client wrappers back or the originals (the audit hook stays: it cannot be
+    removed, and costs under a microsecond per audit event). OpenTelemetry: instrument/uninstrument.
+    """
+    if mode == "ours":
+        import http.client
+
+        from interceptor import http_wrappers as hw
+
+        for name in ("putrequest", "putheader", "endheaders", "send", "getresponse"):
+            setattr(http.client.HTTPConnection, name, getattr(hw, f"http_{name}_wrapper") if on else hw._orig[name])
+    elif mode == "otel":
+        instrumentor = handle[1]
+        if on:
+            instrumentor.instrument()
+        else:
+            instrumentor.uninstrument()
+
+
 def worker(kind: str, mode: str, port: int) -> None:
+    """Alternate bare and instrumented rounds in one process; print each round's mean."""
     with tempfile.TemporaryDirectory() as tmp:
         handle = _setup(mode, kind, tmp)
         get = _client(kind, port)
         for _ in range(WARMUP):
             get()
-        means, cpu = [], []
-        for _ in range(ROUNDS):
+        rounds = {"bare": [], mode: []}
+        cpu = {"bare": [], mode: []}
+        for r in range(2 * ROUNDS):
+            on = r % 2 == 1
+            _toggle(mode, handle, on)
+            if mode == "otel" and kind == "requests":
+                get = _client(kind, port)  # a new Session picks up (or drops) the instrumented adapter
+                get()
             t0, c0 = time.perf_counter_ns(), time.process_time_ns()
             for _ in range(CALLS):
                 get()
-            means.append((time.perf_counter_ns() - t0) / CALLS / 1000)
-            cpu.append((time.process_time_ns() - c0) / CALLS / 1000)
+            rounds["bare" if not on else mode].append((time.perf_counter_ns() - t0) / CALLS / 1000)
+            cpu["bare" if not on else mode].append((time.process_time_ns() - c0) / CALLS / 1000)
         extra = {}
         if mode == "ours":
-            handle.flush(30)
-            led = handle.writer.ledger
-            extra = {"rows": led.count(), "dropped": handle.dropped_total}
-        print(json.dumps({"means_us": means, "cpu_us": cpu, **extra}))
+            sink = handle
+            sink.flush(30)
+            extra = {"rows": sink.writer.ledger.count(), "dropped": sink.dropped_total}
+        print(json.dumps({"wall": rounds, "cpu": cpu, **extra}))
 
 
 # ---- per-call table ---------------------------------------------------------------------------
@@ -157,15 +186,15 @@ def _otel_available() -> bool:
 
 def per_call_table() -> None:
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    otel = _otel_available()
+    wall: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    checks = {}
     try:
         port = int(server.stdout.readline())
-        otel = _otel_available()
-        results: dict[tuple[str, str], list[float]] = {}
-        cpu: dict[tuple[str, str], list[float]] = {}
-        checks = {}
         for _rep in range(REPS):
             for kind in CLIENTS:
-                for mode in MODES:
+                for mode in ("ours", "otel"):
                     if mode == "otel" and (kind == "http.client" or not otel):
                         continue
                     out = subprocess.run([sys.executable, "-m", "bench.bench_interceptor", "--worker", kind, mode,
@@ -173,37 +202,38 @@ def per_call_table() -> None:
                     if out.returncode:
                         raise SystemExit(f"worker {kind}/{mode} failed:\n{out.stderr}")
                     data = json.loads(out.stdout.strip().splitlines()[-1])
-                    results.setdefault((kind, mode), []).extend(data["means_us"])
-                    cpu.setdefault((kind, mode), []).extend(data["cpu_us"])
+                    for table, key in ((wall, "wall"), (cpu, "cpu")):
+                        bare, inst = data[key]["bare"], data[key][mode]
+                        table.setdefault((kind, "bare", mode), []).extend(bare)
+                        table.setdefault((kind, mode), []).extend(i - b for b, i in zip(bare, inst))
                     if mode == "ours":
                         checks[kind] = (data["rows"], data["dropped"])
     finally:
         server.terminate()
         server.wait()
-    print(f"per-call cost, kept-alive loopback GET to a server in another process "
-          f"({ROUNDS} rounds x {CALLS} calls, x{REPS} processes each, interleaved).\n"
-          f"Figure: the fastest round mean, since a shared machine's noise only ever adds time; "
-          f"the median round is in brackets.")
-    for title, table in (("wall clock per call", results), ("process CPU per call (all threads, writer included)", cpu)):
+    print(f"per-call cost of a kept-alive loopback GET to a server in another process. Each process "
+          f"alternates bare and instrumented rounds ({ROUNDS} + {ROUNDS} rounds x {CALLS} calls, {REPS} processes "
+          f"per cell); 'added' is the median over rounds of (instrumented round - the bare round before it).")
+    for title, table in (("wall clock per call", wall), ("process CPU per call (all threads: the writer thread included)", cpu)):
         print(f"\n{title}")
-        head = (f"{'client':<13}{'bare us':>9}{'ours us':>9}{'added':>16}{'':>9}"
-                f"{'otel us':>9}{'added':>16}{'':>9}")
+        head = f"{'client':<13}{'bare us':>9}{'ours: added':>22}{'OpenTelemetry: added':>26}"
         print(head)
         print("-" * len(head))
         for kind in CLIENTS:
-            bare, bare_med = min(table[(kind, "bare")]), statistics.median(table[(kind, "bare")])
+            bare = statistics.median(table[(kind, "bare", "ours")])
             line = f"{kind:<13}{bare:>9.1f}"
             for mode in ("ours", "otel"):
                 if (kind, mode) not in table:
-                    line += f"{'n/a':>9}"
+                    line += f"{'n/a (no instrumentation)':>26}"
                     continue
-                v, med = min(table[(kind, mode)]), statistics.median(table[(kind, mode)])
-                line += (f"{v:>9.1f}{v - bare:>+8.1f} us{(v - bare) / bare * 100:>+5.1f}%"
-                         f"{f'[{med - bare_med:+.0f} us]':>10}")
+                added = statistics.median(table[(kind, mode)])
+                line += f"{added:>+13.1f} us {added / bare * 100:>+5.1f}%"
+                if mode == "ours":
+                    line += "  "
             print(line)
-    print("ledger rows written by the 'ours' runs (rows incl. audit facts, dropped): "
+    print("\nledger rows written by the 'ours' processes (incl. audit facts): "
           + ", ".join(f"{k}: {r} rows, {d} dropped" for k, (r, d) in checks.items()))
-    if not _otel_available():
+    if not otel:
         print("(OpenTelemetry not installed: pip install -e '.[bench]' for that column)")
 
 
