@@ -15,7 +15,11 @@ import interceptor
 from interceptor_fixtures import captured, ledger_sink, servers  # noqa: F401  (fixtures)
 from interceptor_servers import HOST, free_port
 
-requests = pytest.importorskip("requests")
+
+
+def _requests():
+    """requests is optional (the `bench` extra): the tests that drive it skip without it."""
+    return pytest.importorskip("requests")
 
 
 def test_http_client_get_is_one_event_with_names_only(captured, servers):
@@ -37,6 +41,7 @@ def test_http_client_get_is_one_event_with_names_only(captured, servers):
 
 
 def test_keep_alive_requests_session_one_event_per_call(captured, servers):
+    requests = _requests()
     s = requests.Session()
     for i in range(3):
         assert s.get(servers.url(f"/r{i}?q={i}")).status_code == 200
@@ -47,6 +52,7 @@ def test_keep_alive_requests_session_one_event_per_call(captured, servers):
 
 
 def test_payload_fingerprint_streams_and_matches_across_clients(captured, servers):
+    requests = _requests()
     payload = b"x" * 100_000 + b"end"
     requests.post(servers.url("/a"), data=payload)
     conn = http.client.HTTPConnection(HOST, servers.http)
@@ -77,6 +83,7 @@ def test_urllib_and_xmlrpc(captured, servers):
 
 
 def test_refused_connection_is_an_event_and_the_error_propagates(captured):
+    requests = _requests()
     port = free_port()
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"http://{HOST}:{port}/x", timeout=2)
@@ -152,6 +159,7 @@ def test_mail_protocols(captured, servers):
 
 
 def test_wsgi_middleware_records_ingress(captured):
+    requests = _requests()
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from interceptor.wsgi import AuditMiddleware
@@ -196,6 +204,7 @@ def test_results_and_exceptions_pass_through_untouched(captured, servers):
 
 
 def test_double_install_is_harmless(captured, servers):
+    requests = _requests()
     assert interceptor.install(sink=interceptor.Sink(interceptor.NullWriter())) is False
     assert interceptor.current_sink() is captured.sink
     assert http.client.HTTPConnection.putrequest.__wrapped__.__module__ == "http.client"
