@@ -184,7 +184,19 @@ def _otel_available() -> bool:
     return True
 
 
+def _importable(kind: str) -> bool:
+    try:
+        __import__(kind)
+    except ImportError:
+        return False
+    return True
+
+
 def per_call_table() -> None:
+    clients = [k for k in CLIENTS if _importable(k)]
+    if len(clients) < len(CLIENTS):
+        print(f"(skipped, not installed: {', '.join(sorted(set(CLIENTS) - set(clients)))}; "
+              f"pip install -e '.[bench]')")
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
     otel = _otel_available()
     wall: dict[tuple[str, str], list[float]] = {}
@@ -193,7 +205,7 @@ def per_call_table() -> None:
     try:
         port = int(server.stdout.readline())
         for _rep in range(REPS):
-            for kind in CLIENTS:
+            for kind in clients:
                 for mode in ("ours", "otel"):
                     if mode == "otel" and (kind == "http.client" or not otel):
                         continue
@@ -219,7 +231,7 @@ def per_call_table() -> None:
         head = f"{'client':<13}{'bare us':>9}{'ours: added':>22}{'OpenTelemetry: added':>26}"
         print(head)
         print("-" * len(head))
-        for kind in CLIENTS:
+        for kind in clients:
             bare = statistics.median(table[(kind, "bare", "ours")])
             line = f"{kind:<13}{bare:>9.1f}"
             for mode in ("ours", "otel"):
