@@ -63,7 +63,7 @@ if ! psql -d postgres -Atc "select 1" >/dev/null 2>&1; then
 fi
 
 # --- 2. virtual environment ------------------------------------------------------------
-VENV_RECIPE=2  # bump when the way the venv is built changes
+VENV_RECIPE=3  # bump when the way the venv is built changes
 REQ_HASH=$( (echo "$VENV_RECIPE"; cat "$ODOO_SRC/requirements.txt" "$ROOT/pyproject.toml") | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.req-stamp" 2>/dev/null)" != "$REQ_HASH" ]; then
     say "building $VENV (Odoo requirements + this project)"
@@ -84,7 +84,40 @@ if [ "$(cat "$VENV/.req-stamp" 2>/dev/null)" != "$REQ_HASH" ]; then
     # isolated build environments on a setuptools that has it.
     echo "setuptools<70" > "$VENV/build-constraints.txt"
     quiet_pip() { "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }; return "${PIPESTATUS[0]}"; }
-    quiet_pip --build-constraint "$VENV/build-constraints.txt" -r "$REQS"
+    if ! quiet_pip --build-constraint "$VENV/build-constraints.txt" -r "$REQS"; then
+        say "some pinned requirements did not install: one by one, with a close wheel when a pin does not build"
+        "$VENV/bin/python" - "$REQS" "$VENV/build-constraints.txt" <<'EOF'
+import subprocess, sys
+from pip._vendor.packaging.requirements import Requirement
+
+reqs, constraints = sys.argv[1:3]
+def pip(*args):
+    return subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--build-constraint",
+                           constraints, *args], capture_output=True, text=True).returncode == 0
+failed = []
+for line in open(reqs):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    req = Requirement(line)
+    if (req.marker and not req.marker.evaluate()) or pip(line):
+        continue
+    pins = [s.version for s in req.specifier if s.operator == "=="]
+    tries = []
+    if pins:
+        major_minor = ".".join(pins[0].split(".")[:2])
+        tries = [f"{req.name}=={major_minor}.*", f"{req.name}>={pins[0]}"]
+    for spec in tries:
+        if pip("--only-binary", ":all:", spec):
+            print(f"test_odoo: note: {line} did not install; {spec} (a wheel) installed instead")
+            break
+    else:
+        failed.append(line)
+if failed:
+    print("test_odoo: could not install: " + "; ".join(failed))
+    sys.exit(1)
+EOF
+    fi
     quiet_pip -e "$ROOT"
     # Odoo pins cryptography 3.4.8 for Python < 3.12; our package accepts it, check pip kept it.
     "$VENV/bin/python" - <<'EOF'
