@@ -365,11 +365,24 @@ class Ledger:
 
 @contextmanager
 def _immediate(con: apsw.Connection):
-    """One write transaction: take the write lock first (waiting up to the busy timeout)."""
+    """One write transaction: take the write lock first (waiting up to the busy timeout).
+
+    Every write ends by appending a chain row, so the last row tells whether a COMMIT that raised
+    landed anyway: SQLite reports a failed post-commit checkpoint (an fsync error, say) as the
+    COMMIT's error. Reporting that durable write as failed made the sink count it as dropped too.
+    """
     con.execute("BEGIN IMMEDIATE")
     try:
         yield
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    con.execute("COMMIT")
+    last = con.execute(_LAST_ROW).fetchall()
+    try:
+        con.execute("COMMIT")
+    except apsw.Error:
+        if not (last and con.getautocommit() and con.execute(_LAST_ROW).fetchall() == last):
+            raise
+
+
+_LAST_ROW = "SELECT chain_seq, row_hash FROM egress_log ORDER BY chain_seq DESC LIMIT 1"
