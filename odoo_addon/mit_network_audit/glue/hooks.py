@@ -13,7 +13,7 @@ _logger = logging.getLogger(__name__)
 _STATE = {"installed": False, "router": None, "error": None}
 
 
-def post_load():
+def post_load() -> None:
     if _STATE["installed"]:
         return
     try:
@@ -26,7 +26,7 @@ def post_load():
         _logger.warning("mit_network_audit: interceptor not installed (%s)", _STATE["error"])
 
 
-def status():
+def status() -> dict:
     """{'installed': bool, 'router': DatabaseRouter or None, 'error': str or None}."""
     return dict(_STATE)
 

@@ -21,7 +21,7 @@ _STATIC = re.compile(r"^/(?:[\w.-]+/static/|web/assets/|web/image|web/content|fa
 _CURRENT = threading.local()
 
 
-def controller_module(rule):
+def controller_module(rule) -> str:
     """The addon that defines the routed endpoint ("" when it is not an addon's)."""
     endpoint = getattr(rule, "endpoint", None)
     func = getattr(endpoint, "original_endpoint", endpoint)
@@ -40,7 +40,7 @@ def _tag(rule):
     rec.module = SKIP if module in WEB_CLIENT_MODULES else module
 
 
-def install():
+def install() -> bool:
     """Wrap odoo.http.Application and learn each request's controller. Idempotent."""
     from odoo import http
 

@@ -20,12 +20,12 @@ _logger = logging.getLogger(__name__)
 
 
 
-def current_dbname():
+def current_dbname() -> str:
     name = getattr(threading.current_thread(), "dbname", None)
     return name if isinstance(name, str) and name else SERVER_DB
 
 
-def ledger_sink(dbname):
+def ledger_sink(dbname: str):
     """The interceptor sink of one database: the core's ledger writer on this host's ledger."""
     from interceptor import Sink
     from ledger.sink import LedgerWriter
@@ -41,7 +41,7 @@ class DatabaseRouter:
         self._sinks = {}
         self._lock = threading.Lock()
 
-    def sink_for(self, dbname):
+    def sink_for(self, dbname: str):
         sink = self._sinks.get(dbname)
         if sink is None:
             with self._lock:
@@ -55,22 +55,22 @@ class DatabaseRouter:
             return
         self.sink_for(current_dbname()).submit(rec)
 
-    def miss(self, ts, reason, n=1, until=0):
+    def miss(self, ts: int, reason: str, n: int = 1, until: int = 0) -> None:
         self.sink_for(current_dbname()).miss(ts, reason, n=n, until=until)
 
-    def flush(self, timeout=5.0):
+    def flush(self, timeout: float = 5.0) -> bool:
         return all([sink.flush(timeout) for sink in list(self._sinks.values())])
 
-    def close(self, timeout=5.0):
+    def close(self, timeout: float = 5.0) -> None:
         for sink in list(self._sinks.values()):
             sink.close(timeout)
 
     @property
-    def dropped_total(self):
+    def dropped_total(self) -> int:
         return sum(sink.dropped_total for sink in list(self._sinks.values()))
 
 
-def install():
+def install() -> "DatabaseRouter":
     """Install the interceptor with a per-database router; returns the router in force."""
     import interceptor
 
