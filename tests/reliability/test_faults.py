@@ -246,7 +246,7 @@ def test_audited_calls_with_the_ledger_folder_deleted(home, server, figures):
         audited.close()
     tried = CALLS + 5  # the 5 calls before the deletion went with the folder
     recorded, gaps = _count(path, key_dir, "deleted") if os.path.exists(path) else (0, 0)
-    figures.fault("ledger folder deleted", tried, ok - 5, recorded, gaps)
+    figures.fault("ledger folder deleted (xfail)", tried, ok - 5, recorded, gaps)
     assert ok == tried + 5
     assert recorded + gaps == tried, f"{recorded} recorded + {gaps} in gaps != {tried} tried"
 
@@ -270,7 +270,7 @@ def test_audited_calls_with_the_ledger_file_corrupted(home, server, figures):
         audited.close()
     tried = CALLS + 5
     counted = audited.sink.written + audited.sink.dropped_total
-    figures.fault("ledger file corrupted", tried, ok, audited.sink.written, audited.sink.dropped_total)
+    figures.fault("ledger file corrupted (sink)", tried, ok, audited.sink.written, audited.sink.dropped_total)
     assert ok == tried
     assert counted >= tried  # each call is written or counted (a gap row cannot be written here)
     assert not verify_ledger(path).valid if _readable(path) else True
