@@ -8,7 +8,8 @@
 #   1. PostgreSQL: installs the Debian package when missing, starts a cluster when none runs,
 #      creates a superuser role for the current user.
 #   2. A virtual environment ($ODOO_VENV, default .venv-odoo/) with that Odoo's requirements.txt
-#      and this project (pip install -e .); rebuilt only when either file changes.
+#      and this project (pip install -e .); rebuilt only when those requirements or this
+#      project's runtime dependencies change.
 #   3. An Odoo tree holding only the LGPL-3 addons: the source's odoo/addons mixes community
 #      (LGPL-3) and enterprise (OEEL-1/OPL-1) addons; we hard-link the core and the LGPL-3 addons
 #      only, so no enterprise addon is even visible to the server.
@@ -64,7 +65,9 @@ fi
 
 # --- 2. virtual environment ------------------------------------------------------------
 VENV_RECIPE=3  # bump when the way the venv is built changes
-REQ_HASH=$( (echo "$VENV_RECIPE"; cat "$ODOO_SRC/requirements.txt" "$ROOT/pyproject.toml") | sha256sum | cut -c1-16)
+# Our package is installed editable: only its runtime dependencies matter, not the rest of pyproject.
+OUR_DEPS=$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"])' "$ROOT/pyproject.toml")
+REQ_HASH=$( (echo "$VENV_RECIPE $OUR_DEPS"; cat "$ODOO_SRC/requirements.txt") | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.req-stamp" 2>/dev/null)" != "$REQ_HASH" ]; then
     say "building $VENV (Odoo requirements + this project)"
     rm -rf "$VENV"
