@@ -230,22 +230,29 @@ class NetworkAuditLedger(models.Model):
             rec._start_from_anchor(led)
         checker = ChainChecker(rec.ledger_uuid, rec.last_seq or rec.start_seq,
                                bytes.fromhex(rec.last_hash or rec.start_hash or GENESIS_HASH.hex()))
-        added = 0
+        added, failure = 0, None
         while True:
             rows = [tuple(r.values()) for r in led.rows(after_seq=checker.last_seq, limit=BATCH)]
             if not rows:
                 break
             failure = checker.feed_many(rows)
             good = [r for r in rows if r[0] <= checker.last_seq]
+            lines = rec._copy_lines(good)
+            bad = next((i for i, line in enumerate(lines) if "\0" in line), None)
+            if bad is not None:  # PostgreSQL text cannot hold NUL: stop before that row
+                seq = good[bad][0]
+                good, lines = good[:bad], lines[:bad]
+                failure = Failure(seq, "unstorable_text",
+                                  f"row {seq} holds a NUL character PostgreSQL cannot store")
             if good:
-                rec._insert_rows(good)
+                rec._insert_lines(lines)
                 added += len(good)
-                rec.write({"last_seq": checker.last_seq, "last_hash": checker.last_hash.hex()})
+                rec.write({"last_seq": good[-1][0], "last_hash": good[-1][-1].hex()})
             if failure:
                 rec._break(failure.seq, failure.reason, failure.message)
                 break
         vals = {"last_ingest": fields.Datetime.now()}
-        if not checker.failure:
+        if not failure:
             vals.update(ingest_state="ok", break_seq=0, break_reason=False)
         rec.write(vals)
         rec._pull_head(led)
@@ -295,26 +302,30 @@ class NetworkAuditLedger(models.Model):
                     "head_checkpoint": cp.to_text()})
         self.env["ir.config_parameter"].sudo().set_param(HEAD_PARAM + self.ledger_uuid, cp.to_text())
 
-    def _insert_rows(self, rows):
-        """Bulk insert of ledger rows (chain_seq, *COLUMNS, prev_hash, row_hash) with COPY."""
-        self.env.flush_all()
+    def _copy_lines(self, rows):
+        """Ledger rows (chain_seq, *COLUMNS, prev_hash, row_hash) as lines of COPY text."""
         now = _copy_ts(time.time_ns())
         head = f"{self.id}\t{_copy_text(self.host_id or '')}\t1\t1\t{now}\t{now}\t"
-        buf = io.StringIO()
-        write = buf.write
+        tabs = len(COLUMN_NAMES)  # separators between chain_seq and the columns
+        lines = []
         for row in rows:
-            texts = [head, _copy_ts(row[1]), "\t", row[-2].hex(), "\t", row[-1].hex()]
-            for value in row[:-2]:
-                texts.append("\t")
-                texts.append(_copy_text(value) if type(value) is str else str(value))
-            texts.append("\n")
-            write("".join(texts))
-        buf.seek(0)
+            values = row[:-2]
+            body = "\t".join(map(str, values))
+            # the common case: no value holds a tab, newline or backslash, nothing to escape
+            if body.count("\t") != tabs or "\\" in body or "\n" in body or "\r" in body:
+                body = "\t".join(_copy_text(v) if type(v) is str else str(v) for v in values)
+            lines.append(f"{head}{_copy_ts(row[1])}\t{row[-2].hex()}\t{row[-1].hex()}\t{body}\n")
+        return lines
+
+    def _insert_lines(self, lines):
+        """Bulk insert with COPY."""
+        self.env.flush_all()
         columns = ", ".join(("audit_ledger_id", "ledger_host", "create_uid", "write_uid",
-                             "create_date", "write_date", "event_time", "prev_hash", "row_hash", "chain_seq",
-                             *COLUMN_NAMES))
+                             "create_date", "write_date", "event_time", "prev_hash", "row_hash",
+                             "chain_seq", *COLUMN_NAMES))
         # self_egress is 0/1 in the ledger; PostgreSQL's boolean input accepts both.
-        self.env.cr._obj.copy_expert(f"COPY network_egress_log ({columns}) FROM STDIN", buf)
+        self.env.cr._obj.copy_expert(f"COPY network_egress_log ({columns}) FROM STDIN",
+                                     io.StringIO("".join(lines)))
         self.env["network.egress_log"].invalidate_model()
 
     # ---- Verify chain --------------------------------------------------------------------------

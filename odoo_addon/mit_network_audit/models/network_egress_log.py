@@ -46,10 +46,10 @@ class NetworkEgressLog(models.Model):
 
     # ---- chain position ---------------------------------------------------------------------
     audit_ledger_id = fields.Many2one(
-        "network.audit.ledger", string="Ledger", required=True, index=True, ondelete="restrict",
+        "network.audit.ledger", string="Ledger", required=True, ondelete="restrict",
         readonly=True, help="The ledger (one per Odoo host and database) this row was ingested from.")
     ledger_host = fields.Char(
-        string="Odoo host", index=True, readonly=True,
+        string="Odoo host", readonly=True,
         help="The host whose interceptor wrote the ledger this row comes from.")
     chain_seq = BigInteger(
         string="Chain position", required=True, readonly=True,
@@ -67,13 +67,13 @@ class NetworkEgressLog(models.Model):
     ts = BigInteger(string="Timestamp (ns)", readonly=True,
                     help="Start of the call, nanoseconds since the epoch, UTC, exactly as chained.")
     duration_ms = fields.Float(string="Duration (ms)", readonly=True, help="Wall time of the call.")
-    direction = fields.Char(readonly=True, index=True, help="egress (outbound) or ingress (inbound).")
+    direction = fields.Char(readonly=True, help="egress (outbound) or ingress (inbound).")
     channel = fields.Char(
-        readonly=True, index=True,
+        readonly=True,
         help="http, smtp, imap, pop3, ftp, socket, dns, or audit for the auditor's own facts.")
     protocol = fields.Char(readonly=True, help="https, http, smtp, smtps, tcp, udp, ...")
     method = fields.Char(readonly=True, help="GET, MAIL, connect, ...; for audit rows the fact name.")
-    host = fields.Char(readonly=True, index=True, help="Host name as the caller asked for it.")
+    host = fields.Char(readonly=True, help="Host name as the caller asked for it.")
     url_path = fields.Char(
         string="Path", readonly=True,
         help="URL path without query; for audit rows the fact's detail (k=v;k=v).")
@@ -82,22 +82,24 @@ class NetworkEgressLog(models.Model):
     src_port = fields.Integer(string="Source port", readonly=True, help="Local port of the socket.")
     dst_ip = fields.Char(string="Destination IP", readonly=True, help="Remote address of the socket.")
     dst_port = fields.Integer(string="Destination port", readonly=True, help="Remote port.")
-    status = fields.Char(readonly=True, index=True, help="HTTP status, SMTP reply code, or empty.")
+    status = fields.Char(readonly=True, help="HTTP status, SMTP reply code, or empty.")
     error = fields.Char(readonly=True, help="Exception class name when the audited call failed.")
     req_bytes = BigInteger(string="Bytes out", readonly=True, help="Request bytes sent.")
     resp_bytes = BigInteger(string="Bytes in", readonly=True, help="Response bytes received.")
     header_names = fields.Char(readonly=True, help="Request header names, never their values.")
     fingerprint = fields.Char(
         readonly=True, help="Salted HMAC-SHA256 of the request payload, 128 bits, hex.")
-    module = fields.Char(readonly=True, index=True,
+    module = fields.Char(readonly=True,
                          help="Odoo module (or top-level package) that made the call.")
     author = fields.Char(readonly=True, help="That module's author, from its manifest.")
     call_site = fields.Char(readonly=True, help="path:line:function of the attributed frame.")
     pid = fields.Integer(string="PID", readonly=True, help="Process id of the Odoo worker.")
     self_egress = fields.Boolean(
-        string="Self-egress", readonly=True, index=True,
+        string="Self-egress", readonly=True,
         help="The auditor's own code made this call: always an alarm.")
 
+    # Indexes are few on purpose (the ingest writes every one of them): this constraint's, the
+    # time, and those of init() for the Trust Report's queries.
     _sql_constraints = [
         ("ledger_seq_unique", "unique(audit_ledger_id, chain_seq)",
          "A ledger row is ingested once."),
@@ -174,6 +176,10 @@ class NetworkEgressLog(models.Model):
                 ON network_egress_log (module, event_time);
             CREATE INDEX IF NOT EXISTS network_egress_log_host_time
                 ON network_egress_log (host, event_time);
+            CREATE INDEX IF NOT EXISTS network_egress_log_self_egress
+                ON network_egress_log (id) WHERE self_egress;
+            CREATE INDEX IF NOT EXISTS network_egress_log_audit_facts
+                ON network_egress_log (method, event_time) WHERE channel = 'audit';
         """)
 
     # ---- actions -----------------------------------------------------------------------------

@@ -230,3 +230,13 @@ class TestIngest(LedgerCase):
         self.assertFalse(self.env["ir.config_parameter"].sudo().get_param(HEAD_PARAM + rec.ledger_uuid))
         [result] = rec._verify_pg()
         self.assertEqual(result["reason"], "head_mismatch")
+
+    @mute_logger("odoo.addons.mit_network_audit.models.network_audit_ledger")
+    def test_nul_character_stops_the_ingest_cleanly(self):
+        self.write_ledger("host-nul", [make_event(1), make_event(2, url_path="/a\0b"), make_event(3)])
+        self.Ledger._ingest_all()
+        rec = self.Ledger.search([("host_id", "=", "host-nul")])
+        self.assertEqual((rec.ingest_state, rec.break_seq, rec.break_reason, rec.last_seq),
+                         ("broken", 3, "unstorable_text", 2))
+        [result] = rec._verify_pg()
+        self.assertTrue(result["valid"], result)
