@@ -21,7 +21,7 @@
 #      database, the addon installed, `--workers=2`, XML-RPC calls from another process; every
 #      worker must capture into the database's ledger.
 #
-# Environment: ODOO_VENV, ODOO_TEST_DB (default netaudit_test), ODOO_HTTP_PORT (default 18069),
+# Environment: ODOO_VENV, ODOO_TEST_DB (default netaudit_test), ODOO_HTTP_PORT (default: a free one),
 #              ODOO_TEST_TAGS (default /mit_network_audit; the ingest benchmark:
 #              netaudit_bench/mit_network_audit),
 #              ODOO_KEEP_DB=1 keeps the test database afterwards.
@@ -39,7 +39,8 @@ grep -q "^version_info = (18, 0" "$ODOO_SRC/odoo/release.py" || die "$ODOO_SRC i
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${ODOO_VENV:-$ROOT/.venv-odoo}
 DB=${ODOO_TEST_DB:-netaudit_test}
-PORT=${ODOO_HTTP_PORT:-18069}
+# a free port on 127.0.0.1 unless told (the prefork check uses PORT+10 and PORT+11)
+PORT=${ODOO_HTTP_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 PYTHON=${PYTHON:-python3}
 T0=$(date +%s)
 export PGOPTIONS="${PGOPTIONS:---client-min-messages=warning}"  # no NOTICEs from dropdb --if-exists
