@@ -54,40 +54,39 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Record:
-    """One call's metadata while it is in flight (caller's thread) and queued (writer's)."""
+    """One call's metadata while it is in flight (caller's thread) and queued (writer's).
 
-    __slots__ = ("ts", "t0", "duration_ms", "direction", "channel", "protocol", "method", "host",
-                 "url_path", "query_keys", "src_ip", "src_port", "dst_ip", "dst_port", "status",
-                 "error", "req_bytes", "resp_bytes", "header_names", "hasher", "module", "author",
-                 "call_site", "pid", "self_egress", "done")
+    Only what every call has is set per instance; the rest falls back to the class defaults below,
+    so starting a record costs a handful of stores on the audited thread.
+    """
+
+    duration_ms = 0.0
+    direction = EGRESS
+    url_path = ""
+    query_keys = ()
+    src_ip = ""
+    src_port = 0
+    dst_ip = ""
+    status = ""
+    error = ""
+    req_bytes = 0
+    resp_bytes = 0
+    header_names = None
+    hasher = None
+    module = ""
+    author = ""
+    call_site = ""
+    self_egress = False
+    done = False
 
     def __init__(self, channel: str, protocol: str, method: str, host: str, port: int) -> None:
         self.ts = time.time_ns()
-        self.t0 = time.perf_counter_ns()
-        self.duration_ms = 0.0
-        self.direction = EGRESS
         self.channel = channel
         self.protocol = protocol
         self.method = method
         self.host = host
-        self.url_path = ""
-        self.query_keys = ()
-        self.src_ip = ""
-        self.src_port = 0
-        self.dst_ip = ""
         self.dst_port = port or 0
-        self.status = ""
-        self.error = ""
-        self.req_bytes = 0
-        self.resp_bytes = 0
-        self.header_names = None
-        self.hasher = None
-        self.module = ""
-        self.author = ""
-        self.call_site = ""
         self.pid = STATE.pid
-        self.self_egress = False
-        self.done = False
 
     def hash_payload(self, data) -> None:
         """Feed payload bytes to the running digest as they are sent (never kept)."""
@@ -152,7 +151,7 @@ def emit(rec: Record, sink=None) -> None:
         if rec.done:
             return
         rec.done = True
-        rec.duration_ms = (time.perf_counter_ns() - rec.t0) / 1e6
+        rec.duration_ms = max(0, time.time_ns() - rec.ts) / 1e6
         (sink or STATE.sink).submit(rec)
     except Exception as exc:
         GUARD.fault("record", exc, rec.ts)

@@ -16,11 +16,15 @@ import sys
 from interceptor.capture import GUARD, TLS, begin, emit, fail, peer
 from interceptor.redact import query_names, split_url
 
-REC = "_netaudit_rec"          # the in-flight Record, in the connection's __dict__
-PEER = "_netaudit_peer"        # (socket, src_ip, src_port, dst_ip, dst_port) cached per socket
 MARK = "_netaudit_wrapped"     # set on every function we installed (idempotent install)
-BODY = 2                       # Record phase marker stored in PHASE
-PHASE = "_netaudit_phase"
+BODY = 2                       # value of _netaudit_phase once the headers are sent
+# Per-connection state lives in plain attributes with class-level defaults (set in install()),
+# never through `conn.__dict__`: materialising an instance's __dict__ turns off CPython 3.11's
+# inline attribute cache for that connection and slows every attribute access of http.client.
+#   _netaudit_rec    the in-flight Record, or None
+#   _netaudit_phase  0 while headers are being sent, BODY after endheaders
+#   _netaudit_peer   (socket, src_ip, src_port, dst_ip, dst_port) cached per socket
+_DEFAULTS = {"_netaudit_rec": None, "_netaudit_phase": 0, "_netaudit_peer": None}
 
 _orig: dict[str, object] = {}
 _https_classes: dict[type, str] = {}
@@ -38,20 +42,20 @@ def _protocol(conn) -> str:
 
 
 def _begin_request(conn, method, url, frame):
-    d = conn.__dict__
-    old = d.pop(REC, None)
+    old = conn._netaudit_rec
     if old is not None:      # the previous request never got to getresponse: close it as is
+        conn._netaudit_rec = None
         emit(old)
-    host = d.get("_tunnel_host") or conn.host
-    port = d.get("_tunnel_port") or conn.port
+    host = getattr(conn, "_tunnel_host", None) or conn.host
+    port = getattr(conn, "_tunnel_port", None) or conn.port
     rec = begin("http", _protocol(conn), method, host, port, frame)
     path, query = split_url(url)
     rec.url_path = path
     if query:
         rec.query_keys = query_names(query)
     rec.header_names = []
-    d[REC] = rec
-    d[PHASE] = 0
+    conn._netaudit_rec = rec
+    conn._netaudit_phase = 0
     return rec
 
 
@@ -69,7 +73,7 @@ def http_putrequest_wrapper(self, method, url, skip_host=False, skip_accept_enco
         return _orig["putrequest"](self, method, url, skip_host, skip_accept_encoding)
     except BaseException as exc:
         if rec is not None:
-            self.__dict__.pop(REC, None)
+            self._netaudit_rec = None
             fail(rec, exc)
         raise
     finally:
@@ -78,7 +82,7 @@ def http_putrequest_wrapper(self, method, url, skip_host=False, skip_accept_enco
 
 def http_putheader_wrapper(self, header, *values):
     """Wraps HTTPConnection.putheader: keeps the header's name, never its values."""
-    rec = self.__dict__.get(REC)
+    rec = self._netaudit_rec
     if rec is not None and not TLS.busy:
         try:
             rec.header_names.append(header)
@@ -127,8 +131,7 @@ def _prepare_body(self, rec, message_body):
 
 def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     """Wraps HTTPConnection.endheaders: sends headers and an optional body (hashed as it streams)."""
-    d = self.__dict__
-    rec = d.get(REC)
+    rec = self._netaudit_rec
     if rec is None or TLS.busy:
         return _orig["endheaders"](self, message_body, encode_chunked=encode_chunked)
     body = message_body
@@ -141,13 +144,13 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     try:
         result = _orig["endheaders"](self, body, encode_chunked=encode_chunked)
     except BaseException as exc:
-        d.pop(REC, None)
+        self._netaudit_rec = None
         fail(rec, exc)
         raise
     finally:
         TLS.busy = False
     try:
-        d[PHASE] = BODY
+        self._netaudit_phase = BODY
         _fill_peer(self, rec)
     except Exception as exc:
         GUARD.fault("capture", exc, rec.ts)
@@ -158,28 +161,26 @@ def _fill_peer(conn, rec) -> None:
     sock = conn.sock
     if sock is None:
         return
-    d = conn.__dict__
-    cached = d.get(PEER)
+    cached = conn._netaudit_peer
     if cached is None or cached[0] is not sock:
         peer(rec, sock)
-        d[PEER] = (sock, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
+        conn._netaudit_peer = (sock, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
     else:
         _, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port = cached
 
 
 def http_send_wrapper(self, data):
     """Wraps HTTPConnection.send: payload sent after the headers (urllib3 streams bodies so)."""
-    d = self.__dict__
-    rec = d.get(REC)
+    rec = self._netaudit_rec
     if rec is None or TLS.busy:
         return _orig["send"](self, data)
-    if d.get(PHASE) == BODY and isinstance(data, (bytes, bytearray, memoryview)):
+    if self._netaudit_phase == BODY and isinstance(data, (bytes, bytearray, memoryview)):
         _hash(rec, data)
     TLS.busy = True
     try:
         return _orig["send"](self, data)
     except BaseException as exc:
-        d.pop(REC, None)
+        self._netaudit_rec = None
         fail(rec, exc)
         raise
     finally:
@@ -190,9 +191,10 @@ def http_getresponse_wrapper(self):
     """Wraps HTTPConnection.getresponse: closes the record with status and response size."""
     if TLS.busy:
         return _orig["getresponse"](self)
-    rec = self.__dict__.pop(REC, None)
+    rec = self._netaudit_rec
     if rec is None:
         return _orig["getresponse"](self)
+    self._netaudit_rec = None
     TLS.busy = True
     try:
         response = _orig["getresponse"](self)
@@ -256,6 +258,8 @@ def install() -> None:
     base = http.client.HTTPConnection
     if getattr(base.__dict__.get("putrequest"), MARK, False):
         return
+    for name, value in _DEFAULTS.items():
+        setattr(base, name, value)
     for name, wrapper in (("putrequest", http_putrequest_wrapper), ("putheader", http_putheader_wrapper),
                           ("endheaders", http_endheaders_wrapper), ("send", http_send_wrapper),
                           ("getresponse", http_getresponse_wrapper)):

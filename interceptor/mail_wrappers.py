@@ -38,11 +38,10 @@ def _fill_peer(obj, rec) -> None:
     sock = getattr(obj, "sock", None)
     if sock is None:
         return
-    d = obj.__dict__
-    cached = d.get(PEER)
+    cached = getattr(obj, PEER, None)
     if cached is None or cached[0] is not sock:
         peer(rec, sock)
-        d[PEER] = (sock, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
+        setattr(obj, PEER, (sock, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port))
     else:
         _, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port = cached
 
@@ -165,7 +164,7 @@ def _smtp_protocol(obj) -> str:
     import smtplib
     if isinstance(obj, getattr(smtplib, "SMTP_SSL", ())):
         return "smtps"
-    if obj.__dict__.get("_netaudit_starttls"):
+    if getattr(obj, "_netaudit_starttls", False):
         return "smtp+starttls"
     return "lmtp" if isinstance(obj, smtplib.LMTP) else "smtp"
 
@@ -202,7 +201,7 @@ def _smtp_mail_finish(rec, obj, result) -> None:
 
 def _smtp_starttls_finish(rec, obj, result) -> None:
     _reply_code(rec, obj, result)
-    obj.__dict__["_netaudit_starttls"] = True
+    obj._netaudit_starttls = True
 
 
 def install_smtplib() -> None:

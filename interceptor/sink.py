@@ -24,11 +24,11 @@ from interceptor.capture import Record
 
 DEFAULT_MAXSIZE = 10_000
 DEFAULT_BATCH = 512
-LINGER_S = 0.02          # the writer waits this long after waking, to batch the events behind it
+LINGER_S = 0.1          # the writer waits this long after waking, to batch the events behind it
 IDLE_WAIT_S = 0.5        # safety net for a lost wake-up
 MAX_BACKOFF_S = 1.0
 QUEUE_FULL = "QueueFull"
-YIELD_EVERY = 32         # events converted between two GIL releases on the writer thread
+YIELD_EVERY = 8          # events converted between two GIL releases on the writer thread
 
 _SINKS: "weakref.WeakSet[Sink]" = weakref.WeakSet()
 
