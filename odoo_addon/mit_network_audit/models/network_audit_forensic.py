@@ -159,3 +159,11 @@ class NetworkAuditForensicBody(models.Model):
         if not self.env.user.has_group("mit_network_audit.group_officer"):
             raise AccessError(self.env._("Only an Audit Officer can read forensic bodies."))
         return self._fernet().decrypt(base64.b64decode(self.sudo().ciphertext))
+
+    def action_show_plaintext(self):
+        """The Decrypt button: the body, as text, in a sticky notification (first 4 KiB)."""
+        text = self.plaintext()[:4096].decode("utf-8", "replace")
+        return {"type": "ir.actions.client", "tag": "display_notification",
+                "params": {"title": self.env._("Body %(id)s (%(size)s bytes)", id=self.id,
+                                               size=self.size),
+                           "message": text, "sticky": True, "type": "warning"}}

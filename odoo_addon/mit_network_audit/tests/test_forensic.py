@@ -58,6 +58,8 @@ class TestForensicMode(LedgerCase):
         body = self.env["network.audit.forensic.body"].store(b"card=4111", module="sale", host="h")
         self.assertNotIn(b"4111", body.ciphertext)
         self.assertEqual(body.with_user(self.officer).plaintext(), b"card=4111")
+        shown = body.with_user(self.officer).action_show_plaintext()
+        self.assertEqual(shown["params"]["message"], "card=4111")
         with self.assertRaises(AccessError):
             body.with_user(self.user).read(["ciphertext"])
         with self.assertRaises(AccessError):

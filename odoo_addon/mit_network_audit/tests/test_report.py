@@ -1,10 +1,12 @@
 # License LGPL-3.0 or later (https://www.gnu.org/licenses/lgpl.html).
 import datetime
+from unittest.mock import patch
 
 from odoo import fields
 from odoo.tests import tagged
 from odoo.tools import mute_logger
 
+from ..glue import hooks
 from .common import LedgerCase, make_event
 
 
@@ -89,3 +91,16 @@ class TestTrustReport(LedgerCase):
         self.assertTrue(report.forensic_on)
         self.assertIn("incident 42", report.forensic_chip)
         self.assertIn(officer.name, report.forensic_chip)
+
+    def test_capture_off_is_review(self):
+        """post_load failed (fail-open: Odoo runs on): the report says capture is off."""
+        self.env["network.audit.declared_host"].create({"module": "sale", "host": "api.example.com"})
+        self.write_ledger("host-off", [make_event(1, module="sale")], sign=True)
+        self.Ledger._ingest_all()
+        self.Ledger.search([])._verify_pg()
+        self.assertEqual(self.report().verdict, "trusted")
+        with patch.dict(hooks._STATE, installed=False, error="RuntimeError: no interceptor"):
+            report = self.report()
+        self.assertFalse(report.capture_ok)
+        self.assertIn("no interceptor", report.capture_chip)
+        self.assertEqual(report.verdict, "review")
