@@ -45,9 +45,23 @@ class _HTTPHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _ThreadingTCP(socketserver.ThreadingTCPServer):
+class _QuietErrors:
+    """Clients in these tests hang up on purpose (refused, reset, pending-request cases)."""
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _ThreadingTCP(_QuietErrors, socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+
+class _HTTPServer(_QuietErrors, http.server.ThreadingHTTPServer):
+    daemon_threads = True
 
 
 class _LineHandler(socketserver.StreamRequestHandler):
@@ -167,7 +181,7 @@ class Servers:
 
     def __init__(self):
         self._servers = []
-        h = self._add(http.server.ThreadingHTTPServer((HOST, 0), _HTTPHandler))
+        h = self._add(_HTTPServer((HOST, 0), _HTTPHandler))
         self.http = h.server_address[1]
 
         class _RPCHandler(SimpleXMLRPCRequestHandler):
