@@ -17,10 +17,10 @@ from interceptor.attribution import StackAttribution
 from interceptor.capture import STATE
 from interceptor.event import AUDIT, EGRESS, INGRESS, NetEvent
 from interceptor.guard import GUARD
-from interceptor.sink import MemoryWriter, NullWriter, Sink
+from interceptor.sink import LazyWriter, MemoryWriter, NullWriter, Sink
 
 __all__ = ["NetEvent", "EGRESS", "INGRESS", "AUDIT", "install", "installed", "current_sink", "use_sink",
-           "use_attribution", "flush", "Sink", "MemoryWriter", "NullWriter", "StackAttribution", "GUARD",
+           "use_attribution", "flush", "Sink", "LazyWriter", "MemoryWriter", "NullWriter", "StackAttribution", "GUARD",
            "VERSION"]
 
 VERSION = "0.1.0"

@@ -220,6 +220,44 @@ class MemoryWriter:
         self.gaps.append((dropped, t1_ns, t2_ns, reason))
 
 
+class LazyWriter:
+    """A writer made by `factory()` on first use, on the writer thread: a process that makes no
+    network call never pays for it (`netaudit run` uses it to defer importing the ledger)."""
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._writer = None
+
+    def _get(self):
+        if self._writer is None:
+            self._writer = self._factory()
+        return self._writer
+
+    @property
+    def salt(self):
+        return getattr(self._get(), "salt", None)
+
+    @property
+    def wrapped(self):
+        return self._get()
+
+    def write_batch(self, events) -> None:
+        self._get().write_batch(events)
+
+    def write_gap(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None:
+        self._get().write_gap(dropped, t1_ns, t2_ns, reason)
+
+    def after_fork(self) -> None:
+        after_fork = getattr(self._writer, "after_fork", None)
+        if after_fork is not None:
+            after_fork()
+
+    def close(self) -> None:
+        close = getattr(self._writer, "close", None)
+        if close is not None:
+            close()
+
+
 class NullWriter:
     """Discards events (install() without a sink)."""
 

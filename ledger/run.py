@@ -24,9 +24,18 @@ import sys
 
 
 def _netaudit_install():
+    path = os.environ.get("NETAUDIT_LEDGER")
+    if not path:
+        return
+    key_dir = os.environ.get("NETAUDIT_KEY_DIR") or None
+
+    def open_ledger_writer():  # on the writer thread, at the first event: the ledger's imports wait
+        from ledger.sink import LedgerWriter
+        return LedgerWriter(path, key_dir)
+
     try:
-        from ledger.sink import install_from_env
-        install_from_env()
+        import interceptor
+        interceptor.install(sink=interceptor.Sink(interceptor.LazyWriter(open_ledger_writer)))
     except Exception as exc:  # fail open: the program runs, and says why it is not audited
         sys.stderr.write("netaudit: interceptor not installed in %s: %s: %s\\n"
                          % (sys.executable, type(exc).__name__, exc))
