@@ -18,7 +18,7 @@ from hashlib import sha256
 
 from interceptor.event import EGRESS, NetEvent
 from interceptor.guard import GUARD
-from interceptor.redact import clean_name, clean_names, clean_path
+from interceptor.redact import clean_host, clean_name, clean_names, clean_path
 
 FINGERPRINT_HEX = 32  # 128 bits
 
@@ -119,7 +119,7 @@ _CLEAN_CACHE: dict = {}
 _CLEAN_CACHE_MAX = 4096
 _CLEANERS = {
     "m": clean_name,
-    "h": clean_name,
+    "h": clean_host,
     "q": lambda names: clean_names(names, unquote=True),
     "n": clean_names,
 }

@@ -126,6 +126,11 @@ def _prepare_body(self, rec, message_body):
     if isinstance(message_body, str):
         rec.hash_payload(message_body.encode("iso-8859-1", "replace"))
         return message_body
+    if not hasattr(message_body, "read"):
+        try:
+            iter(message_body)
+        except TypeError:
+            return message_body  # http.client raises its own TypeError for it: leave it be
     return _hashing_chunks(message_body, rec, getattr(self, "blocksize", 8192))
 
 

@@ -51,6 +51,13 @@ def clean_name(name, unquote: bool = False) -> str:
     return name[:MAX_NAME]
 
 
+def clean_host(host) -> str:
+    """A host as kept: userinfo cut ("user:password@host" -> "host"; urllib passes it along)."""
+    if isinstance(host, (bytes, bytearray)):
+        host = bytes(host).decode("latin-1")
+    return clean_name(str(host).rpartition("@")[2])
+
+
 def clean_names(names, unquote: bool = False) -> tuple[str, ...]:
     return tuple(n for n in (clean_name(x, unquote) for x in names) if n)
 

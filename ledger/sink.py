@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from interceptor.event import NetEvent
+from ledger.errors import LedgerError
 
 ENV_LEDGER = "NETAUDIT_LEDGER"
 ENV_KEY_DIR = "NETAUDIT_KEY_DIR"
@@ -26,6 +27,8 @@ class LedgerWriter:
         self.key_dir = key_dir
         self.busy_timeout_ms = busy_timeout_ms
         self._ledger = None
+        self._file_id = None      # (st_dev, st_ino) of the file we opened
+        self._opened_once = False
 
     def _open(self):
         led = self._ledger
@@ -33,16 +36,42 @@ class LedgerWriter:
             from interceptor import VERSION
             from ledger.ledger import Ledger
 
+            if self._opened_once and self.path and not os.path.isdir(os.path.dirname(os.path.abspath(self.path))):
+                # The folder was removed under us: wait for it to come back rather than make it
+                # again behind the operator's back. Meanwhile the sink counts the misses.
+                raise LedgerError(f"{self.path}: the ledger's folder is gone")
             led = Ledger.open(self.path, key_dir=self.key_dir, create=True)
             try:
                 if self.busy_timeout_ms is not None:
                     led.con.setbusytimeout(self.busy_timeout_ms)
                 led.hmac_salt  # fail now, not on the first fingerprint, if the key is unusable
                 led.append_audit("interceptor_installed", version=VERSION, pid=os.getpid())
+                st = os.stat(led.path)
             except BaseException:
                 led.close()
                 raise
             self._ledger = led
+            self._file_id = (st.st_dev, st.st_ino)
+            self._opened_once = True
+        return led
+
+    def _checked(self):
+        """The open ledger, if its file is still the one at the path. A deleted or replaced file
+        would swallow writes unseen: drop the connection, fail this write (the sink counts it
+        as a miss) and reopen the path next time."""
+        led = self._open()
+        try:
+            st = os.stat(led.path)
+            same = (st.st_dev, st.st_ino) == self._file_id
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self._ledger = None
+            try:
+                led.close()
+            except Exception:
+                pass
+            raise LedgerError(f"{led.path}: the ledger file was deleted or replaced")
         return led
 
     @property
@@ -54,12 +83,12 @@ class LedgerWriter:
         return self._open().hmac_salt
 
     def write_batch(self, events: list[NetEvent]) -> None:
-        self._open().append_many(events)
+        self._checked().append_many(events)
 
     def write_gap(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None:
         from ledger.ledger import audit_event
 
-        self._open().append(audit_event("gap", t1_ns, dropped=dropped, until=t2_ns, reason=reason))
+        self._checked().append(audit_event("gap", t1_ns, dropped=dropped, until=t2_ns, reason=reason))
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's connection (SQLite forbids using it here)."""

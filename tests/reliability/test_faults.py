@@ -222,10 +222,6 @@ def test_memory_stays_bounded_under_a_lasting_fault(home, vfs, server, figures):
     assert recorded + gaps == tried, f"{recorded} recorded + {gaps} in gaps != {tried} tried"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger/sink.py LedgerWriter keeps its connection to the unlinked ledger file: every event after "
-    "the folder is deleted is 'written' into a deleted inode, so it is neither recorded in the ledger "
-    "at the path nor counted in a gap row (sink.written counts it). It never reopens the path."))
 def test_audited_calls_with_the_ledger_folder_deleted(home, server, figures):
     """The ledger's folder is removed under the running writer, then made again: the calls made
     after the deletion must land in the ledger at the path, or in a gap row there."""
@@ -246,7 +242,7 @@ def test_audited_calls_with_the_ledger_folder_deleted(home, server, figures):
         audited.close()
     tried = CALLS + 5  # the 5 calls before the deletion went with the folder
     recorded, gaps = _count(path, key_dir, "deleted") if os.path.exists(path) else (0, 0)
-    figures.fault("ledger folder deleted (xfail)", tried, ok - 5, recorded, gaps)
+    figures.fault("ledger folder deleted", tried, ok - 5, recorded, gaps)
     assert ok == tried + 5
     assert recorded + gaps == tried, f"{recorded} recorded + {gaps} in gaps != {tried} tried"
 

@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 
 # cases where the audited call does not behave as the bare one; each has an xfail test below
-KNOWN_BUGS = {"body_int"}
+KNOWN_BUGS: set[str] = set()  # body_int fixed in interceptor/http_wrappers.py _prepare_body
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -91,13 +91,6 @@ def test_odd_calls_behave_as_without_the_auditor(tmp_path, unix_server):
         "a unix socket path is not network egress"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "interceptor/http_wrappers.py _prepare_body wraps every body that is not bytes/str/None in the "
-    "_hashing_chunks generator, even one http.client rejects (an int): http.client then iterates the "
-    "generator and the caller gets TypeError(\"'int' object is not iterable\") raised inside the "
-    "interceptor, instead of http.client's own TypeError('message_body should be a bytes-like object "
-    "or an iterable, got <class 'int'>'). The original call's exception must propagate untouched: "
-    "only wrap bodies that have read() or are iterable, pass anything else through as is."))
 def test_regression_non_iterable_body_raises_what_http_client_raises():
     import http.client
 

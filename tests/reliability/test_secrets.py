@@ -100,11 +100,6 @@ def test_no_marker_and_no_key_in_any_output(tmp_path):
                 assert form not in data, f"{name} reached {where}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "interceptor/http_wrappers.py records HTTPConnection.host verbatim: urllib passes the URL's "
-    "userinfo along (http://user:PASSWORD@host:port/ gives conn.host 'user:PASSWORD@host'), so the "
-    "password lands in the ledger's host column (and in `netaudit report`). The host should be cut "
-    "after the last '@' before it is recorded."))
 def test_userinfo_password_never_reaches_the_ledger(tmp_path):
     import interceptor
     from interceptor import MemoryWriter, NullWriter, Sink
