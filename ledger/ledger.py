@@ -296,6 +296,13 @@ class Ledger:
             return None
         return Checkpoint(CHECKPOINT_ORIGIN, self.ledger_id, *rows[0])
 
+    def prune_anchor(self) -> Checkpoint | None:
+        """The newest signed prune anchor (where the chain now resumes), or None if never pruned."""
+        rows = self.con.execute(
+            "SELECT pruned_through_seq, row_hash, signed_at, key_id, signature FROM prune_anchors "
+            "ORDER BY pruned_through_seq DESC LIMIT 1").fetchall()
+        return Checkpoint(ANCHOR_ORIGIN, self.ledger_id, *rows[0]) if rows else None
+
     # ---- retention vacuum ----------------------------------------------------------------------
 
     def vacuum(self, retention_days: float, now_ns: int | None = None) -> VacuumResult:

@@ -82,12 +82,16 @@ def test_insert_must_link_to_the_last_row(ledger_path, bad):
 def test_vacuum_deletes_only_below_the_signed_head(new_ledger):
     led = new_ledger(50)
     assert led.vacuum(0).deleted == 0          # no signed head: nothing may go
+    assert led.prune_anchor() is None
     head_seq = led.last()[0]
     led.sign_head()
     led.append_many(make_event(i) for i in range(50, 60))
     result = led.vacuum(0)                     # everything is "old", yet the head row stays
     assert result.deleted == head_seq - 1
     assert result.pruned_through == head_seq - 1
+    anchor = led.prune_anchor()
+    from verifier.format import check_signature, public_key_from_text
+    assert anchor.seq == head_seq - 1 and check_signature(anchor, public_key_from_text(led.public_key_text))
     first = led.con.execute("SELECT min(chain_seq) FROM egress_log").fetchall()[0][0]
     assert first == head_seq
     facts = [r["url_path"] for r in led.rows() if r["method"] == "vacuum"]

@@ -270,17 +270,9 @@ class NetworkAuditLedger(models.Model):
         self.invalidate_recordset()  # the cursor as the previous ingest committed it
         return True
 
-    @staticmethod
-    def _newest_anchor(led):
-        """The ledger file's newest signed prune anchor, or None."""
-        anchors = led.con.execute(
-            "SELECT pruned_through_seq, row_hash, signed_at, key_id, signature "
-            "FROM prune_anchors ORDER BY pruned_through_seq DESC LIMIT 1").fetchall()
-        return Checkpoint(ANCHOR_ORIGIN, led.ledger_id, *anchors[0]) if anchors else None
-
     def _start_from_anchor(self, led):
         """A ledger already pruned before its first ingest resumes at its newest prune anchor."""
-        cp = self._newest_anchor(led)
+        cp = led.prune_anchor()
         if cp is None:
             return
         if not check_signature(cp, public_key_from_text(self.public_key)):
@@ -521,7 +513,7 @@ class NetworkAuditLedger(models.Model):
         if not (self.head_seq and self.path and os.path.isfile(self.path)):
             return 0
         with closing(Ledger.open(self.path, readonly=True)) as led:
-            anchor = self._newest_anchor(led)
+            anchor = led.prune_anchor()
         if anchor is None or anchor.seq <= self.start_seq or anchor.seq >= self.head_seq:
             return 0
         cr = self.env.cr
