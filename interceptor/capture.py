@@ -1,8 +1,14 @@
 """Shared capture state and the record the wrappers fill on the caller's thread.
 
 A `Record` holds raw, already-redacted metadata (names only, never values) plus a running
-SHA-256 of the request payload. The writer thread turns it into a `NetEvent`, applying the
-ledger's salt (`fingerprint`), so nothing secret and nothing slow runs on the audited thread.
+SHA-256 of the request payload, fed block by block as the payload is sent (never buffered). The
+writer thread turns it into a `NetEvent`; the fingerprint is
+
+    fingerprint = HMAC-SHA256(salt, SHA-256(payload)), first 128 bits, hex
+
+so the ledger's secret salt is needed only on the writer thread (where the ledger is opened,
+lazily) and the audited thread pays for one streaming SHA-256, nothing more. Without the salt a
+fingerprint cannot be checked against a guessed payload, as with a plain HMAC of the payload.
 
 The thread-local claim (`TLS.busy`) is the suppress context: while a wrapper runs the audited
 call, every lower layer on that thread (a nested wrapper, the socket hooks) stays silent, so one
