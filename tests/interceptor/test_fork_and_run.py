@@ -94,3 +94,22 @@ def test_netaudit_run_missing_program(tmp_path):
                         "--key-dir", str(tmp_path / "k"), "--", str(tmp_path / "no-such-program")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("netaudit: error: cannot run")
+
+
+def _child_call(port):
+    _get(port, "/mp-child")  # returns; multiprocessing then ends the child with os._exit
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs the fork start method")
+def test_multiprocessing_child_flushes_before_os_exit(ledger_sink, servers):
+    import multiprocessing
+
+    sink, writer, path, _ = ledger_sink()
+    p = multiprocessing.get_context("fork").Process(target=_child_call, args=(servers.http,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    assert sink.flush(5)
+    rows = [r for r in writer.ledger.rows() if r["url_path"] == "/mp-child"]
+    assert len(rows) == 1 and rows[0]["pid"] == p.pid
+    assert verify_ledger(path).valid
