@@ -19,6 +19,8 @@ import site
 import sys
 import sysconfig
 
+from interceptor.redact import utf8_safe
+
 # The interceptor modules whose frames sit between the caller and the audited library.
 CAPTURE_MODULES = frozenset({
     "interceptor", "interceptor.capture", "interceptor.http_wrappers", "interceptor.mail_wrappers",
@@ -76,10 +78,13 @@ class StackAttribution:
             name = g.get("__name__")
             info = modules.get(name, _MISSING)
             if info is _MISSING:
-                info = modules[name] = self._classify(name, g)
+                info = self._classify(name, g)
+                if info is not _SKIP:
+                    info = (utf8_safe(info[0]), utf8_safe(info[1]), utf8_safe(info[2]), info[3])
+                modules[name] = info
             if info is not _SKIP:
                 module, author, label, self_egress = info
-                return module, author, f"{label}:{f.f_lineno}:{f.f_code.co_name}", self_egress
+                return module, author, f"{label}:{f.f_lineno}:{utf8_safe(f.f_code.co_name)}", self_egress
             f = f.f_back
         return UNATTRIBUTED
 

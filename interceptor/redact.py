@@ -39,6 +39,15 @@ def query_names(query: str) -> list[str]:
     return [part.partition("=")[0] for part in query.replace(";", "&").split("&") if part]
 
 
+def utf8_safe(text: str) -> str:
+    """Text the ledger can encode: a lone surrogate (from undecodable bytes) becomes '?'."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def clean_name(name, unquote: bool = False) -> str:
     """One name as the ledger keeps it: text, no whitespace or control characters, bounded."""
     if isinstance(name, (bytes, bytearray)):
@@ -48,7 +57,7 @@ def clean_name(name, unquote: bool = False) -> str:
     if unquote:
         name = unquote_plus(name)
     name = _SPACE.sub("_", name.strip())
-    return name[:MAX_NAME]
+    return utf8_safe(name[:MAX_NAME])
 
 
 def clean_host(host) -> str:
@@ -64,7 +73,7 @@ def clean_names(names, unquote: bool = False) -> tuple[str, ...]:
 
 def clean_path(path: str) -> str:
     """The path as kept: no whitespace or control characters (they would be a value smuggled in)."""
-    return _SPACE.sub("_", path)[:2048]
+    return utf8_safe(_SPACE.sub("_", str(path))[:2048])
 
 
 def verb(line, limit: int = 16) -> str:

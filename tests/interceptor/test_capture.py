@@ -210,3 +210,19 @@ def test_double_install_is_harmless(captured, servers):
     assert http.client.HTTPConnection.putrequest.__wrapped__.__module__ == "http.client"
     requests.get(servers.url("/once"))
     assert len(captured.events()) == 1
+
+
+def test_undecodable_path_is_recorded_not_dropped(ledger_sink, servers):
+    """A lone surrogate in a URL (from undecodable bytes) must not make the ledger reject the batch."""
+    sink, writer, path, _ = ledger_sink()
+    with pytest.raises(UnicodeEncodeError):  # http.client's own error, with or without us
+        c = http.client.HTTPConnection(HOST, servers.http)
+        c.request("GET", "/bad/\udcff")
+    c.close()
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.request("GET", "/good")
+    conn.getresponse().read()
+    conn.close()
+    assert sink.flush(5)
+    paths = [r["url_path"] for r in writer.ledger.rows() if r["channel"] == "http"]
+    assert paths == ["/bad/?", "/good"] and sink.dropped_total == 0
