@@ -121,7 +121,8 @@ class Sink:
                 if self._gap_n and not q:
                     backoff = 0.0  # try to write the pending gap row alone
                 if self.linger_s and q and len(q) < self.batch_size:
-                    time.sleep(self.linger_s)
+                    self._wake.clear()
+                    self._wake.wait(self.linger_s)  # flush() cuts the wait short
                 continue
             self._busy = True
             batch = []
