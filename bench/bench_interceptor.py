@@ -160,17 +160,20 @@ def worker(kind: str, mode: str, port: int) -> None:
             get()
         rounds = {"bare": [], mode: []}
         cpu = {"bare": [], mode: []}
+        caller = {"bare": [], mode: []}
         for r in range(2 * ROUNDS):
             on = r % 2 == 1
             _toggle(mode, handle, on)
             if mode == "otel" and kind == "requests":
                 get = _client(kind, port)  # a new Session picks up (or drops) the instrumented adapter
                 get()
-            t0, c0 = time.perf_counter_ns(), time.process_time_ns()
+            t0, c0, th0 = time.perf_counter_ns(), time.process_time_ns(), time.thread_time_ns()
             for _ in range(CALLS):
                 get()
+            th1 = time.thread_time_ns()
             if on:  # the round pays for its own background work too, not the bare round after it
                 _flush(mode, handle)
+            caller["bare" if not on else mode].append((th1 - th0) / CALLS / 1000)
             rounds["bare" if not on else mode].append((time.perf_counter_ns() - t0) / CALLS / 1000)
             cpu["bare" if not on else mode].append((time.process_time_ns() - c0) / CALLS / 1000)
         extra = {}
@@ -178,7 +181,7 @@ def worker(kind: str, mode: str, port: int) -> None:
             sink = handle
             sink.flush(30)
             extra = {"rows": sink.writer.ledger.count(), "dropped": sink.dropped_total}
-        print(json.dumps({"wall": rounds, "cpu": cpu, **extra}))
+        print(json.dumps({"wall": rounds, "cpu": cpu, "caller": caller, **extra}))
 
 
 # ---- per-call table ---------------------------------------------------------------------------
@@ -210,6 +213,7 @@ def per_call_table() -> None:
     otel = _otel_available()
     wall: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
+    caller: dict[tuple[str, str], list[float]] = {}
     checks = {}
     try:
         port = int(server.stdout.readline())
@@ -223,7 +227,7 @@ def per_call_table() -> None:
                     if out.returncode:
                         raise SystemExit(f"worker {kind}/{mode} failed:\n{out.stderr}")
                     data = json.loads(out.stdout.strip().splitlines()[-1])
-                    for table, key in ((wall, "wall"), (cpu, "cpu")):
+                    for table, key in ((wall, "wall"), (cpu, "cpu"), (caller, "caller")):
                         bare, inst = data[key]["bare"], data[key][mode]
                         table.setdefault((kind, "bare", mode), []).extend(bare)
                         table.setdefault((kind, mode), []).extend(i - b for b, i in zip(bare, inst))
@@ -238,7 +242,9 @@ def per_call_table() -> None:
           f"An instrumented round ends only once its background work is done (our writer has written "
           f"every event to the ledger; OpenTelemetry's batch processor has exported every span), so "
           f"that work is counted in full, even the part a spare core would overlap.")
-    for title, table in (("wall clock per call", wall), ("process CPU per call (all threads: the writer thread included)", cpu)):
+    for title, table in (("wall clock per call", wall),
+                         ("process CPU per call (all threads: the writer thread included)", cpu),
+                         ("CPU of the calling thread only (the hot path: capture, no writer work)", caller)):
         print(f"\n{title}")
         head = f"{'client':<13}{'bare us':>9}{'ours: added':>22}{'OpenTelemetry: added':>26}"
         print(head)
