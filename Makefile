@@ -23,7 +23,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
+# The bench extra brings what we compare against (OpenTelemetry's instrumentation).
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
 
 soak: $(STAMP)
