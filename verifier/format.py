@@ -67,32 +67,55 @@ COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 _INT_IDX = tuple(i for i, (_, t) in enumerate(COLUMNS) if t == INT)
 _REAL_IDX = tuple(i for i, (_, t) in enumerate(COLUMNS) if t == REAL)
 _TEXT_IDX = tuple(i for i, (_, t) in enumerate(COLUMNS) if t == TEXT)
-# itemgetter of several indexes returns a tuple; INT and TEXT have many columns, REAL just one.
-_get_ints, _get_texts = itemgetter(*_INT_IDX), itemgetter(*_TEXT_IDX)
 (_REAL_AT,) = _REAL_IDX
 _SEQ = struct.Struct(">q")
-_COLUMNS_FIXED = struct.Struct(">" + "q" * len(_INT_IDX) + "d" * len(_REAL_IDX) + "I" * (1 + len(_TEXT_IDX)))
 
 
 class FormatError(ValueError):
     """A value that the format cannot represent (wrong type, out of range, malformed text)."""
 
 
-def encode_columns(ledger_id: str, values) -> bytes:
-    """Everything of encode_row after ROW_DOMAIN and chain_seq, which the writer can compute
-    before it knows the row's seq (outside its write lock)."""
-    try:
-        texts = (ledger_id, *_get_texts(values))
-        data = "".join(texts).encode()
-        lengths = list(map(len, texts))
-        if len(data) != sum(lengths):  # some text is not ASCII: count UTF-8 bytes one by one
-            lengths = [len(t.encode()) for t in texts]
-        real = values[_REAL_AT]
-        if type(real) is not float:
-            raise TypeError(f"REAL column holds {type(real).__name__}")
-        return _COLUMNS_FIXED.pack(*_get_ints(values), real, *lengths) + data
-    except (AttributeError, TypeError, struct.error, UnicodeError, IndexError) as exc:
-        raise FormatError(f"row cannot be encoded: {exc}") from None
+def _make_encoder(offset: int, with_seq: bool):
+    """The column encoding, for values at `offset` in a sequence (with chain_seq at 0 if with_seq).
+
+    One body serves the writer (a tuple of COLUMNS values) and the verifier (a stored row
+    `(chain_seq, *COLUMNS, prev_hash, row_hash)`, so it needs no slicing); with_seq puts chain_seq
+    in the same struct as the INTEGER columns, which yields exactly row_prefix's bytes after the domain.
+    """
+    # itemgetter of several indexes returns a tuple; INT and TEXT have many columns.
+    get_ints = itemgetter(*((0,) if with_seq else ()), *(i + offset for i in _INT_IDX))
+    get_texts = itemgetter(*(i + offset for i in _TEXT_IDX))
+    real_at = _REAL_AT + offset
+    fixed = struct.Struct(">" + "q" * (with_seq + len(_INT_IDX)) + "d" + "I" * (1 + len(_TEXT_IDX)))
+
+    def encode(ledger_id: str, values) -> bytes:
+        try:
+            texts = (ledger_id, *get_texts(values))
+            data = "".join(texts).encode()
+            lengths = list(map(len, texts))
+            if len(data) != sum(lengths):  # some text is not ASCII: count UTF-8 bytes one by one
+                lengths = [len(t.encode()) for t in texts]
+            real = values[real_at]
+            if type(real) is not float:
+                raise TypeError(f"REAL column holds {type(real).__name__}")
+            return fixed.pack(*get_ints(values), real, *lengths) + data
+        except (AttributeError, TypeError, struct.error, UnicodeError, IndexError) as exc:
+            raise FormatError(f"row cannot be encoded: {exc}") from None
+
+    return encode
+
+
+# Everything of encode_row after ROW_DOMAIN and chain_seq: the writer computes it before it knows
+# the row's seq (outside its write lock).
+encode_columns = _make_encoder(0, with_seq=False)
+_encode_stored = _make_encoder(1, with_seq=True)
+
+
+def encode_stored_row(ledger_id: str, row) -> bytes:
+    """encode_row of a row as stored: (chain_seq, *COLUMNS values, prev_hash, row_hash)."""
+    if type(row[0]) is not int:
+        raise FormatError(f"chain_seq {row[0]!r} is not an integer")
+    return ROW_DOMAIN + _encode_stored(ledger_id, row)
 
 
 def encode_row(ledger_id: str, chain_seq: int, values) -> bytes:

@@ -19,7 +19,9 @@ Reasons (Verdict.reason), each naming the first bad chain_seq:
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -35,9 +37,8 @@ from verifier.format import (
     FormatError,
     check_signature,
     key_id,
-    encode_columns,
+    encode_stored_row,
     public_key_from_text,
-    row_prefix,
     same_hash,
 )
 from hashlib import sha256
@@ -94,7 +95,7 @@ class ChainChecker:
         if self.failure:
             return self.failure
         ledger_id, last_seq, last_hash, want = self.ledger_id, self.last_seq, self.last_hash, self.want
-        n = self.rows
+        n, eq = self.rows, same_hash
         fail = None
         for row in rows:
             seq, prev, stored = row[0], row[-2], row[-1]
@@ -105,15 +106,15 @@ class ChainChecker:
             if type(prev) is not bytes or type(stored) is not bytes or len(stored) != HASH_LEN:
                 fail = Failure(seq, "bad_type", f"row {seq}: prev_hash/row_hash is not a {HASH_LEN}-byte blob")
                 break
-            if not same_hash(prev, last_hash):
+            if not eq(prev, last_hash):
                 fail = Failure(seq, "broken_link", f"row {seq}: prev_hash does not match row {last_seq}'s hash")
                 break
             try:
-                computed = sha256(prev + row_prefix(seq) + encode_columns(ledger_id, row[1:-2])).digest()
+                computed = sha256(prev + encode_stored_row(ledger_id, row)).digest()
             except FormatError as exc:
                 fail = Failure(seq, "bad_type", f"row {seq}: {exc}")
                 break
-            if not same_hash(computed, stored):
+            if not eq(computed, stored):
                 fail = Failure(seq, "hash_mismatch", f"row {seq}: contents do not match its row_hash")
                 break
             if seq in want:
@@ -344,15 +345,9 @@ def _check_chain(con, copy, ledger_id, anchor_seq, anchor_hash, want, progress) 
     step = (hi - lo) // workers + 1
     spans = [(lo + i * step, min(hi, lo + (i + 1) * step - 1)) for i in range(workers)]
     joined.spans = workers
-    if workers == 1:
-        results = [_check_span(copy, ledger_id, *spans[0], want, progress)]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_check_span, copy, ledger_id, a, b, want) for a, b in spans[1:]]
-            results = [_check_span(copy, ledger_id, *spans[0], want, progress)] + [f.result() for f in futures]
+    procs = [_start_span_worker(copy, ledger_id, a, b, want) for a, b in spans[1:]]
+    results = [_check_span(copy, ledger_id, *spans[0], want, progress)]
+    results += [_span_worker_result(p, copy, ledger_id, a, b, want) for p, (a, b) in zip(procs, spans[1:])]
     for part in results:
         first = getattr(part, "first", None)
         if first is not None:
@@ -372,6 +367,62 @@ def _check_chain(con, copy, ledger_id, anchor_seq, anchor_hash, want, progress) 
         if part.rows:
             joined.last_seq, joined.last_hash = part.last_seq, part.last_hash
     return joined
+
+
+# ---- span workers: plain subprocesses (`python -m verifier.verify --span ...`), not
+# multiprocessing, which would re-import the caller's __main__ (a script on stdin, odoo-bin...).
+
+def _start_span_worker(copy: str, ledger_id: str, lo: int, hi: int, want):
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "verifier.verify", "--span", copy, ledger_id, str(lo), str(hi)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        proc.stdin.write(json.dumps(sorted(s for s in want if lo <= s <= hi)).encode())
+        proc.stdin.close()
+        return proc
+    except (OSError, ValueError):
+        return None
+
+
+def _span_worker_result(proc, copy, ledger_id, lo, hi, want) -> ChainChecker:
+    """The worker's checker; if the worker could not run or answer, check the span here instead."""
+    try:
+        if proc is not None:
+            out = proc.stdout.read()
+            if proc.wait() == 0:
+                return _checker_from_json(json.loads(out), ledger_id, want)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return _check_span(copy, ledger_id, lo, hi, want)
+
+
+def _checker_to_json(c: ChainChecker) -> dict:
+    first = getattr(c, "first", None)
+    return {"rows": c.rows, "last_seq": c.last_seq, "last_hash": c.last_hash.hex(),
+            "first": [first[0], first[1].hex() if type(first[1]) is bytes else None] if first else None,
+            "failure": [c.failure.seq, c.failure.reason, c.failure.message] if c.failure else None,
+            "seen": {str(k): v.hex() for k, v in c.seen.items()}}
+
+
+def _checker_from_json(d: dict, ledger_id: str, want) -> ChainChecker:
+    c = ChainChecker(ledger_id, d["last_seq"], bytes.fromhex(d["last_hash"]), want)
+    c.rows = d["rows"]
+    if d["first"]:
+        seq, prev = d["first"]
+        c.first = (seq, bytes.fromhex(prev) if prev is not None else None)
+    c.failure = Failure(*d["failure"]) if d["failure"] else None
+    c.seen = {int(k): bytes.fromhex(v) for k, v in d["seen"].items()}
+    return c
+
+
+def _span_main(argv: list[str]) -> int:
+    copy, ledger_id, lo, hi = argv
+    want = frozenset(json.loads(sys.stdin.read() or "[]"))
+    sys.stdout.write(json.dumps(_checker_to_json(_check_span(copy, ledger_id, int(lo), int(hi), want))))
+    return 0
 
 
 def _verify(con, copy, shown, pubkey, external, progress) -> Verdict:
@@ -425,3 +476,7 @@ def _verify(con, copy, shown, pubkey, external, progress) -> Verdict:
         msg += f" from prune anchor at row {anchor_seq}"
     msg += f", newest signed head at row {newest}" if newest is not None else ", no signed head"
     return Verdict(True, checker.rows, None, None, newest, msg, warnings, checker.spans)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--span"]:
+    raise SystemExit(_span_main(sys.argv[2:]))

@@ -50,3 +50,23 @@ def test_relinking_at_the_join_is_a_broken_link(big):
     v = verify_ledger(path, pub, heads)
     assert (v.valid, v.first_bad_seq) == (False, 52)
     assert v.reason in ("broken_link", "hash_mismatch")
+
+
+def test_a_worker_that_cannot_run_is_checked_in_process(big, monkeypatch):
+    monkeypatch.setattr(vv, "_start_span_worker", lambda *a: None)
+    path, pub, heads = big
+    assert verify_ledger(path, pub, heads).valid
+    attacker(path).execute("UPDATE egress_log SET host = 'x' WHERE chain_seq = 99")
+    v = verify_ledger(path, pub, heads)
+    assert (v.valid, v.first_bad_seq, v.spans) == (False, 99, 2)
+
+
+def test_verify_from_a_script_on_stdin_uses_workers(big):
+    """multiprocessing's spawn re-imports the caller's __main__ and broke on `python - <script`."""
+    import subprocess
+    import sys
+    path, pub, _ = big
+    script = ("import verifier.verify as vv; vv.PARALLEL_MIN_ROWS = 10\n"
+              f"v = vv.verify_ledger({path!r}, {pub!r}); print(v.valid, v.spans)\n")
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", str(min(os.cpu_count(), 4))], out.stderr

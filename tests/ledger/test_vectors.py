@@ -7,7 +7,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from verifier.format import (
-    COLUMNS, FORMAT_VERSION, Checkpoint, check_signature, encode_row, public_key_from_text, row_hash,
+    COLUMNS, FORMAT_VERSION, Checkpoint, check_signature, encode_row, encode_stored_row, public_key_from_text, row_hash,
 )
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "format_v1.json").read_text(encoding="utf-8"))
@@ -36,6 +36,8 @@ def test_rows_encode_and_hash_to_golden_bytes():
         enc = encode_row(lid, row["chain_seq"], values)
         assert enc.hex() == row["encoding"]
         assert reference_encode(lid, row["chain_seq"], values) == enc
+        stored = (row["chain_seq"], *values, prev, bytes.fromhex(row["row_hash"]))
+        assert encode_stored_row(lid, stored) == enc  # the verifier's path, on a row as stored
         assert bytes.fromhex(row["prev_hash"]) == prev
         digest = row_hash(lid, row["chain_seq"], values, prev)
         assert digest == hashlib.sha256(prev + enc).digest()
