@@ -463,10 +463,10 @@ def _verify(con, copy, shown, pubkey, external, progress) -> Verdict:
     checker = _check_chain(con, copy, ledger_id, anchor_seq, anchor_hash, {h.seq for h in all_heads}, progress)
     if checker.failure:
         f = checker.failure
-        return Verdict(False, checker.rows, f.seq, f.reason, message=f.message, warnings=warnings)
+        return Verdict(False, checker.rows, f.seq, f.reason, message=f.message, warnings=warnings, spans=checker.spans)
     failure, newest = check_heads(all_heads, key, checker, anchor_seq, anchor_hash, {(h.seq, h.row_hash) for h in internal})
     if failure:
-        return Verdict(False, checker.rows, failure.seq, failure.reason, newest, failure.message, warnings=warnings)
+        return Verdict(False, checker.rows, failure.seq, failure.reason, newest, failure.message, warnings, checker.spans)
     if newest is None:
         warnings.append("no signed head: rows after the last signed head could be cut without trace")
     elif newest < checker.last_seq:
