@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import sys
 
+from interceptor import forensic as _fx
 from interceptor.capture import GUARD, TLS, begin, emit, fail, peer
 from interceptor.redact import query_names, split_url
 
@@ -24,7 +25,9 @@ BODY = 2                       # value of _netaudit_phase once the headers are s
 #   _netaudit_rec    the in-flight Record, or None
 #   _netaudit_phase  0 while headers are being sent, BODY after endheaders
 #   _netaudit_peer   (socket, src_ip, src_port, dst_ip, dst_port) cached per socket
-_DEFAULTS = {"_netaudit_rec": None, "_netaudit_phase": 0, "_netaudit_peer": None}
+#   _netaudit_fx     forensic.Capture of the in-flight request's bodies, only while a body tap
+#                    is set (interceptor/forensic.py); bodies never go on the Record
+_DEFAULTS = {"_netaudit_rec": None, "_netaudit_phase": 0, "_netaudit_peer": None, "_netaudit_fx": None}
 
 _orig: dict[str, object] = {}
 _https_classes: dict[type, str] = {}
@@ -46,6 +49,7 @@ def _begin_request(conn, method, url, frame):
     if old is not None:      # the previous request never got to getresponse: close it as is
         conn._netaudit_rec = None
         emit(old)
+        _forensic_end(conn, False)
     host = getattr(conn, "_tunnel_host", None) or conn.host
     port = getattr(conn, "_tunnel_port", None) or conn.port
     rec = begin("http", _protocol(conn), method, host, port, frame)
@@ -56,7 +60,17 @@ def _begin_request(conn, method, url, frame):
     rec.header_names = []
     conn._netaudit_rec = rec
     conn._netaudit_phase = 0
+    if _fx.TAP is not None:  # forensic mode: the one check on the hot path when it is off
+        conn._netaudit_fx = _fx.start(rec)
     return rec
+
+
+def _forensic_end(conn, response_seen) -> None:
+    """The request ended without a response to tee: hand its request body to the tap."""
+    capture = conn._netaudit_fx
+    if capture is not None:
+        conn._netaudit_fx = None
+        capture.finish(response_seen)
 
 
 def http_putrequest_wrapper(self, method, url, skip_host=False, skip_accept_encoding=False):
@@ -75,6 +89,7 @@ def http_putrequest_wrapper(self, method, url, skip_host=False, skip_accept_enco
         if rec is not None:
             self._netaudit_rec = None
             fail(rec, exc)
+            _forensic_end(self, False)
         raise
     finally:
         TLS.busy = False
@@ -145,12 +160,18 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     except Exception as exc:
         body = message_body
         GUARD.fault("capture", exc, rec.ts)
+    if self._netaudit_fx is not None and message_body is not None:
+        try:
+            body = _fx.request_body(self._netaudit_fx, message_body, body)
+        except Exception as exc:
+            GUARD.fault("capture", exc, rec.ts)
     TLS.busy = True
     try:
         result = _orig["endheaders"](self, body, encode_chunked=encode_chunked)
     except BaseException as exc:
         self._netaudit_rec = None
         fail(rec, exc)
+        _forensic_end(self, False)
         raise
     finally:
         TLS.busy = False
@@ -181,12 +202,15 @@ def http_send_wrapper(self, data):
         return _orig["send"](self, data)
     if self._netaudit_phase == BODY and isinstance(data, (bytes, bytearray, memoryview)):
         _hash(rec, data)
+        if self._netaudit_fx is not None:
+            self._netaudit_fx.add_request(data)
     TLS.busy = True
     try:
         return _orig["send"](self, data)
     except BaseException as exc:
         self._netaudit_rec = None
         fail(rec, exc)
+        _forensic_end(self, False)
         raise
     finally:
         TLS.busy = False
@@ -205,6 +229,7 @@ def http_getresponse_wrapper(self):
         response = _orig["getresponse"](self)
     except BaseException as exc:
         fail(rec, exc)
+        _forensic_end(self, False)
         raise
     finally:
         TLS.busy = False
@@ -216,6 +241,12 @@ def http_getresponse_wrapper(self):
     except Exception as exc:
         GUARD.fault("capture", exc, rec.ts)
     emit(rec)
+    if self._netaudit_fx is not None:
+        capture, self._netaudit_fx = self._netaudit_fx, None
+        try:
+            _fx.attach(capture, response)
+        except Exception as exc:
+            GUARD.fault("capture", exc, rec.ts)
     return response
 
 

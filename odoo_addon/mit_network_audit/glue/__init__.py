@@ -5,3 +5,4 @@ from . import paths
 from . import ingress
 from . import hooks
 from . import router
+from . import forensic

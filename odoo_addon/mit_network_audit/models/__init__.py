@@ -4,3 +4,4 @@ from . import network_audit_ledger
 from . import network_audit_declared_host
 from . import network_audit_forensic
 from . import res_config_settings
+from . import ir_http

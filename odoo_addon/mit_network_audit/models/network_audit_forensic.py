@@ -11,8 +11,10 @@ import datetime
 import hashlib
 import logging
 
-from odoo import api, fields, models
+from odoo import api, fields, models, tools
 from odoo.exceptions import AccessError, ValidationError
+
+from ..glue import forensic as forensic_glue
 
 _logger = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class NetworkAuditForensicSession(models.Model):
             self.env["network.audit.ledger"]._append_fact(
                 "forensic_on", by=rec.user_id.login, until=rec.expires_at.isoformat(),
                 reason=rec.reason)
+        self._forensic_changed()
         return sessions
 
     def write(self, vals):
@@ -104,6 +107,7 @@ class NetworkAuditForensicSession(models.Model):
             rec.ended_at = fields.Datetime.now()
             self.env["network.audit.ledger"]._append_fact(
                 "forensic_off", by=self.env.user.login, why=why, session=rec.id)
+        self._forensic_changed()
 
     @api.model
     def _cron_expire(self):
@@ -112,6 +116,25 @@ class NetworkAuditForensicSession(models.Model):
                                       ("expires_at", "<=", fields.Datetime.now())])
         expired._end("expired")
         return expired
+
+    @api.model
+    @tools.ormcache()
+    def _forensic_until(self):
+        """Epoch seconds until which forensic mode is on (0.0: off). Cached per worker; a
+        session start or stop clears the caches of every worker (glue/forensic.py)."""
+        return self._forensic_until_uncached()
+
+    @api.model
+    def _forensic_until_uncached(self):
+        session = self.current()
+        if not session:
+            return 0.0
+        return session.expires_at.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+    def _forensic_changed(self):
+        """A session started or stopped: every worker re-reads the state, this one right now."""
+        self.env.registry.clear_cache()
+        forensic_glue.refresh(self.env)
 
     @api.model
     def current(self):

@@ -6,6 +6,7 @@ from odoo import fields
 from odoo.exceptions import AccessError, ValidationError
 from odoo.tests import tagged, new_test_user
 
+from ..glue import forensic as forensic_glue
 from .common import LedgerCase
 
 
@@ -18,6 +19,7 @@ class TestForensicMode(LedgerCase):
         self.officer = new_test_user(self.env, "netaudit_officer",
                                      groups="base.group_user,mit_network_audit.group_officer")
         self.in_2h = fields.Datetime.now() + datetime.timedelta(hours=2)
+        self.addCleanup(forensic_glue.reset)  # a session turned on here must not leave the tap set
 
     def own_facts(self):
         self.env["ir.config_parameter"].sudo().set_param("mit_network_audit.ledger_folders", "")
