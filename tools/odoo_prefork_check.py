@@ -11,7 +11,8 @@ server, then reads this host's ledger for DB under DATA_DIR. Fails unless: the s
 error, the ledger verifies,
 `mail`'s egress and `base`'s ingress rows are there, they come from worker processes (not the
 master), every worker that served a call wrote an interceptor_installed row, and nothing is
-self-egress.
+self-egress. Before the calls the client turns forensic mode on (JSON-RPC, served by one
+worker): every call's request and response bodies must then be stored, whichever worker served it.
 """
 from __future__ import annotations
 
@@ -44,9 +45,24 @@ def call(_):  # a connection per call, several at once: the workers share them o
     models = xmlrpc.client.ServerProxy(base + "/xmlrpc/2/object")
     return models.execute_kw(db, uid, "admin", "publisher_warranty.contract",
                              "update_notification", [[]], {"cron_mode": False})
+import datetime, json, urllib.request
+def jsonrpc(model, method, args, kw=None):  # /jsonrpc: not among the /xmlrpc/2/object rows counted
+    req = {"jsonrpc": "2.0", "method": "call", "id": 1, "params": {"service": "object",
+           "method": "execute_kw", "args": [db, uid, "admin", model, method, args, kw or {}]}}
+    out = json.load(urllib.request.urlopen(urllib.request.Request(
+        base + "/jsonrpc", json.dumps(req).encode(), {"Content-Type": "application/json"})))
+    assert "error" not in out, out["error"]
+    return out["result"]
+if sys.argv[4] == "1":  # forensic mode on (served by one worker): every worker must capture
+    until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    jsonrpc("network.audit.forensic.session", "create",
+            [{"reason": "prefork check", "expires_at": until.strftime("%Y-%m-%d %H:%M:%S")}])
 from concurrent.futures import ThreadPoolExecutor
 with ThreadPoolExecutor(3) as pool:
     assert all(pool.map(call, range(6)))
+if sys.argv[4] == "1":
+    print(json.dumps(jsonrpc("network.audit.forensic.body", "search_read", [[]],
+                             {"fields": ["direction", "module", "host", "size"]})))
 """
 
 
@@ -83,7 +99,7 @@ def main(argv: list[str]) -> int:
                 time.sleep(0.5)
         else:
             return fail("the prefork server did not answer")
-        client = subprocess.run([sys.executable, "-c", CLIENT, base, db, str(stand_in)],
+        client = subprocess.run([sys.executable, "-c", CLIENT, base, db, str(stand_in), "1"],
                                 capture_output=True, text=True, timeout=120, env=env)
         if client.returncode:
             return fail(f"client: {client.stderr.strip().splitlines()[-1:]}")
@@ -125,8 +141,16 @@ def main(argv: list[str]) -> int:
         return fail(f"workers {sorted(workers - installed)} wrote no interceptor_installed row")
     if any(r["self_egress"] for r in rows):
         return fail("self-egress rows in the ledger")
+    # forensic mode was turned on in one worker before the 6 calls: every worker stored bodies
+    import json
+
+    bodies = json.loads(client.stdout.strip().splitlines()[-1])
+    kinds = sorted((b["direction"], b["module"], b["host"]) for b in bodies if b["size"])
+    if kinds != sorted([("request", "mail", "127.0.0.1"), ("response", "mail", "127.0.0.1")] * 6):
+        return fail(f"forensic bodies stored: {kinds}, expected a request and a response per call")
     print(f"prefork_check: OK: {verdict.message}; master {master}, workers {sorted(workers)}; "
-          f"{len(mail)} mail egress rows, {len(ingress)} ingress rows attributed to base")
+          f"{len(mail)} mail egress rows, {len(ingress)} ingress rows attributed to base; "
+          f"forensic mode on: {len(bodies)} encrypted bodies stored")
     return 0
 
 
