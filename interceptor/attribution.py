@@ -49,14 +49,20 @@ def library_prefixes() -> tuple[str, ...]:
     return tuple(sorted(p.rstrip(os.sep) + os.sep for p in paths))
 
 
+# Odoo's own default for a manifest without 'author' (odoo/modules/module.py, _DEFAULT_MANIFEST):
+# the stock addons (mail, base, ...) rely on it, so their rows name "Odoo S.A." as Odoo does.
+ODOO_DEFAULT_AUTHOR = "Odoo S.A."
+
+
 def read_author(manifest_path: str) -> str:
-    """The `author` of an Odoo manifest, parsed as a literal; "" when absent or unreadable."""
+    """The `author` of an Odoo manifest, parsed as a literal; Odoo's default when the manifest
+    has none; "" when the manifest is unreadable."""
     try:
         with open(manifest_path, encoding="utf-8") as f:
             data = ast.literal_eval(f.read())
     except (OSError, ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
         return ""
-    author = data.get("author", "") if isinstance(data, dict) else ""
+    author = data.get("author", ODOO_DEFAULT_AUTHOR) if isinstance(data, dict) else ""
     if isinstance(author, (list, tuple)):
         author = ", ".join(str(a) for a in author)
     return str(author)[:256]

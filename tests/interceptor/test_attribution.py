@@ -114,3 +114,11 @@ def test_custom_attribution(captured, servers):
         interceptor.use_attribution(previous)
     (e,) = captured.events()
     assert (e.module, e.author, e.call_site) == ("glue", "Someone", "x:1:f")
+
+
+def test_manifest_without_author_gets_odoos_default(tmp_path):
+    """Stock addons (mail, base...) have no 'author' key; Odoo itself fills in "Odoo S.A."."""
+    (tmp_path / "__manifest__.py").write_text("{'name': 'Discuss', 'depends': ['base']}")
+    assert read_author(str(tmp_path / "__manifest__.py")) == "Odoo S.A."
+    (tmp_path / "__manifest__.py").write_text("not a dict at all (")
+    assert read_author(str(tmp_path / "__manifest__.py")) == ""
