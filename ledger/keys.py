@@ -73,9 +73,12 @@ class LedgerKeys:
 
     def append_head(self, cp: Checkpoint) -> None:
         """Append a checkpoint to the heads file outside the ledger, durably."""
-        fd = os.open(self.heads_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(self.heads_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, (cp.to_text() + "\n").encode())
+            size = os.fstat(fd).st_size
+            # a writer killed mid-append leaves a torn checkpoint: start a block of our own after it
+            sep = "\n\n" if size and os.pread(fd, 2, max(0, size - 2)) != b"\n\n" else ""
+            os.write(fd, (sep + cp.to_text() + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -86,7 +89,7 @@ class LedgerKeys:
                 text = f.read()
         except FileNotFoundError:
             return []
-        return parse_checkpoints(text) if text.strip() else []
+        return parse_checkpoints(text, skip_torn=True) if text.strip() else []
 
 
 def _raw_public(sk: Ed25519PrivateKey) -> bytes:

@@ -71,7 +71,7 @@ def _run(args) -> int:
         pubkey = _read_text_arg(args.pubkey, "public key") if args.pubkey else None
         heads = []
         for h in args.head:
-            heads += parse_checkpoints(_read_text_arg(h, "checkpoint"))
+            heads += parse_checkpoints(_read_text_arg(h, "checkpoint"), skip_torn=True)
         if pubkey is not None:
             from verifier.format import public_key_from_text
             public_key_from_text(pubkey)

@@ -233,12 +233,37 @@ class Checkpoint:
         return cls(origin, fields["ledger"], seq, digest, signed_at, fields["key"], signature)
 
 
-def parse_checkpoints(text: str) -> list[Checkpoint]:
-    """Parse a heads file: checkpoints separated by blank lines."""
+def parse_checkpoints(text: str, skip_torn: bool = False) -> list[Checkpoint]:
+    """Parse a heads file: checkpoints separated by blank lines.
+
+    `skip_torn` skips an unfinished checkpoint (its lines are right, in order, but stop short),
+    which a writer killed while appending leaves behind; anything else malformed still raises.
+    Skipping one hides no more than deleting it would, which the holder of the file can do anyway.
+    """
     blocks = [b for b in text.replace("\r\n", "\n").split("\n\n") if b.strip()]
-    if not blocks:
+    out = []
+    for b in blocks:
+        try:
+            out.append(Checkpoint.from_text(b))
+        except FormatError:
+            if not (skip_torn and _torn(b)):
+                raise
+    if not out:
         raise FormatError("malformed checkpoint: no checkpoint found")
-    return [Checkpoint.from_text(b) for b in blocks]
+    return out
+
+
+def _torn(block: str) -> bool:
+    """True when `block` is a strict prefix of a checkpoint's text: each line has the expected
+    field name, and it stops within the last line or before it (found by the reliability suite)."""
+    lines = block.strip("\n").split("\n")
+    expected = [f"{name}: " for name in _CP_FIELDS + ("sig",)]
+    if len(lines) > 1 + len(expected) or lines[0] not in (CHECKPOINT_ORIGIN, ANCHOR_ORIGIN):
+        return len(lines) == 1 and any(o.startswith(lines[0]) for o in (CHECKPOINT_ORIGIN, ANCHOR_ORIGIN))
+    for i, line in enumerate(lines[1:]):
+        if not (line.startswith(expected[i]) or (i == len(lines) - 2 and expected[i].startswith(line))):
+            return False
+    return len(lines) < 1 + len(expected) or len(lines[-1]) < len("sig: ") + 88  # 88: base64 of 64 bytes
 
 
 def check_signature(cp: Checkpoint, public_key: bytes) -> bool:

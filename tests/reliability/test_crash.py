@@ -125,3 +125,41 @@ def test_sigkill_at_a_random_moment(home, step, figures):
     figures.crash[f"{step}: rounds"] = ROUNDS
     figures.crash[f"{step}: killed inside the step"] = inside
     assert inside > 0, f"no kill landed inside {step}: the loop does not test what it says"
+
+
+def test_regression_torn_checkpoint_in_the_heads_file(home, tmp_path):
+    """Found by the soak: a SIGKILL inside sign_head cut the heads file's last checkpoint short (a
+    write the kernel stops at a page boundary for a fatal signal). Every later head was appended
+    to the torn one, and the whole heads file failed to parse ('malformed checkpoint') for the
+    verifier and the ledger alike."""
+    import subprocess
+    import sys
+
+    path, key_dir = str(home / "l.sqlite"), str(home / "keys")
+    led = Ledger.open(path, key_dir=key_dir)
+    led.append_many(make_event(i) for i in range(5))
+    led.sign_head()
+    heads_path = led.keys.heads_path
+    text = open(heads_path).read()
+    led.sign_head()
+    with open(heads_path, "r+") as f:      # the second checkpoint, torn inside its signature
+        f.truncate(len(text) + len(led.keys.read_heads()[-1].to_text()) - 30)
+    assert [h.seq for h in led.keys.read_heads()] == [6]
+    led.append(make_event(9))
+    led.sign_head()                          # appended after the torn one, in a block of its own
+    assert [h.seq for h in led.keys.read_heads()] == [6, 9]
+    pub = led.public_key_text
+    led.close()
+    p = subprocess.run([sys.executable, "-m", "verifier", path, "--pubkey", pub, "--head", heads_path],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(heads_path, "a") as f:         # a complete checkpoint that is wrong still fails
+        f.write("\n" + led_text_with_bad_hash(text) + "\n")
+    p = subprocess.run([sys.executable, "-m", "verifier", path, "--pubkey", pub, "--head", heads_path],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "malformed checkpoint" in p.stderr
+
+
+def led_text_with_bad_hash(text: str) -> str:
+    first = text.strip("\n").split("\n\n")[0].split("\n")
+    return "\n".join("hash: 00" if line.startswith("hash: ") else line for line in first) + "\n"
