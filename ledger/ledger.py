@@ -32,7 +32,8 @@ from verifier.format import (
     FormatError,
     encode_columns,
     public_key_from_text,
-    row_prefix,
+    ROW_DOMAIN,
+    SEQ,
     same_hash,
 )
 
@@ -254,9 +255,10 @@ class Ledger:
     def _append_locked(self, encoded: list[tuple[tuple, bytes]]) -> int:
         seq, prev = self.last()
         rows = []
+        pack_seq = SEQ.pack
         for values, body in encoded:
             seq += 1
-            digest = sha256(prev + row_prefix(seq) + body).digest()
+            digest = sha256(prev + ROW_DOMAIN + pack_seq(seq) + body).digest()  # = row_hash(), inlined
             rows.append((seq, *values, prev, digest))
             prev = digest
         self.con.executemany(INSERT_ROW, rows)
