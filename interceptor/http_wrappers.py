@@ -73,6 +73,13 @@ def _forensic_end(conn, response_seen) -> None:
         capture.finish(response_seen)
 
 
+def _abandon(conn, rec, exc) -> None:
+    """The audited call raised: close the request's record with the error (the caller re-raises)."""
+    conn._netaudit_rec = None
+    fail(rec, exc)
+    _forensic_end(conn, False)
+
+
 def http_putrequest_wrapper(self, method, url, skip_host=False, skip_accept_encoding=False):
     """Wraps HTTPConnection.putrequest: opens the request's record."""
     if TLS.busy:
@@ -87,9 +94,7 @@ def http_putrequest_wrapper(self, method, url, skip_host=False, skip_accept_enco
         return _orig["putrequest"](self, method, url, skip_host, skip_accept_encoding)
     except BaseException as exc:
         if rec is not None:
-            self._netaudit_rec = None
-            fail(rec, exc)
-            _forensic_end(self, False)
+            _abandon(self, rec, exc)
         raise
     finally:
         TLS.busy = False
@@ -169,9 +174,7 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     try:
         result = _orig["endheaders"](self, body, encode_chunked=encode_chunked)
     except BaseException as exc:
-        self._netaudit_rec = None
-        fail(rec, exc)
-        _forensic_end(self, False)
+        _abandon(self, rec, exc)
         raise
     finally:
         TLS.busy = False
@@ -208,9 +211,7 @@ def http_send_wrapper(self, data):
     try:
         return _orig["send"](self, data)
     except BaseException as exc:
-        self._netaudit_rec = None
-        fail(rec, exc)
-        _forensic_end(self, False)
+        _abandon(self, rec, exc)
         raise
     finally:
         TLS.busy = False

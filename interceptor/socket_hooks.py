@@ -61,15 +61,20 @@ def _finish_connect(rec, sock) -> None:
     emit(rec)
 
 
+def _try_begin_connect(sock, address, frame):
+    """The connect's record, or None when capture faulted (counted by the guard)."""
+    try:
+        return _begin_socket(sock, address, "connect", frame)
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+        return None
+
+
 def socket_connect_wrapper(self, address):
     """Wraps socket.socket.connect: one event per connection attempt, with its outcome."""
     if TLS.busy or not _inet(address):
         return _orig["connect"](self, address)
-    rec = None
-    try:
-        rec = _begin_socket(self, address, "connect", sys._getframe(1))
-    except Exception as exc:
-        GUARD.fault("capture", exc)
+    rec = _try_begin_connect(self, address, sys._getframe(1))
     TLS.busy = True
     try:
         result = _orig["connect"](self, address)
@@ -92,11 +97,7 @@ def socket_connect_ex_wrapper(self, address):
     """Wraps socket.socket.connect_ex: like connect, the error is the returned errno's name."""
     if TLS.busy or not _inet(address):
         return _orig["connect_ex"](self, address)
-    rec = None
-    try:
-        rec = _begin_socket(self, address, "connect", sys._getframe(1))
-    except Exception as exc:
-        GUARD.fault("capture", exc)
+    rec = _try_begin_connect(self, address, sys._getframe(1))
     TLS.busy = True
     try:
         result = _orig["connect_ex"](self, address)
