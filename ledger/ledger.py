@@ -30,7 +30,7 @@ from verifier.format import (
     GENESIS_HASH,
     Checkpoint,
     FormatError,
-    encode_columns,
+    columns_encoder,
     public_key_from_text,
     ROW_DOMAIN,
     SEQ,
@@ -117,6 +117,7 @@ class Ledger:
         self.con = con
         self.path = path
         self.ledger_id = ledger_id
+        self._encode_columns = columns_encoder(ledger_id)
         self.meta = meta
         self.key_dir = key_dir
         self.clock = clock
@@ -229,7 +230,7 @@ class Ledger:
         Columns are encoded before the write lock is taken; under the lock only the seq, the
         hash and the insert remain, so concurrent writers wait on each other as little as possible.
         """
-        encoded = [self._encode(event_values(e)) for e in events]
+        encoded = self._encode_many(list(map(event_values, events)))
         if not encoded:
             return self.last()[0]
         with self._write():
@@ -242,12 +243,18 @@ class Ledger:
         """Record an admin fact (interceptor_installed, forensic_on, ...) as a chain row."""
         return self.append(audit_event(fact, self.clock(), **detail))
 
+    def _encode_many(self, rows: list[tuple]) -> list[tuple[tuple, bytes]]:
+        try:
+            return list(zip(rows, map(self._encode_columns, rows)))
+        except FormatError:  # loose types from a caller: coerce those rows once, then they must encode
+            return [self._encode(values) for values in rows]
+
     def _encode(self, values: tuple) -> tuple[tuple, bytes]:
         try:
-            return values, encode_columns(self.ledger_id, values)
-        except FormatError:  # loose types from a caller: coerce once, then it must encode
+            return values, self._encode_columns(values)
+        except FormatError:
             values = _coerce(values)
-            return values, encode_columns(self.ledger_id, values)
+            return values, self._encode_columns(values)
 
     def _append_fact_locked(self, fact: str, ts: int, **detail) -> int:
         return self._append_locked([self._encode(event_values(audit_event(fact, ts, **detail)))])
@@ -255,11 +262,11 @@ class Ledger:
     def _append_locked(self, encoded: list[tuple[tuple, bytes]]) -> int:
         seq, prev = self.last()
         rows = []
-        pack_seq = SEQ.pack
+        add, pack_seq = rows.append, SEQ.pack
         for values, body in encoded:
             seq += 1
             digest = sha256(prev + ROW_DOMAIN + pack_seq(seq) + body).digest()  # = row_hash(), inlined
-            rows.append((seq, *values, prev, digest))
+            add((seq, *values, prev, digest))
             prev = digest
         self.con.executemany(INSERT_ROW, rows)
         return seq

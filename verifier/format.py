@@ -19,6 +19,7 @@ framing: no two different rows encode to the same bytes.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import struct
@@ -75,42 +76,72 @@ class FormatError(ValueError):
     """A value that the format cannot represent (wrong type, out of range, malformed text)."""
 
 
-def _make_encoder(offset: int, with_seq: bool, prefix: bytes = b""):
+def _make_encoder(offset: int, with_seq: bool, domain: bool):
     """The column encoding, for values at `offset` in a sequence (with chain_seq at 0 if with_seq).
 
-    One body serves the writer (a tuple of COLUMNS values) and the verifier (a stored row
-    `(chain_seq, *COLUMNS, prev_hash, row_hash)`, so it needs no slicing); with_seq puts chain_seq
-    in the same struct as the INTEGER columns, which yields exactly row_prefix's bytes after the domain.
+    Returns bind(ledger_id) -> encode(values) -> bytes. One body serves the writer (a tuple of
+    COLUMNS values: everything of encode_row after ROW_DOMAIN and chain_seq) and the verifier (a
+    stored row `(chain_seq, *COLUMNS, prev_hash, row_hash)`: all of encode_row, domain included,
+    without slicing). Binding the ledger_id once puts its length and bytes into the struct, so a
+    row costs one struct pack, one join and one concatenation; this is the writer's and the
+    verifier's hot path.
     """
+    int_idx = ((0,) if with_seq else ()) + tuple(i + offset for i in _INT_IDX)
     # itemgetter of several indexes returns a tuple; INT and TEXT have many columns.
-    get_ints = itemgetter(*((0,) if with_seq else ()), *(i + offset for i in _INT_IDX))
+    get_nums = itemgetter(*int_idx, _REAL_AT + offset)
     get_texts = itemgetter(*(i + offset for i in _TEXT_IDX))
     real_at = _REAL_AT + offset
-    fixed = struct.Struct(">" + "q" * (with_seq + len(_INT_IDX)) + "d" + "I" * (1 + len(_TEXT_IDX)))
+    n_lengths = 1 + len(_TEXT_IDX)
 
-    def encode(ledger_id: str, values) -> bytes:
+    def bind(ledger_id: str):
+        if type(ledger_id) is not str:
+            raise FormatError(f"ledger_id {ledger_id!r} is not text")
         try:
-            texts = (ledger_id, *get_texts(values))
-            data = "".join(texts).encode()
-            lengths = list(map(len, texts))
-            if len(data) != sum(lengths):  # some text is not ASCII: count UTF-8 bytes one by one
-                lengths = [len(t.encode()) for t in texts]
-            real = values[real_at]
-            if type(real) is not float:
-                raise TypeError(f"REAL column holds {type(real).__name__}")
-            return prefix + fixed.pack(*get_ints(values), real, *lengths) + data
-        except (AttributeError, TypeError, struct.error, UnicodeError, IndexError) as exc:
-            raise FormatError(f"row cannot be encoded: {exc}") from None
+            lid = ledger_id.encode()
+        except UnicodeError as exc:
+            raise FormatError(f"ledger_id cannot be encoded: {exc}") from None
+        lid_len = len(lid)
+        fmt = f">{len(ROW_DOMAIN) if domain else 0}s{'q' * len(int_idx)}d{'I' * n_lengths}{lid_len}s"
+        pack = struct.Struct(fmt).pack
+        lead = ROW_DOMAIN if domain else b""
 
-    return encode
+        def encode(values) -> bytes:
+            try:
+                texts = get_texts(values)
+                joined = "".join(texts)
+                if type(values[real_at]) is not float:
+                    raise TypeError(f"REAL column holds {type(values[real_at]).__name__}")
+                # str.isascii() is O(1) in CPython: then each text's length is its UTF-8 length.
+                lengths = map(len, texts) if joined.isascii() else [len(t.encode()) for t in texts]
+                return pack(lead, *get_nums(values), lid_len, *lengths, lid) + joined.encode()
+            except (AttributeError, TypeError, struct.error, UnicodeError, IndexError) as exc:
+                raise FormatError(f"row cannot be encoded: {exc}") from None
+
+        return encode
+
+    return bind
 
 
 # Everything of encode_row after ROW_DOMAIN and chain_seq: the writer computes it before it knows
-# the row's seq (outside its write lock).
-encode_columns = _make_encoder(0, with_seq=False)
+# the row's seq (outside its write lock). columns_encoder(ledger_id) -> encode(values).
+columns_encoder = functools.lru_cache(maxsize=16)(_make_encoder(0, with_seq=False, domain=False))
 # encode_row of a row as stored, (chain_seq, *COLUMNS values, prev_hash, row_hash): the verifier's
 # hot path, in one call. struct's "q" refuses a non-integer chain_seq as it does any INTEGER column.
-encode_stored_row = _make_encoder(1, with_seq=True, prefix=ROW_DOMAIN)
+stored_row_encoder = functools.lru_cache(maxsize=16)(_make_encoder(1, with_seq=True, domain=True))
+
+
+def encode_columns(ledger_id: str, values) -> bytes:
+    """encode_row's bytes after ROW_DOMAIN and chain_seq; `values` are the COLUMNS values in order."""
+    if type(ledger_id) is not str:
+        raise FormatError(f"ledger_id {ledger_id!r} is not text")
+    return columns_encoder(ledger_id)(values)
+
+
+def encode_stored_row(ledger_id: str, row) -> bytes:
+    """encode_row of a stored row (chain_seq, *COLUMNS values, prev_hash, row_hash)."""
+    if type(ledger_id) is not str:
+        raise FormatError(f"ledger_id {ledger_id!r} is not text")
+    return stored_row_encoder(ledger_id)(row)
 
 
 def encode_row(ledger_id: str, chain_seq: int, values) -> bytes:

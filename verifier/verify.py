@@ -37,7 +37,7 @@ from verifier.format import (
     FormatError,
     check_signature,
     key_id,
-    encode_stored_row,
+    stored_row_encoder,
     public_key_from_text,
     same_hash,
 )
@@ -96,6 +96,11 @@ class ChainChecker:
             return self.failure
         ledger_id, last_seq, last_hash, want = self.ledger_id, self.last_seq, self.last_hash, self.want
         n, eq = self.rows, same_hash
+        try:
+            encode = stored_row_encoder(ledger_id)
+        except FormatError as exc:  # an unencodable ledger_id: the first row cannot be checked
+            def encode(row, _exc=exc):
+                raise _exc
         fail = None
         for row in rows:
             seq, prev, stored = row[0], row[-2], row[-1]
@@ -110,7 +115,7 @@ class ChainChecker:
                 fail = Failure(seq, "broken_link", f"row {seq}: prev_hash does not match row {last_seq}'s hash")
                 break
             try:
-                computed = sha256(prev + encode_stored_row(ledger_id, row)).digest()
+                computed = sha256(prev + encode(row)).digest()
             except FormatError as exc:
                 fail = Failure(seq, "bad_type", f"row {seq}: {exc}")
                 break
