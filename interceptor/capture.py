@@ -104,11 +104,16 @@ class Record:
 
     def to_event(self, salt: bytes | None) -> NetEvent:
         """Writer thread: the final NetEvent. The salt turns the payload digest into the fingerprint."""
+        return NetEvent(*self.fields(salt))
+
+    def fields(self, salt: bytes | None) -> tuple:
+        """Writer thread: the NetEvent's field values, in field order, without building the NetEvent
+        (a frozen dataclass costs microseconds to build; the ledger writer needs only the values)."""
         fp = ""
         if self.hasher is not None and salt:
             fp = hmac.digest(salt, self.hasher.digest(), "sha256").hex()[:FINGERPRINT_HEX]
         src_ip, dst_ip = self.src_ip, self.dst_ip
-        return NetEvent(
+        return (
             self.ts, float(self.duration_ms), self.direction, self.channel, self.protocol,
             _cleaned("m", self.method), _cleaned("h", self.host or ""), clean_path(self.url_path or ""),
             _cleaned("q", tuple(self.query_keys)) if self.query_keys else (),

@@ -12,7 +12,8 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields as dataclass_fields
+from operator import attrgetter
 from hashlib import sha256
 from typing import Iterable, Iterator
 
@@ -69,12 +70,20 @@ def _real(x) -> float:
     return x if x == x else 0.0
 
 
+def fields_values(f) -> tuple:
+    """A NetEvent's field values, in field order, as the ledger's column values (COLUMNS order):
+    names joined by single spaces, the duration as SQLite will read it back, the flag as 0/1."""
+    return (f[0], _real(f[1]), f[2], f[3], f[4], f[5], f[6], f[7], " ".join(f[8]), f[9], f[10], f[11],
+            f[12], f[13], f[14], f[15], f[16], " ".join(f[17]), f[18], f[19], f[20], f[21], f[22],
+            1 if f[23] else 0)
+
+
+_event_fields = attrgetter(*(f.name for f in dataclass_fields(NetEvent)))
+
+
 def event_values(e: NetEvent) -> tuple:
     """A NetEvent as the ledger's column values (verifier.format.COLUMNS order)."""
-    return (e.ts, _real(e.duration_ms), e.direction, e.channel, e.protocol, e.method, e.host,
-            e.url_path, " ".join(e.query_keys), e.src_ip, e.src_port, e.dst_ip, e.dst_port,
-            e.status, e.error, e.req_bytes, e.resp_bytes, " ".join(e.header_names), e.fingerprint,
-            e.module, e.author, e.call_site, e.pid, 1 if e.self_egress else 0)
+    return fields_values(_event_fields(e))
 
 
 def _coerce(values: tuple) -> tuple:
@@ -230,7 +239,11 @@ class Ledger:
         Columns are encoded before the write lock is taken; under the lock only the seq, the
         hash and the insert remain, so concurrent writers wait on each other as little as possible.
         """
-        encoded = self._encode_many(list(map(event_values, events)))
+        return self.append_values(list(map(event_values, events)))
+
+    def append_values(self, rows: list[tuple]) -> int:
+        """append_many for rows already in column order (see fields_values). Returns the last chain_seq."""
+        encoded = self._encode_many(rows)
         if not encoded:
             return self.last()[0]
         with self._write():
