@@ -1,7 +1,8 @@
 """The socket layer: every connection and datagram a Python process makes, raw sockets included.
 
 - `socket.socket.connect` / `connect_ex` and `socket.create_connection` are wrapped, so a raw
-  connection is one event with its outcome (a refused connection is an event too);
+  connection is one event with its outcome: a refused connection is emitted at once, an open one
+  when it closes, with the bytes it sent and received (socket_bytes);
 - a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, UDP
   `sendto`/`sendmsg`, name lookups through `getaddrinfo` and friends).
 Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
@@ -13,6 +14,7 @@ import errno
 import socket
 import sys
 
+from interceptor import socket_bytes
 from interceptor.capture import GUARD, STATE, TLS, begin, emit, fail, peer
 
 MARK = "_netaudit_wrapped"
@@ -53,7 +55,19 @@ def _inet(address) -> bool:
     return type(address) is tuple and len(address) >= 2 and isinstance(address[1], int)
 
 
-def _finish_connect(rec, sock) -> None:
+def _finish_connect(rec, sock, connected: bool = True) -> None:
+    """The connection is up (or in progress): count its bytes until it closes, or emit it now."""
+    try:
+        if connected:
+            peer(rec, sock)
+        if socket_bytes.track(sock, rec):
+            return
+    except Exception as exc:
+        GUARD.fault("capture", exc, rec.ts)
+    emit(rec)
+
+
+def _finish_connect_failed(rec, sock) -> None:
     try:
         peer(rec, sock)
     except Exception as exc:
@@ -82,7 +96,7 @@ def socket_connect_wrapper(self, address):
         if rec is not None:
             if isinstance(exc, BlockingIOError):
                 rec.status = "in_progress"  # a non-blocking connect: not a failure
-                emit(rec)
+                _finish_connect(rec, self, connected=False)
             else:
                 fail(rec, exc)
         raise
@@ -108,6 +122,7 @@ def socket_connect_ex_wrapper(self, address):
     finally:
         TLS.busy = False
     if rec is not None:
+        connected = not result
         try:
             if result in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
                 rec.status = "in_progress"
@@ -115,7 +130,10 @@ def socket_connect_ex_wrapper(self, address):
                 rec.error = errno.errorcode.get(result, str(result))
         except Exception as exc:
             GUARD.fault("capture", exc, rec.ts)
-        _finish_connect(rec, self)
+        if rec.error:
+            _finish_connect_failed(rec, self)
+        else:
+            _finish_connect(rec, self, connected)
     return result
 
 
@@ -209,6 +227,7 @@ def install() -> None:
         _orig["create_connection"] = socket.create_connection
         setattr(socket_create_connection_wrapper, MARK, True)
         socket.create_connection = socket_create_connection_wrapper
+    socket_bytes.install()
     if not _hook_added:
         sys.addaudithook(audit_hook)
         _hook_added = True

@@ -1,0 +1,274 @@
+"""Byte counts of raw sockets: one event per connection, with the bytes sent and received.
+
+A raw connection (one no protocol wrapper claimed, see capture.TLS) is not emitted at connect.
+`track(sock, rec)` switches the socket object's class to `CountingSocket`, a subclass of
+socket.socket that adds no slot (so `sock.__class__ = CountingSocket` is allowed), and keeps the
+connection's Record in `_OPEN` under hash(sock). Each send/recv method calls the C method it
+overrides exactly once, then adds the returned size to the record (`req_bytes`, `resp_bytes`);
+the record is emitted once, when the socket really closes (close(), or the last makefile() file
+closes), is detached, or is garbage-collected, and at interpreter exit for a socket still open
+(`flush_open`, registered after the sink's own exit flush, so it runs before it). Duration is
+connect to close. Only raw sockets pay: http.client and the other protocol wrappers connect
+under their claim, so their sockets are never switched.
+
+Decisions:
+- dup() shares the connection's record; it is emitted when the last of the two closes.
+- makefile() needs nothing more: socket.SocketIO calls recv_into/send on this object.
+- ssl: wrapping a counted socket (SSLContext.wrap_socket) detaches it, which ends the raw event
+  with the plaintext bytes sent before the wrap; the TLS traffic after it is not counted (the
+  SSLSocket is a different class, built by ssl). A socket only of class socket.socket is switched;
+  an SSLSocket or another subclass keeps its immediate connect event with no sizes.
+- UDP: a connected datagram socket is one event like TCP (send/recv counted). A datagram sent to
+  an explicit address (sendto, sendmsg with an address) stays its own event, one per datagram
+  (the audit hook's, without size), because each one may go to another host; on a connected TCP
+  socket the address is ignored by the kernel, so its bytes count for the connection.
+- Non-blocking: a connect that returns "in progress" is tracked too (asyncio's sockets); the
+  addresses are read at close. A send or recv that raises counts nothing; so does a sendall
+  interrupted by a timeout (its partial count is unknown).
+- fork: a child forgets the parent's open connections (the parent emits them); a child's own are
+  flushed at its exit, a multiprocessing child's from its exit finalizers.
+- Fail-open: a fault while counting is swallowed and counted by GUARD; results and exceptions
+  are the C methods' own. The class reports itself as socket.socket in repr(); only
+  `type(sock) is socket.socket` tells the difference.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import sys
+
+from interceptor.capture import GUARD, TLS, emit, peer
+
+_ss = socket.socket  # the Python class whose methods (C ones from _socket.socket) we call
+_send, _sendall, _sendto, _sendmsg = _ss.send, _ss.sendall, _ss.sendto, _ss.sendmsg
+_recv, _recv_into, _recvfrom, _recvfrom_into = _ss.recv, _ss.recv_into, _ss.recvfrom, _ss.recvfrom_into
+_recvmsg, _recvmsg_into = _ss.recvmsg, _ss.recvmsg_into
+_finalize = _ss.__del__
+
+# hash(counted socket) -> its connection's Record (dup()s share one). A socket's hash is its
+# identity (socket defines no __hash__), unique among live objects like id(), but id() raises a
+# PEP 578 audit event on every call, which would run every audit hook of the process per send.
+_OPEN: dict = {}
+
+
+def _nbytes(data) -> int:
+    if type(data) is bytes or type(data) is bytearray:
+        return len(data)
+    with memoryview(data) as view:
+        return view.nbytes
+
+
+def _add(sock, sent: int, received: int) -> None:
+    try:
+        rec = _OPEN.get(hash(sock))
+        if rec is not None:
+            rec.req_bytes += sent
+            rec.resp_bytes += received
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+
+
+class CountingSocket(socket.socket):
+    """socket.socket that counts the bytes it moves into its connection's record."""
+
+    __slots__ = ()
+
+    def send(self, *args, **kwargs):
+        n = _send(self, *args, **kwargs)
+        rec = _OPEN.get(hash(self))
+        if rec is not None:
+            try:
+                rec.req_bytes += n
+            except Exception as exc:
+                GUARD.fault("capture", exc)
+        return n
+
+    def sendall(self, *args, **kwargs):
+        result = _sendall(self, *args, **kwargs)
+        try:
+            _add(self, _nbytes(args[0] if args else kwargs["data"]), 0)
+        except Exception as exc:
+            GUARD.fault("capture", exc)
+        return result
+
+    def sendto(self, *args, **kwargs):
+        rec = _OPEN.get(hash(self))
+        if rec is None or rec.protocol != "tcp" or TLS.busy:
+            return _sendto(self, *args, **kwargs)  # a datagram to an address: the hook's event
+        TLS.busy = True  # the kernel ignores the address of a connected stream: one connection
+        try:
+            n = _sendto(self, *args, **kwargs)
+        finally:
+            TLS.busy = False
+        _add(self, n, 0)
+        return n
+
+    def sendmsg(self, *args, **kwargs):
+        rec = _OPEN.get(hash(self))
+        addressed = (len(args) > 3 and args[3] is not None) or kwargs.get("address") is not None
+        if rec is None or (addressed and rec.protocol != "tcp") or TLS.busy:
+            return _sendmsg(self, *args, **kwargs)
+        TLS.busy = True
+        try:
+            n = _sendmsg(self, *args, **kwargs)
+        finally:
+            TLS.busy = False
+        _add(self, n, 0)
+        return n
+
+    def recv(self, *args, **kwargs):
+        data = _recv(self, *args, **kwargs)
+        rec = _OPEN.get(hash(self))
+        if rec is not None:
+            try:
+                rec.resp_bytes += len(data)
+            except Exception as exc:
+                GUARD.fault("capture", exc)
+        return data
+
+    def recv_into(self, *args, **kwargs):
+        n = _recv_into(self, *args, **kwargs)
+        rec = _OPEN.get(hash(self))
+        if rec is not None:
+            try:
+                rec.resp_bytes += n
+            except Exception as exc:
+                GUARD.fault("capture", exc)
+        return n
+
+    def recvfrom(self, *args, **kwargs):
+        result = _recvfrom(self, *args, **kwargs)
+        _add(self, 0, len(result[0]))
+        return result
+
+    def recvfrom_into(self, *args, **kwargs):
+        result = _recvfrom_into(self, *args, **kwargs)
+        _add(self, 0, result[0])
+        return result
+
+    def recvmsg(self, *args, **kwargs):
+        result = _recvmsg(self, *args, **kwargs)
+        _add(self, 0, len(result[0]))
+        return result
+
+    def recvmsg_into(self, *args, **kwargs):
+        result = _recvmsg_into(self, *args, **kwargs)
+        _add(self, 0, result[0])
+        return result
+
+    def sendfile(self, file, offset=0, count=None):
+        # os.sendfile bypasses send(); the fallback path calls send(), counted already: take the
+        # total the call returns instead of adding both.
+        rec = _OPEN.get(hash(self))
+        before = rec.req_bytes if rec is not None else 0
+        total = _ss.sendfile(self, file, offset, count)
+        try:
+            if rec is not None:
+                rec.req_bytes = before + total
+        except Exception as exc:
+            GUARD.fault("capture", exc)
+        return total
+
+    def dup(self):
+        sock = _ss.dup(self)  # built as self.__class__: a CountingSocket without a record yet
+        try:
+            rec = _OPEN.get(hash(self))
+            if rec is not None:
+                rec.netaudit_sockets += 1
+                _OPEN[hash(sock)] = rec
+        except Exception as exc:
+            GUARD.fault("capture", exc)
+        return sock
+
+    def detach(self):
+        _end(self)
+        return _ss.detach(self)
+
+    def _real_close(self, _close=_ss._real_close):
+        _end(self)
+        _close(self)
+
+    def __del__(self):
+        _end(self)
+        _finalize(self)
+
+
+# repr() and error messages keep naming the class the program created
+CountingSocket.__module__ = _ss.__module__
+CountingSocket.__qualname__ = _ss.__qualname__
+
+
+def track(sock, rec) -> bool:
+    """Count `sock`'s bytes into `rec` until it closes, when rec is emitted. False when the socket
+    cannot be counted (not of class socket.socket): the caller emits rec now. May raise (guarded
+    by the caller)."""
+    cls = type(sock)
+    if cls is CountingSocket:
+        _end(sock)  # connected again (a datagram socket): the previous peer's event ends here
+    elif cls is _ss:
+        sock.__class__ = CountingSocket
+    else:
+        return False
+    rec.netaudit_sockets = 1
+    _OPEN[hash(sock)] = rec
+    return True
+
+
+def _end(sock) -> None:
+    """The socket closes (or is detached, or collected): emit its connection once. Never raises."""
+    try:
+        rec = _OPEN.pop(hash(sock), None)
+        if rec is None:
+            return
+        rec.netaudit_sockets -= 1
+        if rec.netaudit_sockets > 0:
+            return
+        if not rec.src_port:  # a non-blocking connect: its addresses are known only now
+            peer(rec, sock)
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+        return
+    emit(rec)
+
+
+def flush_open() -> None:
+    """Emit every counted connection still open (interpreter exit). Never raises."""
+    try:
+        records = list(_OPEN.values())
+        _OPEN.clear()
+    except Exception as exc:
+        GUARD.fault("record", exc)
+        return
+    for rec in records:
+        emit(rec)  # dup()s share a record: emit() writes it once
+
+
+def _forget_in_child() -> None:
+    _OPEN.clear()  # the parent emits its connections; the child counts only its own
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:  # a multiprocessing child ends with os._exit, past atexit
+        try:
+            mp_util.register_after_fork(flush_open, _register_exit_finalizer)
+        except Exception as exc:
+            GUARD.fault("record", exc)
+
+
+def _register_exit_finalizer(_obj) -> None:
+    import multiprocessing.util as mp_util
+
+    # a higher exitpriority runs first: before the sink's flush (interceptor.sink, 100)
+    mp_util.Finalize(None, flush_open, exitpriority=101)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Register the exit flush. Called by socket_hooks.install(), after interceptor.sink was
+    imported: atexit runs handlers last-registered first, so this one runs before the sink's."""
+    global _installed
+    if not _installed:
+        atexit.register(flush_open)
+        os.register_at_fork(after_in_child=_forget_in_child)
+        _installed = True

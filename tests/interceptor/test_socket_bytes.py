@@ -1,0 +1,253 @@
+"""Raw sockets: one event per connection with the bytes sent and received (interceptor/socket_bytes).
+
+A local "count" server on 127.0.0.1 reads a line "N M\\n", then N bytes, then answers M bytes
+and closes: the client knows exactly what it sent and received, so the event's sizes are exact.
+"""
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+import os
+import select
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from interceptor import GUARD
+from interceptor import socket_bytes
+
+from interceptor_fixtures import captured, servers  # noqa: F401  (fixtures)
+from interceptor_servers import HOST, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _CountHandler(socketserver.StreamRequestHandler):
+    def handle(self):
+        try:
+            n, m = map(int, self.rfile.readline().split())
+        except ValueError:  # a client that hung up mid-line (the detach test)
+            return
+        got = 0
+        while got < n:
+            data = self.rfile.read(min(65536, n - got))
+            if not data:
+                return
+            got += len(data)
+        self.wfile.write(b"r" * m)
+
+
+class _CountServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+_count_server: list[int] = []
+
+
+@pytest.fixture
+def count_port(servers):
+    """Port of the count server, started once per test process (a daemon thread)."""
+    if not _count_server:
+        server = _CountServer((HOST, 0), _CountHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _count_server.append(server.server_address[1])
+    return _count_server[0]
+
+
+def _ask(n: int, m: int) -> bytes:
+    return f"{n} {m}\n".encode() + b"q" * n
+
+
+def _recv_all(sock) -> int:
+    total = 0
+    while True:
+        data = sock.recv(4096)
+        if not data:
+            return total
+        total += len(data)
+
+
+def _socket_events(captured):
+    return captured.events("socket")
+
+
+def test_raw_tcp_is_one_event_with_bytes_sent_and_received(captured, count_port):
+    sock = socket.create_connection((HOST, count_port))
+    request = _ask(100_000, 12_345)
+    sent = sock.send(request[:10])            # every send method counts
+    sock.sendall(memoryview(request)[sent:])  # sized in bytes, not items
+    received = _recv_all(sock)
+    assert not _socket_events(captured), "emitted before close"
+    sock.close()
+    sock.close()  # a second close adds nothing
+    (e,) = captured.events()
+    assert received == 12_345
+    assert (e.channel, e.protocol, e.method, e.error) == ("socket", "tcp", "connect", "")
+    assert (e.req_bytes, e.resp_bytes) == (len(request), 12_345)
+    assert (e.dst_ip, e.dst_port) == (HOST, count_port) and e.src_port > 0
+    assert e.call_site.endswith(":test_raw_tcp_is_one_event_with_bytes_sent_and_received")
+    assert e.fingerprint == ""  # no payload digest for raw sockets: nothing of the bytes is kept
+
+
+def test_recv_into_recvfrom_and_connect_method(captured, count_port):
+    sock = socket.socket()
+    sock.connect((HOST, count_port))
+    sock.sendall(_ask(10, 300))
+    buf = bytearray(100)
+    got = sock.recv_into(buf)
+    got += len(sock.recvfrom(100)[0])
+    got += sock.recvfrom_into(buf)[0]
+    got += _recv_all(sock)
+    with sock:
+        pass
+    (e,) = _socket_events(captured)
+    assert got == 300 and (e.req_bytes, e.resp_bytes) == (len(_ask(10, 300)), 300)
+
+
+def test_makefile_counts_through_socketio(captured, count_port):
+    sock = socket.create_connection((HOST, count_port))
+    f = sock.makefile("rwb")
+    f.write(_ask(5000, 7000))
+    f.flush()
+    sock.close()  # the file still holds the connection: not closed yet
+    assert not _socket_events(captured)
+    assert len(f.read()) == 7000
+    f.close()
+    (e,) = _socket_events(captured)
+    assert (e.req_bytes, e.resp_bytes) == (len(_ask(5000, 7000)), 7000)
+
+
+def test_dup_shares_one_event_emitted_when_the_last_closes(captured, count_port):
+    sock = socket.create_connection((HOST, count_port))
+    twin = sock.dup()
+    sock.sendall(_ask(10, 0)[:5])
+    twin.sendall(_ask(10, 0)[5:])
+    sock.close()
+    assert not _socket_events(captured)
+    assert _recv_all(twin) == 0
+    twin.close()
+    (e,) = _socket_events(captured)
+    assert (e.req_bytes, e.resp_bytes) == (len(_ask(10, 0)), 0)
+
+
+def test_collected_socket_is_recorded(captured, count_port):
+    sock = socket.create_connection((HOST, count_port))
+    sock.sendall(_ask(3, 4))
+    assert _recv_all(sock) == 4
+    del sock
+    gc.collect()
+    (e,) = _socket_events(captured)
+    assert (e.req_bytes, e.resp_bytes) == (len(_ask(3, 4)), 4)
+
+
+def test_detach_ends_the_event(captured, count_port):
+    sock = socket.create_connection((HOST, count_port))
+    sock.sendall(b"1 ")
+    fd = sock.detach()  # what ssl's wrap_socket does to the raw socket it takes over
+    os.close(fd)
+    (e,) = _socket_events(captured)
+    assert (e.req_bytes, e.resp_bytes) == (2, 0)
+
+
+def test_non_blocking_connect_is_counted(captured, count_port):
+    sock = socket.socket()
+    sock.setblocking(False)
+    assert sock.connect_ex((HOST, count_port)) in (0, 115, 36)  # 0 or EINPROGRESS (Linux, macOS)
+    select.select([], [sock], [], 5)
+    sock.setblocking(True)
+    sock.sendall(_ask(20, 30))
+    assert _recv_all(sock) == 30
+    sock.close()
+    (e,) = _socket_events(captured)
+    assert (e.req_bytes, e.resp_bytes) == (len(_ask(20, 30)), 30)
+    assert e.src_port > 0  # read at close for a connect that was in progress
+
+
+def test_connected_udp_is_one_event_and_sendto_one_per_datagram(captured, servers):
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((HOST, 0))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(server.getsockname())
+    u.send(b"12345")
+    data, addr = server.recvfrom(100)
+    server.sendto(b"abc", addr)  # the test's own server: one datagram event too
+    assert u.recv(100) == b"abc"
+    u.close()
+    server.close()
+    events = _socket_events(captured)
+    assert [(e.protocol, e.method) for e in events] == [("udp", "sendto"), ("udp", "connect")]
+    assert (events[1].req_bytes, events[1].resp_bytes) == (5, 3)
+
+
+def test_refused_connect_is_an_immediate_event(captured):
+    port = free_port()
+    sock = socket.socket()
+    with pytest.raises(ConnectionRefusedError):
+        sock.connect((HOST, port))
+    (e,) = _socket_events(captured)  # before the socket is closed
+    assert (e.error, e.dst_port, e.req_bytes, e.resp_bytes) == ("ConnectionRefusedError", port, 0, 0)
+    assert type(sock) is socket.socket  # never switched: nothing to count
+    sock.close()
+    assert len(_socket_events(captured)) == 1
+
+
+def test_http_client_is_not_counted_twice(captured, servers):
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.request("POST", "/p", body=b"z" * 1000)
+    body = conn.getresponse().read()
+    assert type(conn.sock) is socket.socket  # the protocol wrapper's socket is never switched
+    conn.close()
+    (e,) = captured.events()
+    assert (e.channel, e.req_bytes, e.resp_bytes) == ("http", 1000, len(body))
+
+
+def test_faults_are_swallowed_and_counted(captured, count_port):
+    sock = socket.create_connection((HOST, count_port))
+    socket_bytes._OPEN[hash(sock)].req_bytes = None  # the counting step will fault
+    faults = GUARD.faults
+    assert sock.send(b"1 1\n") == 4
+    assert GUARD.faults == faults + 1
+    sock.close()
+    with pytest.raises(OSError) as closed:  # the C method's own exception, untouched
+        sock.send(b"x")
+    assert closed.value.errno == 9  # EBADF, as for a plain socket
+
+
+_EXIT_PROGRAM = """
+import json, socket, sys
+sys.path.insert(0, %(root)r)
+import interceptor
+
+class PrintWriter:
+    salt = None
+    def write_batch(self, events):
+        for e in events:
+            print(json.dumps([e.channel, e.req_bytes, e.resp_bytes, e.dst_port]), flush=True)
+    def write_gap(self, *args):
+        print(json.dumps(["gap", *args]), flush=True)
+
+interceptor.install(sink=interceptor.Sink(PrintWriter()))
+KEEP = socket.create_connection(("127.0.0.1", %(port)d))
+KEEP.sendall(b"7 9\\n" + b"q" * 7)
+got = 0
+while got < 9:
+    got += len(KEEP.recv(100))
+print("received", got, flush=True)
+"""
+
+
+def test_socket_never_closed_is_recorded_at_exit(count_port, tmp_path):
+    program = tmp_path / "never_closed.py"
+    program.write_text(_EXIT_PROGRAM % {"root": str(ROOT), "port": count_port})
+    r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "received 9"
+    assert [json.loads(x) for x in lines[1:]] == [["socket", 11, 9, count_port]]
