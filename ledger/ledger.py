@@ -243,7 +243,14 @@ class Ledger:
 
     def append_values(self, rows: list[tuple]) -> int:
         """append_many for rows already in column order (see fields_values). Returns the last chain_seq."""
-        encoded = self._encode_many(rows)
+        return self.append_encoded(self.encode_values(rows))
+
+    def append_encoded(self, encoded: list[tuple[tuple, bytes]]) -> int:
+        """Append rows made by encode_values, as one transaction. Returns the last chain_seq.
+
+        The sink's writer thread encodes in slices between which it lets the audited threads
+        run, then appends here: under the lock only the seq, the hash and the insert remain.
+        """
         if not encoded:
             return self.last()[0]
         with self._write():
@@ -256,7 +263,8 @@ class Ledger:
         """Record an admin fact (interceptor_installed, forensic_on, ...) as a chain row."""
         return self.append(audit_event(fact, self.clock(), **detail))
 
-    def _encode_many(self, rows: list[tuple]) -> list[tuple[tuple, bytes]]:
+    def encode_values(self, rows: list[tuple]) -> list[tuple[tuple, bytes]]:
+        """(values, encoded columns) per row, for append_encoded; loose types are coerced."""
         try:
             return list(zip(rows, map(self._encode_columns, rows)))
         except FormatError:  # loose types from a caller: coerce those rows once, then they must encode
