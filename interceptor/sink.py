@@ -4,7 +4,9 @@
     write_batch(events: list[NetEvent]) -> None
     write_gap(dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None
 and optionally `salt` (bytes, for payload fingerprints; may open storage lazily and raise),
-`after_fork()` and `close()`.
+`after_fork()` and `close()`. A writer with `write_records(records: list[Record])` gets the
+records themselves instead of `write_batch` (interceptor.relay sends them to another process,
+which holds the salt).
 
 The audited thread only appends to a deque. When the queue is full, or the writer raises, the
 events are dropped and counted (with the first and last timestamp and the reasons); the writer
@@ -142,10 +144,11 @@ class Sink:
     def _write(self, batch: list[Record]) -> bool:
         """Write the pending gap row, then the batch. On a fault, drop and count the batch."""
         writer = self.writer
+        write_records = getattr(writer, "write_records", None)  # a writer that takes the records
         try:
-            salt = getattr(writer, "salt", None) if batch else None
+            salt = getattr(writer, "salt", None) if batch and write_records is None else None
             events = []
-            for i in range(0, len(batch), YIELD_EVERY):
+            for i in range(0, len(batch) if write_records is None else 0, YIELD_EVERY):
                 if i:
                     time.sleep(0)  # let the audited threads take the GIL: their calls wait less
                 events.extend(r.to_event(salt) for r in batch[i:i + YIELD_EVERY])
@@ -160,7 +163,10 @@ class Sink:
                         self._gap_t1 = self._gap_t2 = 0
                         self._gap_reasons = set()
                 self.gaps_written += 1
-            if events:
+            if write_records is not None and batch:
+                write_records(batch)
+                self.written += len(batch)
+            elif events:
                 writer.write_batch(events)
                 self.written += len(events)
             return True

@@ -1,9 +1,20 @@
-"""`netaudit run [--ledger PATH] -- python app.py ARGS`: run a program with the interceptor installed.
+"""`netaudit run [--ledger PATH] -- python app.py ARGS`: run a program with every Python process audited.
 
-The interceptor is installed from the first line of every Python process the program starts:
-a bootstrap folder holding a `sitecustomize.py` is put first on PYTHONPATH, and NETAUDIT_LEDGER /
-NETAUDIT_KEY_DIR name the ledger. The bootstrap then runs any `sitecustomize` the program had
-before. Returns the program's own exit code (128+N when a signal N ended it).
+The interceptor is installed from the first line of every Python process the program starts, with
+whatever Python runs it: a private (0700) bootstrap folder holding a `sitecustomize.py` and a copy
+of the `interceptor` package (standard library only) is put first on PYTHONPATH, so a Python 3.11+
+without our package, apsw or cryptography is audited too. The bootstrap then runs any
+`sitecustomize` the program had before.
+
+This process owns the ledger. The children never open it and never see its salt: each sends its
+records over the relay (interceptor.relay), a datagram socket in the bootstrap folder named by
+NETAUDIT_RELAY, and a receiver thread here (ledger.relay) appends them in batches and drains
+them all before `run` returns. The socket's path survives `close_fds`, so the processes a child
+starts are audited as well. A process that outlives the program finds the relay gone: its misses
+are counted in that process only. A Python the interceptor cannot run on (older than 3.11) says so
+on stderr and runs unaudited.
+
+Returns the program's own exit code (128+N when a signal N ended it).
 """
 from __future__ import annotations
 
@@ -11,11 +22,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 
+import interceptor
+from interceptor.relay import ENV_RELAY
 from ledger.errors import LedgerError
 from ledger.sink import ENV_KEY_DIR, ENV_LEDGER
+
+RELAY_SOCKET = "relay.sock"
+MAX_SOCKET_PATH = 100  # sun_path holds 104 (BSD) or 108 (Linux) bytes
 
 BOOTSTRAP = '''\
 """Written by `netaudit run`: install the network audit interceptor, then the usual sitecustomize."""
@@ -24,21 +39,35 @@ import sys
 
 
 def _netaudit_install():
-    path = os.environ.get("NETAUDIT_LEDGER")
-    if not path:
+    if not os.environ.get("NETAUDIT_RELAY"):
         return
-    key_dir = os.environ.get("NETAUDIT_KEY_DIR") or None
-
-    def open_ledger_writer():  # on the writer thread, at the first event: the ledger's imports wait
-        from ledger.sink import LedgerWriter
-        return LedgerWriter(path, key_dir)
-
     try:
-        import interceptor
-        interceptor.install(sink=interceptor.Sink(interceptor.LazyWriter(open_ledger_writer)))
+        from interceptor.relay import install_from_env
+        install_from_env()
     except Exception as exc:  # fail open: the program runs, and says why it is not audited
         sys.stderr.write("netaudit: interceptor not installed in %s: %s: %s\\n"
                          % (sys.executable, type(exc).__name__, exc))
+        _netaudit_unaudited(exc)
+
+
+def _netaudit_unaudited(exc):
+    """Put "this process runs unaudited" in the parent's ledger too. Plain code on purpose: it
+    runs where the interceptor could not be imported (an older Python, say)."""
+    import json
+    import socket
+    import time
+    try:
+        msg = json.dumps({"v": 1, "kind": "unaudited", "pid": os.getpid(), "ts": int(time.time() * 1e9),
+                          "python": "%d.%d.%d" % tuple(sys.version_info[:3]),
+                          "reason": type(exc).__name__})
+        relay = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            relay.settimeout(1.0)
+            relay.sendto(msg.encode("ascii"), os.environ["NETAUDIT_RELAY"])
+        finally:
+            relay.close()
+    except Exception:
+        pass
 
 
 def _netaudit_chain():
@@ -58,26 +87,45 @@ _netaudit_chain()
 '''
 
 
-def _prepare(ledger_path: str | None, key_dir: str | None) -> tuple[str, str]:
-    """Absolute ledger and key paths; the ledger is created (with its keys) now, so that a bad
-    path is reported before the program starts, and children never race to create it."""
+def _prepare(ledger_path: str | None, key_dir: str | None):
+    """The open ledger (created with its keys if new), so that a bad path or key is reported
+    before the program starts."""
     from ledger.ledger import Ledger, default_key_dir, default_ledger_path
 
     path = os.path.abspath(ledger_path or default_ledger_path())
     keys = os.path.abspath(key_dir or default_key_dir())
-    Ledger.open(path, key_dir=keys, create=True).close()
-    return path, keys
+    return Ledger.open(path, key_dir=keys, create=True)
 
 
-def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = None) -> int:
-    path, keys = _prepare(ledger_path, key_dir)
+def _bootstrap_folder() -> str:
+    """A private folder with the sitecustomize and a copy of the interceptor package."""
     boot = tempfile.mkdtemp(prefix="netaudit-run-")
+    if len(os.path.join(boot, RELAY_SOCKET)) > MAX_SOCKET_PATH:  # a long TMPDIR
+        os.rmdir(boot)
+        boot = tempfile.mkdtemp(prefix="netaudit-run-", dir="/tmp")
     try:
         with open(os.path.join(boot, "sitecustomize.py"), "w", encoding="utf-8") as f:
             f.write(BOOTSTRAP)
+        shutil.copytree(os.path.dirname(os.path.abspath(interceptor.__file__)), os.path.join(boot, "interceptor"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    except BaseException:
+        shutil.rmtree(boot, ignore_errors=True)
+        raise
+    return boot
+
+
+def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = None) -> int:
+    from ledger.relay import RelayReceiver
+
+    led = _prepare(ledger_path, key_dir)
+    boot = receiver = None
+    try:
+        boot = _bootstrap_folder()
+        receiver = RelayReceiver(led, os.path.join(boot, RELAY_SOCKET)).start()
         env = dict(os.environ)
-        env[ENV_LEDGER] = path
-        env[ENV_KEY_DIR] = keys
+        env.pop(ENV_LEDGER, None)   # the children write nowhere but to the relay
+        env.pop(ENV_KEY_DIR, None)
+        env[ENV_RELAY] = receiver.path
         env["PYTHONPATH"] = os.pathsep.join(p for p in (boot, env.get("PYTHONPATH", "")) if p)
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program gets ^C and decides
         try:
@@ -89,5 +137,9 @@ def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = N
         finally:
             signal.signal(signal.SIGINT, previous)
     finally:
-        shutil.rmtree(boot, ignore_errors=True)
+        if receiver is not None:
+            receiver.stop()  # every datagram the program's processes sent is in the ledger now
+        led.close()
+        if boot is not None:
+            shutil.rmtree(boot, ignore_errors=True)
     return 128 - code if code < 0 else code

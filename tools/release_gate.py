@@ -11,6 +11,9 @@ tree with --source, and checks three invariants from DESIGN.md:
   imports only the standard library, verifier/ imports nothing else of ours;
 - zero self-egress: no call that opens an outbound connection in interceptor/, ledger/, verifier/
   or the addon, except inside the interceptor's wrappers of the audited calls (EGRESS_WRAPPERS).
+  A socket made as `socket.socket(socket.AF_UNIX, ...)` is a file path, not a network: making it,
+  and calling `connect`/`sendto` on a receiver the same file binds to nothing else, is allowed
+  (the relay of `netaudit run`, interceptor/relay.py and ledger/relay.py).
 
 It also checks that the artifacts carry the LGPL-3.0 license, that the sdist holds the tests and the
 addon, and that the wheel ships exactly the sources of the sdist.
@@ -691,6 +694,77 @@ def _egress_scope(path: str) -> bool:
     return _core_package(path) is not None
 
 
+def unix_socket_call(node: ast.AST, aliases: dict[str, str]) -> bool:
+    """`socket.socket(socket.AF_UNIX, ...)`: a socket on a file path, which cannot reach a network."""
+    if not isinstance(node, ast.Call) or qualified_name(node.func, aliases) != "socket.socket":
+        return False
+    family = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "family"), None)
+    return family is not None and qualified_name(family, aliases) == "socket.AF_UNIX"
+
+
+def local_sockets(tree: ast.Module, aliases: dict[str, str]) -> set[tuple[str, str]]:
+    """Receivers bound only ever to an AF_UNIX socket (or None) in this file: (function, name) for
+    a local name, ("", "self.attr") for an attribute. A parameter, loop, `with`, import or any
+    other binding of the same receiver disqualifies it, so only a call on a socket that the file
+    itself made local is let through."""
+    only_unix: dict[tuple[str, str], bool] = {}
+
+    def bind(target: ast.AST, ok: bool, func: str) -> None:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            for elt in target.elts:
+                bind(elt, False, func)
+            return
+        if isinstance(target, ast.Starred):
+            target = target.value
+        if isinstance(target, ast.Name):
+            key = (func, target.id)
+        elif isinstance(target, ast.Attribute):
+            key = ("", ast.unparse(target))
+        else:
+            return
+        only_unix[key] = only_unix.get(key, True) and ok
+
+    def value_ok(value: ast.AST | None) -> bool:
+        return unix_socket_call(value, aliases) or (isinstance(value, ast.Constant) and value.value is None)
+
+    def visit(node: ast.AST, prefix: str, func: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                qual = f"{prefix}{getattr(child, 'name', '<lambda>')}"
+                a = child.args
+                for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
+                    if arg is not None:
+                        only_unix[(qual, arg.arg)] = False
+                visit(child, qual + ".", qual)
+                continue
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.", func)
+                continue
+            if isinstance(child, ast.Assign):
+                for target in child.targets:
+                    bind(target, value_ok(child.value), func)
+            elif isinstance(child, ast.AnnAssign):
+                bind(child.target, child.value is None or value_ok(child.value), func)
+            elif isinstance(child, (ast.AugAssign, ast.For, ast.AsyncFor, ast.comprehension)):
+                bind(child.target, False, func)
+            elif isinstance(child, ast.NamedExpr):
+                bind(child.target, value_ok(child.value), func)
+            elif isinstance(child, ast.withitem) and child.optional_vars is not None:
+                bind(child.optional_vars, False, func)
+            elif isinstance(child, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and child.name:
+                bind(ast.Name(child.name), False, func)
+            elif isinstance(child, (ast.Import, ast.ImportFrom)):
+                for alias in child.names:
+                    bind(ast.Name((alias.asname or alias.name).split(".")[0]), False, func)
+            elif isinstance(child, (ast.Global, ast.Nonlocal)):
+                for name in child.names:
+                    bind(ast.Name(name), False, func)
+            visit(child, prefix, func)
+
+    visit(tree, "", "")
+    return {key for key, ok in only_unix.items() if ok}
+
+
 def check_self_egress(t: Tree, wrappers: Iterable[tuple[str, str]] = EGRESS_WRAPPERS
                       ) -> Iterator[Finding]:
     allowed: dict[str, set[str]] = {}
@@ -701,8 +775,11 @@ def check_self_egress(t: Tree, wrappers: Iterable[tuple[str, str]] = EGRESS_WRAP
         if not _egress_scope(path):
             continue
         aliases = t.aliases(path)
+        local = local_sockets(tree, aliases)
         enclosing, seen_functions[path] = function_map(tree)
         for call, funcs in enclosing.items():
+            if _on_local_socket(call, funcs, aliases, local):
+                continue
             reason = _egress_reason(call, aliases)
             if reason and not allowed.get(path, set()).intersection(funcs):
                 where = f" in {funcs[-1]}()" if funcs else ""
@@ -712,6 +789,19 @@ def check_self_egress(t: Tree, wrappers: Iterable[tuple[str, str]] = EGRESS_WRAP
             if func not in seen_functions.get(file, ()):
                 yield Finding("no-self-egress", t.where(file),
                               f"stale allow-list entry: no function {func} (EGRESS_WRAPPERS)")
+
+
+def _on_local_socket(call: ast.Call, funcs: list[str], aliases: dict[str, str],
+                     local: set[tuple[str, str]]) -> bool:
+    """Making an AF_UNIX socket, or a method call on a receiver bound only to one (local_sockets)."""
+    if unix_socket_call(call, aliases):
+        return True
+    if not isinstance(call.func, ast.Attribute):
+        return False
+    receiver = call.func.value
+    if isinstance(receiver, ast.Name):
+        return (funcs[-1] if funcs else "", receiver.id) in local
+    return isinstance(receiver, ast.Attribute) and ("", ast.unparse(receiver)) in local
 
 
 def _egress_reason(call: ast.Call, aliases: dict[str, str]) -> str | None:

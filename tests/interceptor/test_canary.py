@@ -4,6 +4,8 @@ Every value below carries a unique marker: bodies, Authorization and Cookie head
 values, SMTP message text, and passwords for SMTP, POP3, IMAP and FTP. After the calls the
 ledger must hold their events (so the test can fail by recording nothing), and no byte sequence
 of any marker may appear in the ledger file, its -wal, or any non-key file of the key dir.
+The same calls through the relay of `netaudit run` (interceptor.relay) put no marker into the
+datagrams a child sends to the parent.
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ import os
 import poplib
 import smtplib
 import socket
+import threading
 import urllib.request
 import uuid
 import xmlrpc.client
 
 import pytest
 
+import interceptor
 from interceptor_fixtures import captured, ledger_sink, servers  # noqa: F401  (fixtures)
 from interceptor_servers import HOST
 
@@ -34,10 +38,42 @@ KEY_FILES = {"ed25519.key", "hmac.salt"}  # secrets by design; everything else i
 
 def test_no_marker_reaches_the_evidence(ledger_sink, servers):
     sink, writer, path, key_dir = ledger_sink()
+    m = _markers()
+    _canary_calls(servers, m)
+    assert sink.flush(10)
+    led = writer.ledger
+    rows = list(led.rows())
+    methods = {(r["channel"], r["method"]) for r in rows}
+    assert {("http", "GET"), ("http", "POST"), ("http", "PUT"), ("smtp", "MAIL"), ("pop3", "PASS"),
+            ("imap", "LOGIN"), ("ftp", "LOGIN"), ("ftp", "STOR"), ("socket", "connect")} <= methods
+    assert any(r["fingerprint"] for r in rows if r["channel"] == "smtp")
+    assert any("Authorization" in r["header_names"] for r in rows)
+    sink.close(5)
+
+    evidence = [path, path + "-wal"]
+    for root, _, files in os.walk(key_dir):
+        evidence += [os.path.join(root, f) for f in files if f not in KEY_FILES]
+    scanned = 0
+    for p in evidence:
+        if not os.path.exists(p):
+            continue
+        data = open(p, "rb").read()
+        scanned += len(data)
+        for name, marker in m.items():
+            for form in {marker.encode(), marker.encode("utf-16-le"), marker.lower().encode()}:
+                assert form not in data, f"{name} marker found in {p}"
+    assert scanned > 4096
+
+
+def _markers() -> dict[str, str]:
     tag = uuid.uuid4().hex[:12]
-    m = {k: f"CANARY{k.upper()}{tag}" for k in (
+    return {k: f"CANARY{k.upper()}{tag}" for k in (
         "body", "auth", "cookie", "query", "smtptext", "smtppw", "poppw", "imappw", "ftppw", "rpc", "raw", "form")}
 
+
+def _canary_calls(servers, m: dict[str, str]) -> None:
+    """One call per channel, each carrying its markers in a body, a header value, a query value
+    or a password."""
     if requests is not None:
         s = requests.Session()
         s.get(servers.url(f"/search?q={m['query']}&page=1"),
@@ -79,26 +115,53 @@ def test_no_marker_reaches_the_evidence(ledger_sink, servers):
     raw.recv(1024)
     raw.close()
 
-    assert sink.flush(10)
-    led = writer.ledger
-    rows = list(led.rows())
-    methods = {(r["channel"], r["method"]) for r in rows}
+
+def test_no_marker_crosses_the_relay(tmp_path, servers):
+    """`netaudit run`'s children send their records to the parent: the datagrams themselves carry
+    metadata and a payload digest, never a marker. A socket bound here taps the channel."""
+    from interceptor import Sink
+    from interceptor.relay import MAX_DATAGRAM, RelayWriter, decode
+
+    path = str(tmp_path / "relay.sock")
+    tap = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tap.bind(path)
+    datagrams: list[bytes] = []
+    stop = threading.Event()
+
+    def drain():
+        tap.settimeout(0.05)
+        while True:
+            try:
+                datagrams.append(tap.recv(MAX_DATAGRAM + 1))
+            except TimeoutError:
+                if stop.is_set():
+                    return
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    writer = RelayWriter(path)
+    sink = Sink(writer, linger_s=0)
+    writer.on_miss = sink.miss
+    previous = interceptor.use_sink(sink)
+    m = _markers()
+    try:
+        _canary_calls(servers, m)
+        assert sink.flush(10)
+    finally:
+        interceptor.use_sink(previous)
+        sink.close(5)
+        stop.set()
+        reader.join(5)
+        tap.close()
+    assert sink.dropped_total == 0
+    events = [e for d in datagrams for e in decode(d, b"salt").events]
+    methods = {(e.channel, e.method) for e in events}
     assert {("http", "GET"), ("http", "POST"), ("http", "PUT"), ("smtp", "MAIL"), ("pop3", "PASS"),
             ("imap", "LOGIN"), ("ftp", "LOGIN"), ("ftp", "STOR"), ("socket", "connect")} <= methods
-    assert any(r["fingerprint"] for r in rows if r["channel"] == "smtp")
-    assert any("Authorization" in r["header_names"] for r in rows)
-    sink.close(5)
-
-    evidence = [path, path + "-wal"]
-    for root, _, files in os.walk(key_dir):
-        evidence += [os.path.join(root, f) for f in files if f not in KEY_FILES]
-    scanned = 0
-    for p in evidence:
-        if not os.path.exists(p):
-            continue
-        data = open(p, "rb").read()
-        scanned += len(data)
-        for name, marker in m.items():
-            for form in {marker.encode(), marker.encode("utf-16-le"), marker.lower().encode()}:
-                assert form not in data, f"{name} marker found in {p}"
-    assert scanned > 4096
+    assert any(e.fingerprint for e in events if e.channel == "smtp")
+    assert any("Authorization" in e.header_names for e in events)
+    data = b"".join(datagrams)
+    assert len(data) > 2048
+    for name, marker in m.items():
+        for form in {marker.encode(), marker.encode("utf-16-le"), marker.lower().encode()}:
+            assert form not in data, f"{name} marker found in a relay datagram"

@@ -122,3 +122,50 @@ def test_every_allow_list_entry_is_an_interceptor_function():
     for file, function in release_gate.EGRESS_WRAPPERS:
         assert file.startswith("interceptor/") and file.endswith(".py"), file
         assert function.replace(".", "").replace("_", "").isalnum(), function
+
+
+LOCAL_SOCKET_FILE = (
+    b"import socket\n\n\n"
+    b"class Relay:\n"
+    b"    def __init__(self, path):\n"
+    b"        self.path = path\n"
+    b"        self._sock = None\n\n"
+    b"    def send(self, data):\n"
+    b"        if self._sock is None:\n"
+    b"            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    b"        self._sock.sendto(data, self.path)\n\n\n"
+    b"def once(path, data):\n"
+    b"    sock = socket.socket(family=socket.AF_UNIX, type=socket.SOCK_DGRAM)\n"
+    b"    sock.connect(path)\n"
+    b"    sock.send(data)\n"
+)
+
+
+@pytest.mark.parametrize("package", ["interceptor", "ledger"])
+def test_unix_socket_relay_passes(plant_wheel, package):
+    """An AF_UNIX socket is a file path (the relay of `netaudit run`), not network egress."""
+    run = run_gate(plant_wheel({f"{package}/planted.py": LOCAL_SOCKET_FILE}))
+    assert run.rc == 0, run.stdout
+
+
+@pytest.mark.parametrize("code, line, reason", [
+    # another family: the socket may reach the network
+    (b"import socket\n\ndef f(path):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+     b"    s.sendto(b'x', ('example.org', 53))\n", 4, "socket.socket()"),
+    # the same receiver also bound to a network connection in this file
+    (b"import socket\n\ndef f(path):\n    s = socket.socket(socket.AF_UNIX)\n"
+     b"    s = socket.create_connection(('example.org', 80))\n    s.connect(path)\n", 6, ".connect()"),
+    # a parameter of the same name in another function is not the local socket
+    (b"import socket\n\ndef f(path):\n    s = socket.socket(socket.AF_UNIX)\n    s.connect(path)\n\n\n"
+     b"def g(s):\n    s.connect(('example.org', 80))\n", 9, ".connect()"),
+    # an attribute rebound from a tuple: not provably local
+    (b"import socket\n\nclass R:\n    def a(self):\n        self.s = socket.socket(socket.AF_UNIX)\n\n"
+     b"    def b(self, other):\n        self.s, x = other, 1\n        self.s.sendto(b'x', ('example.org', 9))\n",
+     9, ".sendto()"),
+])
+def test_not_provably_local_socket_fails(plant_wheel, code, line, reason):
+    path = "ledger/planted.py"
+    run = run_gate(plant_wheel({path: code}))
+    assert run.failed_rules() == {"no-self-egress"}, run.stdout
+    assert any(f":{path}:{line}: " in f and reason in f for f in run.failures("no-self-egress")), \
+        run.failures("no-self-egress")

@@ -1,0 +1,281 @@
+"""The relay: a child process of `netaudit run` sends its records to the parent, which owns the ledger.
+
+Standard library only, so any Python child is audited without our package or the ledger's
+dependencies installed: `netaudit run` copies this package into its bootstrap folder and names a
+local datagram socket (AF_UNIX, SOCK_DGRAM, bound by the parent in its private 0700 folder) in
+NETAUDIT_RELAY. A path, unlike an inherited file descriptor, survives `close_fds`, so the
+grandchildren a child starts are audited too; datagrams are atomic, so many processes send at once.
+
+Wire format (version 1): one JSON object per datagram, at most MAX_DATAGRAM bytes.
+
+    {"v": 1, "kind": "hello",  "pid": P, "ts": NS, "version": "0.1.0"}    first message of a process
+    {"v": 1, "kind": "events", "pid": P, "events": [ROW, ...]}
+    {"v": 1, "kind": "gap",    "pid": P, "dropped": N, "t1": NS, "t2": NS, "reason": "..."}
+    {"v": 1, "kind": "unaudited", "pid": P, "ts": NS, "python": "3.9.2", "reason": "..."}
+
+The last one comes from `netaudit run`'s bootstrap, not from this module: a process where the
+interceptor could not be installed says so, and the parent records it in the chain.
+
+A ROW is the NetEvent's fields in order (EVENT_FIELDS: every field but `fingerprint`), then the
+hex SHA-256 of the request payload, or "". The child never holds the ledger's secret salt: the
+parent turns the digest into the fingerprint, HMAC-SHA256(salt, digest) truncated to 128 bits,
+exactly as capture.Record.to_event does in process. No body, no header or query value is ever
+sent: a ROW is a NetEvent's metadata and a digest, nothing else.
+
+Fail-open: the writer thread sends with a bounded wait (SEND_TIMEOUT_S); a parent that is gone or
+a socket that stays full makes the send raise, and interceptor.Sink drops, counts and later writes
+a gap row for the miss. The relay's own socket is not network egress: it is AF_UNIX (the socket
+hooks record only (host, port) addresses) and it sends under the interceptor's claim (TLS.busy).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import math
+import os
+import socket
+import time
+
+from interceptor.capture import FINGERPRINT_HEX, TLS
+from interceptor.event import AUDIT, NetEvent
+
+ENV_RELAY = "NETAUDIT_RELAY"
+WIRE_VERSION = 1
+MAX_DATAGRAM = 60 * 1024      # fits the default AF_UNIX send buffer (Linux: 208 KiB)
+SEND_TIMEOUT_S = 2.0          # the writer thread waits this long for room in the parent's queue
+MAX_TEXT = 8192               # characters of one text field the parent accepts
+DIGEST_HEX = 64
+EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(NetEvent) if f.name != "fingerprint")
+OVERSIZED = "RelayOversized"
+
+_INT_MIN, _INT_MAX = -(2 ** 63), 2 ** 63 - 1   # what SQLite stores
+
+
+class MalformedDatagram(ValueError):
+    """A datagram the parent cannot accept; `reason` names why (for the gap row's count)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def fingerprint(salt: bytes, payload_digest: bytes) -> str:
+    """The ledger's fingerprint of a payload from its SHA-256 digest (as capture.Record.to_event)."""
+    return hmac.digest(salt, payload_digest, "sha256").hex()[:FINGERPRINT_HEX]
+
+
+# ---- the child's side ---------------------------------------------------------------------------
+
+def encode_record(rec) -> list:
+    """One record as a ROW: its cleaned NetEvent fields (no fingerprint) and its payload digest."""
+    ev = rec.to_event(None)
+    row = [getattr(ev, name) for name in EVENT_FIELDS]
+    row.append(rec.hasher.digest().hex() if rec.hasher is not None else "")
+    return row
+
+
+def _dumps(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode("ascii")
+
+
+class RelayWriter:
+    """write_records / write_gap for interceptor.Sink: every record goes to the parent's socket.
+
+    `on_miss(ts, reason, n=, until=)` (the sink's `miss`) counts the tail of a batch that could
+    not follow its first datagram; a batch whose first datagram fails raises, and the sink counts
+    it whole.
+    """
+
+    def __init__(self, path: str, send_timeout: float = SEND_TIMEOUT_S):
+        self.path = path
+        self.send_timeout = send_timeout
+        self.on_miss = None
+        self.datagrams = 0        # datagrams sent
+        self._sock = None
+        self._hello = False
+
+    def _send(self, data: bytes) -> None:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.settimeout(self.send_timeout)
+        busy, TLS.busy = TLS.busy, True   # our own channel: no layer of the interceptor records it
+        try:
+            self._sock.sendto(data, self.path)
+        finally:
+            TLS.busy = busy
+        self.datagrams += 1
+
+    def _say_hello(self) -> None:
+        if not self._hello:
+            from interceptor import VERSION
+
+            self._send(_dumps({"v": WIRE_VERSION, "kind": "hello", "pid": os.getpid(),
+                               "ts": time.time_ns(), "version": VERSION}))
+            self._hello = True
+
+    def write_records(self, records: list) -> None:
+        self._say_hello()
+        pid = os.getpid()
+        head = b'{"v":%d,"kind":"events","pid":%d,"events":[' % (WIRE_VERSION, pid)
+        rows = [json.dumps(encode_record(r), separators=(",", ":")).encode("ascii") for r in records]
+        sent_any = False
+        start = 0
+        while start < len(rows):
+            end, size = start, len(head) + 2
+            while end < len(rows) and size + len(rows[end]) + 1 <= MAX_DATAGRAM:
+                size += len(rows[end]) + 1
+                end += 1
+            if end == start:  # one row alone is too big for a datagram: that record is a miss
+                self._missed(records[start:start + 1], OVERSIZED)
+                start += 1
+                continue
+            try:
+                self._send(head + b",".join(rows[start:end]) + b"]}")
+            except OSError as exc:
+                if not sent_any or self.on_miss is None:
+                    raise
+                self._missed(records[start:], type(exc).__name__)
+                return
+            sent_any = True
+            start = end
+
+    def _missed(self, records: list, reason: str) -> None:
+        if self.on_miss is None:
+            raise OSError(f"{reason}: {len(records)} record(s) not relayed")
+        self.on_miss(records[0].ts, reason, n=len(records), until=records[-1].ts)
+
+    def write_gap(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None:
+        self._say_hello()
+        self._send(_dumps({"v": WIRE_VERSION, "kind": "gap", "pid": os.getpid(), "dropped": int(dropped),
+                           "t1": int(t1_ns), "t2": int(t2_ns), "reason": str(reason)[:256]}))
+
+    def after_fork(self) -> None:
+        """In a forked child: its own socket, and a hello with its own pid."""
+        sock = self._sock
+        self._sock = None
+        self._hello = False
+        if sock is not None:
+            sock.close()  # the child's copy of the descriptor; the parent's stays open
+
+    def close(self) -> None:
+        sock = self._sock
+        self._sock = None
+        if sock is not None:
+            sock.close()
+
+
+def install_from_env(environ=os.environ) -> bool:
+    """Install the interceptor with a relay sink to the socket named by NETAUDIT_RELAY.
+
+    Used by `netaudit run`'s bootstrap; returns False when the variable is not set.
+    """
+    path = environ.get(ENV_RELAY)
+    if not path:
+        return False
+    import interceptor
+
+    writer = RelayWriter(path)
+    sink = interceptor.Sink(writer)
+    writer.on_miss = sink.miss
+    return interceptor.install(sink=sink)
+
+
+# ---- the parent's side --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One decoded datagram. `events` for "events"; `detail` for the others."""
+
+    kind: str
+    pid: int
+    events: tuple[NetEvent, ...] = ()
+    detail: dict = dataclasses.field(default_factory=dict)
+
+
+def _int(v) -> int:
+    if type(v) is not int or not _INT_MIN <= v <= _INT_MAX:
+        raise MalformedDatagram("bad_int")
+    return v
+
+
+def _float(v) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise MalformedDatagram("bad_float")
+    return float(v)
+
+
+def _text(v) -> str:
+    if type(v) is not str or len(v) > MAX_TEXT:
+        raise MalformedDatagram("bad_text")
+    try:
+        v.encode("utf-8")  # a lone surrogate would fail in the ledger, and take the batch with it
+    except UnicodeEncodeError:
+        raise MalformedDatagram("bad_text") from None
+    return v
+
+
+def _names(v) -> tuple[str, ...]:
+    if type(v) is not list or len(v) > 1024:
+        raise MalformedDatagram("bad_names")
+    return tuple(_text(x) for x in v)
+
+
+def _bool(v) -> bool:
+    if type(v) is not bool:
+        raise MalformedDatagram("bad_bool")
+    return v
+
+
+# A checker per NetEvent annotation (they are strings: event.py uses `from __future__ import annotations`).
+_CHECKS = {"int": _int, "float": _float, "str": _text, "tuple[str, ...]": _names, "bool": _bool}
+_FIELD_CHECKS = tuple(_CHECKS[f.type] for f in dataclasses.fields(NetEvent) if f.name != "fingerprint")
+
+
+def _event(row, salt: bytes) -> NetEvent:
+    if type(row) is not list or len(row) != len(EVENT_FIELDS) + 1:
+        raise MalformedDatagram("bad_row")
+    values = dict(zip(EVENT_FIELDS, (check(v) for check, v in zip(_FIELD_CHECKS, row))))
+    if values["channel"] == AUDIT:
+        raise MalformedDatagram("audit_row")  # admin facts are the parent's to write
+    digest = row[-1]
+    if digest == "":
+        fp = ""
+    elif type(digest) is str and len(digest) == DIGEST_HEX:
+        try:
+            fp = fingerprint(salt, bytes.fromhex(digest))
+        except ValueError:
+            raise MalformedDatagram("bad_digest") from None
+    else:
+        raise MalformedDatagram("bad_digest")
+    return NetEvent(fingerprint=fp, **values)
+
+
+def decode(datagram: bytes, salt: bytes) -> Message:
+    """Parse and check one datagram; raises MalformedDatagram (never anything else)."""
+    if len(datagram) > MAX_DATAGRAM:
+        raise MalformedDatagram("oversized")
+    try:
+        msg = json.loads(datagram)
+    except (ValueError, RecursionError):
+        raise MalformedDatagram("not_json") from None
+    if type(msg) is not dict or msg.get("v") != WIRE_VERSION:
+        raise MalformedDatagram("bad_version")
+    kind, pid = msg.get("kind"), _int(msg.get("pid"))
+    try:
+        if kind == "events":
+            rows = msg.get("events")
+            if type(rows) is not list:
+                raise MalformedDatagram("bad_events")
+            return Message(kind, pid, tuple(_event(row, salt) for row in rows))
+        if kind == "hello":
+            return Message(kind, pid, detail={"ts": _int(msg.get("ts")), "version": _text(msg.get("version"))[:64]})
+        if kind == "unaudited":  # sent by the bootstrap where this package could not be imported
+            return Message(kind, pid, detail={"ts": _int(msg.get("ts")), "python": _text(msg.get("python"))[:64],
+                                              "reason": _text(msg.get("reason"))[:256]})
+        if kind == "gap":
+            return Message(kind, pid, detail={"dropped": _int(msg.get("dropped")), "t1": _int(msg.get("t1")),
+                                              "t2": _int(msg.get("t2")), "reason": _text(msg.get("reason"))[:256]})
+    except (TypeError, KeyError):
+        raise MalformedDatagram("bad_fields") from None
+    raise MalformedDatagram("bad_kind")

@@ -1,0 +1,158 @@
+"""The parent's end of the relay: receive the records of every child of `netaudit run`, append them.
+
+One AF_UNIX datagram socket, bound in the run's private folder, and one receiver thread. The thread
+decodes each datagram (interceptor.relay.decode: the wire format and its checks live there),
+turns payload digests into fingerprints with the ledger's salt, and appends what it received with
+`Ledger.append_many`, one transaction per batch. A child's `hello` becomes its
+`interceptor_installed` row, its `gap` a gap row, and the bootstrap's `unaudited` (a process
+where the interceptor could not be installed) an `interceptor_not_installed` row, all with the
+child's pid.
+
+Nothing a child sends can stop the receiver: a malformed or oversized datagram is dropped and
+counted (`rejected`), and the count goes into the chain as a gap row (reason `relay_<why>`), so
+the drop is visible. A batch the ledger refuses is retried row by row; the rows it still refuses
+are counted the same way. `stop()` drains every datagram already queued before it returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+
+from interceptor.relay import MAX_DATAGRAM, MalformedDatagram, decode
+from ledger.ledger import Ledger, audit_event
+
+POLL_S = 0.2
+BATCH = 512
+RCVBUF = 4 * 1024 * 1024
+
+
+class RelayReceiver:
+    """Bind `path`, then `start()`; `stop()` drains and closes. Counters are for tests and reports."""
+
+    def __init__(self, ledger: Ledger, path: str, batch_size: int = BATCH):
+        self.ledger = ledger
+        self.path = path
+        self.batch_size = batch_size
+        self.datagrams = 0            # datagrams received
+        self.recorded = 0             # rows appended
+        self.rejected: dict[str, int] = {}   # datagrams or rows dropped, by reason
+        self._salt = ledger.hmac_salt  # fail before the program starts if the key is unusable
+        self._gap = [0, 0, 0, set()]  # dropped, t1, t2, reasons: not yet in the chain
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="netaudit-relay", daemon=True)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self._sock.bind(path)
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            except OSError:
+                pass  # the system's default queue; senders then wait a little more
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def start(self) -> "RelayReceiver":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Record every datagram already sent, then close the socket."""
+        self._stop.set()
+        self._thread.join(timeout)
+        self._sock.close()
+
+    # ---- the receiver thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.is_set()
+            try:
+                rows = self._receive(wait=not stopping)
+                if rows or self._gap[0]:
+                    self._append(rows)
+            except Exception as exc:  # never let one fault end the thread: count it, go on
+                self._reject(f"relay_{type(exc).__name__}")
+                time.sleep(POLL_S)
+                rows = None
+            if stopping and not rows:
+                return
+
+    def _receive(self, wait: bool) -> list:
+        """Up to batch_size rows from the datagrams queued now (waiting up to POLL_S for a first)."""
+        sock, rows = self._sock, []
+        sock.settimeout(POLL_S if wait else 0.0)
+        while len(rows) < self.batch_size:
+            try:
+                data = sock.recv(MAX_DATAGRAM + 1)  # one byte more: a longer datagram is oversized
+            except (BlockingIOError, TimeoutError, InterruptedError):
+                break
+            self.datagrams += 1
+            sock.settimeout(0.0)  # then take what is queued, without waiting
+            try:
+                msg = decode(data, self._salt)
+            except MalformedDatagram as exc:
+                self._reject(f"relay_{exc.reason}")
+                continue
+            if msg.kind == "events":
+                rows.extend(msg.events)
+            elif msg.kind == "hello":
+                d = msg.detail
+                rows.append(self._fact("interceptor_installed", d["ts"], msg.pid,
+                                       version=d["version"], pid=msg.pid, via="relay"))
+            elif msg.kind == "unaudited":
+                d = msg.detail
+                rows.append(self._fact("interceptor_not_installed", d["ts"], msg.pid, pid=msg.pid,
+                                       python=d["python"], reason=d["reason"]))
+            elif msg.kind == "gap":
+                d = msg.detail
+                rows.append(self._fact("gap", d["t1"], msg.pid, dropped=d["dropped"], until=d["t2"],
+                                       reason=d["reason"]))
+        return rows
+
+    @staticmethod
+    def _fact(fact: str, ts: int, sender: int, **detail):
+        return dataclasses.replace(audit_event(fact, ts, **detail), pid=sender)
+
+    def _reject(self, reason: str, n: int = 1) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + n
+        now = time.time_ns()
+        gap = self._gap
+        if gap[0] == 0:
+            gap[1] = now
+        gap[0] += n
+        gap[2] = now
+        gap[3].add(reason)
+
+    def _append(self, rows: list) -> None:
+        """Append the rows (after the pending gap row, if any) in one transaction."""
+        gap = self._gap
+        pending = gap[0]
+        if pending:
+            rows = [audit_event("gap", gap[1], dropped=pending, until=gap[2],
+                                reason=",".join(sorted(gap[3]))), *rows]
+        faults: list[str] = []
+        try:
+            self.ledger.append_many(rows)
+            gap_written, recorded = bool(pending), len(rows) - bool(pending)
+        except Exception:  # one row the ledger refuses must not cost the others: go row by row
+            gap_written, recorded = False, 0
+            for i, row in enumerate(rows):
+                try:
+                    self.ledger.append(row)
+                except Exception as exc:
+                    if not (pending and i == 0):
+                        faults.append(f"relay_{type(exc).__name__}")
+                    continue
+                if pending and i == 0:
+                    gap_written = True
+                else:
+                    recorded += 1
+        if gap_written:
+            gap[0] -= pending
+            if gap[0] == 0:
+                gap[3] = set()
+        for reason in faults:
+            self._reject(reason)
+        self.recorded += recorded

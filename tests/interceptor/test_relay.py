@@ -1,0 +1,271 @@
+"""`netaudit run` with a Python that has only the standard library: the relay to the parent's ledger.
+
+Real processes, a real throwaway venv without our package, apsw or cryptography, real local
+servers, a real ledger checked by the verifier. The relay's fail-open side (parent gone, then
+back) and the receiver's side (malformed datagrams) are exercised with real sockets in process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+import interceptor
+from interceptor import Sink
+from interceptor.event import NetEvent
+from interceptor.relay import EVENT_FIELDS, MAX_DATAGRAM, RelayWriter
+from interceptor_fixtures import ledger_sink, servers  # noqa: F401  (fixtures)
+from ledger.ledger import Ledger
+from ledger.relay import RelayReceiver
+from verifier.verify import verify_ledger
+
+PAYLOAD = b"relay-fingerprint-payload-0123456789"
+
+APP = '''\
+import importlib.util, subprocess, sys, urllib.request
+missing = [m for m in ("ledger", "apsw", "cryptography") if importlib.util.find_spec(m) is not None]
+assert not missing, "this Python must have only the standard library: %%r" %% missing
+import interceptor
+assert interceptor.installed(), "the bootstrap did not install the interceptor"
+urllib.request.urlopen("http://127.0.0.1:%(port)d/from-app?k=v", data=%(payload)r).read()  # APP-CALL
+subprocess.run([sys.executable, %(grandchild)r], check=True)
+sys.exit(5)
+'''
+
+GRANDCHILD = '''\
+import urllib.request
+urllib.request.urlopen("http://127.0.0.1:%(port)d/from-grandchild").read()  # GRANDCHILD-CALL
+'''
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory):
+    """A venv with only the standard library: our package, apsw and cryptography are not importable."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", "import apsw"], capture_output=True, cwd=str(venv),
+                           env=dict(os.environ, PYTHONPATH=""))
+    assert probe.returncode != 0, "the throwaway venv can import apsw: the test would prove nothing"
+    return str(python)
+
+
+def _line_of(text: str, marker: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if marker in line)
+
+
+def _run(tmp_path, *argv, env=None):
+    cmd = [sys.executable, "-m", "ledger.cli", "run", "--ledger", str(tmp_path / "run.sqlite"),
+           "--key-dir", str(tmp_path / "keys"), "--", *argv]
+    return subprocess.run(cmd, env=env or dict(os.environ, PYTHONPATH=""), capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path))
+
+
+def _rows(tmp_path) -> list[dict]:
+    with Ledger.open(str(tmp_path / "run.sqlite"), key_dir=str(tmp_path / "keys"), readonly=True) as led:
+        return list(led.rows())
+
+
+def test_stdlib_only_child_and_grandchild_are_audited(tmp_path, servers, bare_python, ledger_sink):
+    grandchild = tmp_path / "grandchild.py"
+    grandchild.write_text(GRANDCHILD % {"port": servers.http})
+    app_text = APP % {"port": servers.http, "payload": PAYLOAD, "grandchild": str(grandchild)}
+    app = tmp_path / "app.py"
+    app.write_text(app_text)
+
+    r = _run(tmp_path, bare_python, str(app))
+    assert r.returncode == 5, r.stderr
+    assert "netaudit:" not in r.stderr and "Error" not in r.stderr, r.stderr
+
+    rows = _rows(tmp_path)
+    http = {x["url_path"]: x for x in rows if x["channel"] == "http"}
+    assert sorted(http) == ["/from-app", "/from-grandchild"]
+    app_row, gc_row = http["/from-app"], http["/from-grandchild"]
+    assert (app_row["module"], app_row["call_site"]) == ("app", f"app:{_line_of(app_text, 'APP-CALL')}:<module>")
+    assert (gc_row["module"], gc_row["call_site"]) == (
+        "grandchild", f"grandchild:{_line_of(GRANDCHILD, 'GRANDCHILD-CALL')}:<module>")
+    assert app_row["method"] == "POST" and app_row["query_keys"] == "k" and app_row["status"] == "200"
+    assert app_row["req_bytes"] == len(PAYLOAD) and app_row["fingerprint"]
+    assert app_row["pid"] != gc_row["pid"] and not app_row["self_egress"]
+    installed = [x for x in rows if x["method"] == "interceptor_installed"]
+    assert {x["pid"] for x in installed} == {app_row["pid"], gc_row["pid"]}
+    assert all("via=relay" in x["url_path"] for x in installed)
+    # the relay's own socket is not egress: no row for it, no self-egress, nothing dropped
+    assert not any("netaudit-run" in x["host"] or "relay" in x["host"] for x in rows)
+    assert not any(x["method"] == "gap" for x in rows)
+    assert verify_ledger(str(tmp_path / "run.sqlite")).valid
+
+    # the same payload through the in-process path, on the same ledger: the same fingerprint
+    sink, writer, _, _ = ledger_sink(tmp_path / "run.sqlite", tmp_path / "keys")
+    urllib.request.urlopen(f"http://127.0.0.1:{servers.http}/in-process", data=PAYLOAD).read()
+    assert sink.flush(5)
+    here = [x for x in writer.ledger.rows() if x["url_path"] == "/in-process"]
+    assert len(here) == 1 and here[0]["fingerprint"] == app_row["fingerprint"]
+    assert verify_ledger(str(tmp_path / "run.sqlite")).valid
+
+
+def test_exit_codes_and_signals_propagate(tmp_path, bare_python):
+    assert _run(tmp_path, bare_python, "-c", "import sys; sys.exit(0)").returncode == 0
+    assert _run(tmp_path, bare_python, "-c", "raise SystemExit(42)").returncode == 42
+    r = _run(tmp_path, bare_python, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    assert r.returncode == 128 + 15, r.stderr
+
+
+def test_chained_sitecustomize_still_runs(tmp_path, bare_python):
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("import builtins\nbuiltins.OWN_SITECUSTOMIZE = True\n")
+    code = "import builtins, interceptor, sys; sys.exit(0 if builtins.OWN_SITECUSTOMIZE and interceptor.installed() else 3)"
+    r = _run(tmp_path, bare_python, "-c", code, env=dict(os.environ, PYTHONPATH=str(own)))
+    assert r.returncode == 0, r.stderr
+
+
+def _get(port: int, path: str) -> None:
+    urllib.request.urlopen(f"http://127.0.0.1:{port}{path}").read()
+
+
+def test_parent_gone_then_back_gives_a_gap_row(tmp_path, servers):
+    """Fail-open: with no receiver the calls go on and are counted; once the relay is back, the
+    gap row and the next events reach the ledger."""
+    path = str(tmp_path / "relay.sock")
+    writer = RelayWriter(path, send_timeout=0.5)
+    sink = Sink(writer, linger_s=0)
+    writer.on_miss = sink.miss
+    previous = interceptor.use_sink(sink)
+    led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
+    receiver = None
+    try:
+        _get(servers.http, "/while-gone-1")
+        _get(servers.http, "/while-gone-2")
+        assert not sink.flush(0.5)  # the pending gap cannot be written: nobody listens
+        assert sink.dropped_total == 2 and sink.write_faults >= 1
+        receiver = RelayReceiver(led, path).start()
+        _get(servers.http, "/after-recovery")
+        assert sink.flush(10)
+    finally:
+        interceptor.use_sink(previous)
+        sink.close(2)
+        if receiver is not None:
+            receiver.stop()
+    rows = list(led.rows())
+    led.close()
+    gaps = [x for x in rows if x["method"] == "gap"]
+    assert len(gaps) == 1 and "dropped=2;" in gaps[0]["url_path"] and gaps[0]["pid"] == os.getpid()
+    assert [x["url_path"] for x in rows if x["channel"] == "http"] == ["/after-recovery"]
+    assert verify_ledger(str(tmp_path / "l.sqlite")).valid
+
+
+def test_malformed_datagrams_are_dropped_counted_and_the_rest_recorded(tmp_path, servers):
+    path = str(tmp_path / "relay.sock")
+    led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
+    receiver = RelayReceiver(led, path).start()
+    try:
+        # a real record, relayed the ordinary way
+        writer = RelayWriter(path)
+        sink = Sink(writer, linger_s=0)
+        writer.on_miss = sink.miss
+        previous = interceptor.use_sink(sink)
+        try:
+            _get(servers.http, "/good")
+            assert sink.flush(10)
+        finally:
+            interceptor.use_sink(previous)
+            sink.close(2)
+        # then junk, straight to the socket
+        base = {"v": 1, "kind": "events", "pid": 7}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MAX_DATAGRAM)
+            for bad in [
+                b"\xff\xfenot json",
+                b"[1, 2, 3]",
+                json.dumps({"v": 99, "kind": "events", "pid": 7, "events": []}).encode(),
+                json.dumps({**base, "events": [["too", "short"]]}).encode(),
+                json.dumps({**base, "kind": "gap", "dropped": "many", "t1": 0, "t2": 0, "reason": ""}).encode(),
+                b'{"v":1,"kind":"hello","pid":7,"ts":1,"version":"\\ud800"}',   # a lone surrogate
+                json.dumps({**base, "pid": 2 ** 70, "events": []}).encode(),
+                b'{"v":1,"kind":"events","pid":7,"events":[' + b" " * MAX_DATAGRAM + b"]}",  # oversized
+            ]:
+                s.sendto(bad, path)
+        # a forged admin fact in an events message is refused as well
+        fact = NetEvent(ts=1, duration_ms=0.0, direction="egress", channel="audit", protocol="",
+                        method="head_signed")
+        forged = [list(v) if isinstance(v, tuple) else v for v in (getattr(fact, f) for f in EVENT_FIELDS)]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(json.dumps({**base, "events": [forged + [""]]}).encode(), path)
+        # and a valid message after all of it is still recorded
+        writer = RelayWriter(path)
+        writer.write_gap(3, 10, 20, "QueueFull")
+        writer.close()
+    finally:
+        receiver.stop()
+    rows = list(led.rows())
+    led.close()
+    assert sum(receiver.rejected.values()) == 9, receiver.rejected
+    assert receiver.rejected["relay_oversized"] == 1 and receiver.rejected["relay_not_json"] == 1
+    assert receiver.rejected["relay_audit_row"] == 1 and receiver.rejected["relay_bad_text"] == 1
+    gaps = [x for x in rows if x["method"] == "gap"]
+    assert any("dropped=3;" in g["url_path"] and "QueueFull" in g["url_path"] for g in gaps)
+    relay_drops = sum(int(g["url_path"].split("dropped=")[1].split(";")[0]) for g in gaps
+                      if "relay_" in g["url_path"])
+    assert relay_drops == 9
+    assert [x["url_path"] for x in rows if x["channel"] == "http"] == ["/good"]
+    assert verify_ledger(str(tmp_path / "l.sqlite")).valid
+
+
+def test_a_child_that_cannot_be_audited_is_recorded_as_such(tmp_path, bare_python):
+    """The bootstrap where the interceptor fails to import (as on a Python older than 3.11): the
+    program still runs, says so on stderr, and the parent's ledger gets an
+    interceptor_not_installed row for that process."""
+    from ledger.run import BOOTSTRAP
+
+    boot = tmp_path / "boot"
+    (boot / "interceptor").mkdir(parents=True)
+    (boot / "sitecustomize.py").write_text(BOOTSTRAP)
+    (boot / "interceptor" / "__init__.py").write_text("raise ImportError('planted: cannot run here')\n")
+    path = str(tmp_path / "relay.sock")
+    led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
+    receiver = RelayReceiver(led, path).start()
+    try:
+        r = subprocess.run([bare_python, "-c", "import os, sys; print(os.getpid()); sys.exit(4)"],
+                           env=dict(os.environ, PYTHONPATH=str(boot), NETAUDIT_RELAY=path),
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        receiver.stop()
+    rows = list(led.rows())
+    led.close()
+    assert r.returncode == 4 and "netaudit: interceptor not installed" in r.stderr
+    facts = [x for x in rows if x["method"] == "interceptor_not_installed"]
+    assert len(facts) == 1 and facts[0]["pid"] == int(r.stdout.strip())
+    assert "reason=ImportError" in facts[0]["url_path"] and "python=3." in facts[0]["url_path"]
+    assert verify_ledger(str(tmp_path / "l.sqlite")).valid
+
+
+FORKING_APP = '''\
+import os, urllib.request
+import interceptor
+pid = os.fork()
+urllib.request.urlopen("http://127.0.0.1:%(port)d/" + ("fork-child" if pid == 0 else "fork-parent")).read()
+if pid == 0:
+    os._exit(0 if interceptor.flush(10) else 1)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_relays_with_its_own_pid(tmp_path, servers, bare_python):
+    app = tmp_path / "forker.py"
+    app.write_text(FORKING_APP % {"port": servers.http})
+    r = _run(tmp_path, bare_python, str(app))
+    assert r.returncode == 0, r.stderr
+    rows = _rows(tmp_path)
+    by_path = {x["url_path"]: x["pid"] for x in rows if x["channel"] == "http"}
+    assert sorted(by_path) == ["/fork-child", "/fork-parent"]
+    installed = {x["pid"] for x in rows if x["method"] == "interceptor_installed"}
+    assert installed == set(by_path.values()) and len(installed) == 2
+    assert verify_ledger(str(tmp_path / "run.sqlite")).valid
