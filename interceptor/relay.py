@@ -39,6 +39,7 @@ import time
 
 from interceptor.capture import FINGERPRINT_HEX, TLS
 from interceptor.event import AUDIT, NetEvent
+from interceptor.sink import YIELD_EVERY
 
 ENV_RELAY = "NETAUDIT_RELAY"
 WIRE_VERSION = 1
@@ -118,7 +119,11 @@ class RelayWriter:
         self._say_hello()
         pid = os.getpid()
         head = b'{"v":%d,"kind":"events","pid":%d,"events":[' % (WIRE_VERSION, pid)
-        rows = [json.dumps(encode_record(r), separators=(",", ":")).encode("ascii") for r in records]
+        rows = []
+        for i, rec in enumerate(records):
+            if i and not i % YIELD_EVERY:
+                time.sleep(0)  # let the audited threads take the GIL, as the sink does
+            rows.append(json.dumps(encode_record(rec), separators=(",", ":")).encode("ascii"))
         sent_any = False
         start = 0
         while start < len(rows):
@@ -185,12 +190,14 @@ def install_from_env(environ=os.environ) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Message:
-    """One decoded datagram. `events` for "events"; `detail` for the others."""
+    """One decoded datagram. `events` for "events", with `rejected` naming why each row that failed
+    its checks was left out (the others still count); `detail` for the other kinds."""
 
     kind: str
     pid: int
     events: tuple[NetEvent, ...] = ()
     detail: dict = dataclasses.field(default_factory=dict)
+    rejected: tuple[str, ...] = ()
 
 
 def _int(v) -> int:
@@ -252,7 +259,8 @@ def _event(row, salt: bytes) -> NetEvent:
 
 
 def decode(datagram: bytes, salt: bytes) -> Message:
-    """Parse and check one datagram; raises MalformedDatagram (never anything else)."""
+    """Parse and check one datagram; raises MalformedDatagram (never anything else) when the
+    datagram as a whole is unusable."""
     if len(datagram) > MAX_DATAGRAM:
         raise MalformedDatagram("oversized")
     try:
@@ -267,7 +275,13 @@ def decode(datagram: bytes, salt: bytes) -> Message:
             rows = msg.get("events")
             if type(rows) is not list:
                 raise MalformedDatagram("bad_events")
-            return Message(kind, pid, tuple(_event(row, salt) for row in rows))
+            events, rejected = [], []
+            for row in rows:
+                try:
+                    events.append(_event(row, salt))
+                except MalformedDatagram as exc:  # one bad row does not cost its neighbours
+                    rejected.append(exc.reason)
+            return Message(kind, pid, tuple(events), rejected=tuple(rejected))
         if kind == "hello":
             return Message(kind, pid, detail={"ts": _int(msg.get("ts")), "version": _text(msg.get("version"))[:64]})
         if kind == "unaudited":  # sent by the bootstrap where this package could not be imported

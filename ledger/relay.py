@@ -8,10 +8,11 @@ turns payload digests into fingerprints with the ledger's salt, and appends what
 where the interceptor could not be installed) an `interceptor_not_installed` row, all with the
 child's pid.
 
-Nothing a child sends can stop the receiver: a malformed or oversized datagram is dropped and
-counted (`rejected`), and the count goes into the chain as a gap row (reason `relay_<why>`), so
-the drop is visible. A batch the ledger refuses is retried row by row; the rows it still refuses
-are counted the same way. `stop()` drains every datagram already queued before it returns.
+Nothing a child sends can stop the receiver: a malformed or oversized datagram, or one row of a
+datagram that fails its checks, is dropped and counted (`rejected`), and the count goes into the
+chain as a gap row (reason `relay_<why>`), so the drop is visible. A batch the ledger refuses is
+retried row by row; the rows it still refuses are counted the same way. `stop()` drains every
+datagram already queued before it returns.
 """
 from __future__ import annotations
 
@@ -97,6 +98,8 @@ class RelayReceiver:
                 continue
             if msg.kind == "events":
                 rows.extend(msg.events)
+                for reason in msg.rejected:
+                    self._reject(f"relay_{reason}")
             elif msg.kind == "hello":
                 d = msg.detail
                 rows.append(self._fact("interceptor_installed", d["ts"], msg.pid,

@@ -12,7 +12,8 @@ NETAUDIT_RELAY, and a receiver thread here (ledger.relay) appends them in batche
 them all before `run` returns. The socket's path survives `close_fds`, so the processes a child
 starts are audited as well. A process that outlives the program finds the relay gone: its misses
 are counted in that process only. A Python the interceptor cannot run on (older than 3.11) says so
-on stderr and runs unaudited.
+on stderr, runs unaudited, and is recorded as `interceptor_not_installed`; a Python started with
+-I, -E or -S never reads the bootstrap.
 
 Returns the program's own exit code (128+N when a signal N ended it).
 """

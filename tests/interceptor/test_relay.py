@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -197,6 +198,12 @@ def test_malformed_datagrams_are_dropped_counted_and_the_rest_recorded(tmp_path,
         forged = [list(v) if isinstance(v, tuple) else v for v in (getattr(fact, f) for f in EVENT_FIELDS)]
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.sendto(json.dumps({**base, "events": [forged + [""]]}).encode(), path)
+            # one bad row costs only itself, not the good row beside it
+            good = NetEvent(ts=time.time_ns(), duration_ms=1.0, direction="egress", channel="http",
+                            protocol="http", method="GET", host="127.0.0.1", url_path="/mixed-good", pid=7)
+            good_row = [list(v) if isinstance(v, tuple) else v for v in (getattr(good, f) for f in EVENT_FIELDS)]
+            bad_row = [*good_row[:-2], 2 ** 70, False]  # pid beyond SQLite's integers
+            s.sendto(json.dumps({**base, "events": [bad_row + [""], good_row + [""]]}).encode(), path)
         # and a valid message after all of it is still recorded
         writer = RelayWriter(path)
         writer.write_gap(3, 10, 20, "QueueFull")
@@ -205,15 +212,15 @@ def test_malformed_datagrams_are_dropped_counted_and_the_rest_recorded(tmp_path,
         receiver.stop()
     rows = list(led.rows())
     led.close()
-    assert sum(receiver.rejected.values()) == 9, receiver.rejected
+    assert sum(receiver.rejected.values()) == 10, receiver.rejected
     assert receiver.rejected["relay_oversized"] == 1 and receiver.rejected["relay_not_json"] == 1
     assert receiver.rejected["relay_audit_row"] == 1 and receiver.rejected["relay_bad_text"] == 1
     gaps = [x for x in rows if x["method"] == "gap"]
     assert any("dropped=3;" in g["url_path"] and "QueueFull" in g["url_path"] for g in gaps)
     relay_drops = sum(int(g["url_path"].split("dropped=")[1].split(";")[0]) for g in gaps
                       if "relay_" in g["url_path"])
-    assert relay_drops == 9
-    assert [x["url_path"] for x in rows if x["channel"] == "http"] == ["/good"]
+    assert relay_drops == 10
+    assert [x["url_path"] for x in rows if x["channel"] == "http"] == ["/good", "/mixed-good"]
     assert verify_ledger(str(tmp_path / "l.sqlite")).valid
 
 
@@ -269,3 +276,37 @@ def test_forked_child_relays_with_its_own_pid(tmp_path, servers, bare_python):
     installed = {x["pid"] for x in rows if x["method"] == "interceptor_installed"}
     assert installed == set(by_path.values()) and len(installed) == 2
     assert verify_ledger(str(tmp_path / "run.sqlite")).valid
+
+
+def test_full_socket_misses_are_counted_and_come_back_as_a_gap(tmp_path, servers):
+    """The parent is alive but not reading: the queue fills, sends time out, the calls go on; once
+    the parent reads again every call is either a row or counted in a gap row."""
+    path = str(tmp_path / "relay.sock")
+    led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
+    receiver = RelayReceiver(led, path)  # bound, not started: nothing drains the socket yet
+    writer = RelayWriter(path, send_timeout=0.1)
+    sink = Sink(writer, linger_s=0)
+    writer.on_miss = sink.miss
+    previous = interceptor.use_sink(sink)
+    calls = 0
+    try:
+        while sink.dropped_total == 0 and calls < 2000:
+            _get(servers.http, f"/full-{calls}")
+            calls += 1
+            sink.flush(0.3)
+        assert sink.dropped_total > 0, "the socket never filled"
+        receiver.start()
+        _get(servers.http, "/after-full")
+        calls += 1
+        assert sink.flush(10)
+    finally:
+        interceptor.use_sink(previous)
+        sink.close(2)
+        receiver.stop()
+    rows = list(led.rows())
+    led.close()
+    http = [x for x in rows if x["channel"] == "http"]
+    dropped = sum(int(g["url_path"].split("dropped=")[1].split(";")[0]) for g in rows if g["method"] == "gap")
+    assert dropped == sink.dropped_total and dropped > 0
+    assert len(http) + dropped == calls and http[-1]["url_path"] == "/after-full"
+    assert verify_ledger(str(tmp_path / "l.sqlite")).valid
