@@ -10,7 +10,9 @@ tree with --source, and checks three invariants from DESIGN.md:
 - the core has no Odoo imports: interceptor/, ledger/ and verifier/ never import odoo, interceptor/
   imports only the standard library, verifier/ imports nothing else of ours;
 - zero self-egress: no call that opens an outbound connection in interceptor/, ledger/, verifier/
-  or the addon, except inside the interceptor's wrappers of the audited calls (EGRESS_WRAPPERS).
+  or the addon, except inside the interceptor's wrappers of the audited calls (EGRESS_WRAPPERS);
+  a call through a saved original (a dict of originals, a closure or module variable bound to
+  one) counts as the call itself.
   A socket made as `socket.socket(socket.AF_UNIX, ...)` is a file path, not a network: making it,
   and calling `connect`/`sendto` on a receiver the same file binds to nothing else, is allowed
   (the relay of `netaudit run`, interceptor/relay.py and ledger/relay.py).
@@ -52,11 +54,24 @@ from typing import Callable, Iterable, Iterator
 # qualified name inside the file ("func", "Class.method", "outer.inner"); a call nested anywhere
 # inside that function is allowed. Keep this list short and explicit: every entry must match a
 # function in the scanned interceptor/, or the gate fails with "stale allow-list entry".
-# It is empty today: the wrappers (interceptor/socket_hooks.py, http_wrappers.py, mail_wrappers.py)
-# run the audited call through the original they saved (`original(self, *args)`), which names no
-# connecting API, so no line of ours needs the exception. Add an entry only for a wrapper that
-# must name the call itself, e.g. ("interceptor/socket_hooks.py", "socket_connect_wrapper").
-EGRESS_WRAPPERS: tuple[tuple[str, str], ...] = ()
+# The wrappers run the audited call through the original they saved at install (a dict of
+# originals, a closure variable, a module-level name): the scan follows those (see "Calls through
+# a saved original" below), so each wrapper that calls one is listed here, and any other function
+# of ours that calls a saved original fails the gate.
+EGRESS_WRAPPERS: tuple[tuple[str, str], ...] = (
+    ("interceptor/http_wrappers.py", "http_putrequest_wrapper"),
+    ("interceptor/http_wrappers.py", "http_putheader_wrapper"),
+    ("interceptor/http_wrappers.py", "http_endheaders_wrapper"),
+    ("interceptor/http_wrappers.py", "http_send_wrapper"),
+    ("interceptor/http_wrappers.py", "http_getresponse_wrapper"),
+    ("interceptor/http_wrappers.py", "_make_connect_wrapper.http_connect_wrapper"),
+    ("interceptor/socket_hooks.py", "socket_connect_wrapper"),
+    ("interceptor/socket_hooks.py", "socket_connect_ex_wrapper"),
+    ("interceptor/socket_hooks.py", "socket_create_connection_wrapper"),
+    ("interceptor/socket_bytes.py", "CountingSocket.sendto"),    # a counted socket's own sendto
+    ("interceptor/socket_bytes.py", "CountingSocket.sendmsg"),   # and sendmsg, run once
+    ("interceptor/mail_wrappers.py", "_make_wrapper.protocol_call_wrapper"),
+)
 
 # --- What is ours -------------------------------------------------------------------------------
 CORE_PACKAGES = ("interceptor", "ledger", "verifier")
@@ -153,6 +168,8 @@ EGRESS_METHODS = frozenset({"connect", "connect_ex", "sendto", "sendmsg", "creat
                             "iap_jsonrpc"})
 # ... unless that object is one of these modules, whose connect() opens a local file.
 LOCAL_CONNECT_MODULES = frozenset({"sqlite3", "apsw"})
+# The top-level modules of the calls above: `X.connect` on one of them is a network original.
+NETWORK_ROOTS = frozenset(name.split(".")[0] for name in EGRESS_CALLS)
 PROCESS_CALLS = frozenset({
     "subprocess.run", "subprocess.call", "subprocess.check_call", "subprocess.check_output",
     "subprocess.Popen", "subprocess.getoutput", "subprocess.getstatusoutput", "os.system",
@@ -777,10 +794,11 @@ def check_self_egress(t: Tree, wrappers: Iterable[tuple[str, str]] = EGRESS_WRAP
         aliases = t.aliases(path)
         local = local_sockets(tree, aliases)
         enclosing, seen_functions[path] = function_map(tree)
+        holders = original_holders(tree, aliases)
         for call, funcs in enclosing.items():
             if _on_local_socket(call, funcs, aliases, local):
                 continue
-            reason = _egress_reason(call, aliases)
+            reason = _egress_reason(call, aliases) or _original_call_reason(call, holders)
             if reason and not allowed.get(path, set()).intersection(funcs):
                 where = f" in {funcs[-1]}()" if funcs else ""
                 yield Finding("no-self-egress", t.where(path, call.lineno), reason + where)
@@ -829,6 +847,168 @@ def _command_name(arg: ast.expr) -> str | None:
     if not text or not text.split():
         return None
     return PurePosixPath(text.split()[0]).name
+
+
+# --- Calls through a saved original ------------------------------------------------------------
+# The interceptor's wrappers never name the call they stand in for: they call an original saved at
+# install, through a dict (`_orig["connect"](self, address)`), a closure variable
+# (`original(self, *args)`) or a module-level name (`_sendto = socket.socket.sendto`). The scan
+# follows these within a file: a *holder* is a name, a dict or an attribute name that is ever given
+# a value that may be a network original (see `original_value`); calling a holder is egress like
+# calling the original itself. Holders propagate through assignments (tuple to tuple pairwise),
+# dict stores (`d[k] = v`, `d.setdefault(k, v)`, `d.update(...)`, a dict literal), `setattr` with
+# a literal name, parameter defaults, and arguments passed to a function of the same file (so a
+# closure's free variable is its outer function's parameter). It is conservative where it cannot
+# know: a value looked up by a computed name (`getattr(cls, name)`, `cls.__dict__[name]`) may be
+# any original, and holders are keyed by name per file, whatever the scope. Not followed: a holder
+# imported from another module, a list/set/partial of originals, a value returned by a function.
+
+def _network_name(name: str | None) -> bool:
+    """`socket.create_connection`, `socket.socket.sendto`, `smtplib.SMTP.connect`, ..."""
+    if not name:
+        return False
+    if name in EGRESS_CALLS:
+        return True
+    parts = name.split(".")
+    return len(parts) > 1 and parts[-1] in EGRESS_METHODS and parts[0] in NETWORK_ROOTS
+
+
+def _lookup_key(node: ast.expr) -> tuple[ast.expr, ast.expr] | None:
+    """(namespace, key) of `X.__dict__[k]`, `X.__dict__.get(k)`, `vars(X)[k]`, `vars(X).get(k)`."""
+    if isinstance(node, ast.Subscript):
+        space, key = node.value, node.slice
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+          and node.args):
+        space, key = node.func.value, node.args[0]
+    else:
+        return None
+    if isinstance(space, ast.Attribute) and space.attr == "__dict__":
+        return space.value, key
+    if isinstance(space, ast.Call) and isinstance(space.func, ast.Name) and space.func.id == "vars" and space.args:
+        return space.args[0], key
+    return None
+
+
+def _holder_key(node: ast.expr) -> str | None:
+    """The holder a call's target or a store's target names: "name" or ".attr"; a subscript is
+    its container's (a dict of originals)."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return "." + node.attr
+    return None
+
+
+def original_value(node: ast.expr | None, aliases: dict[str, str], holders: dict[str, str]) -> str | None:
+    """What `node` may be when it may be a network original (for the finding), else None."""
+    if node is None:
+        return None
+    if isinstance(node, (ast.IfExp, ast.BoolOp)):
+        parts = (node.body, node.orelse) if isinstance(node, ast.IfExp) else node.values
+        return next((v for v in (original_value(p, aliases, holders) for p in parts) if v), None)
+    if isinstance(node, ast.Dict):
+        return next((v for v in (original_value(p, aliases, holders) for p in node.values) if v), None)
+    lookup = _lookup_key(node)
+    if lookup is not None:
+        key = _literal_str(lookup[1])
+        if key is None:
+            return "an attribute looked up by a computed name"
+        return f".{key}" if key in EGRESS_METHODS else None
+    if isinstance(node, ast.Call):
+        if qualified_name(node.func, aliases) == "builtins.getattr" and len(node.args) >= 2:
+            key = _literal_str(node.args[1])
+            if key is None:
+                return "an attribute looked up by a computed name"
+            name = qualified_name(node, aliases)
+            return name if _network_name(name) else f".{key}" if key in EGRESS_METHODS else None
+        return None
+    if isinstance(node, ast.Subscript) or isinstance(node, ast.Name) and node.id in holders:
+        key = _holder_key(node)
+        if key in holders:
+            return holders[key]
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        name = qualified_name(node, aliases)
+        if _network_name(name):
+            return name
+        if isinstance(node, ast.Attribute) and node.attr in EGRESS_METHODS:
+            return f".{node.attr}"
+    return None
+
+
+def _stores(tree: ast.Module) -> Iterator[tuple[ast.expr, ast.expr]]:
+    """(target, value) of every store that can make a holder."""
+    functions: dict[str, list[ast.arguments]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            functions.setdefault(node.name, []).append(node.args)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                yield from _pairs(target, node.value)
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and node.value is not None:
+            yield node.target, node.value
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            positional = [*a.posonlyargs, *a.args]
+            yield from zip((ast.Name(p.arg) for p in positional[len(positional) - len(a.defaults):]), a.defaults)
+            yield from ((ast.Name(p.arg), d) for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in ("setdefault", "update", "__setitem__"):
+                for value in (*node.args[1 if func.attr != "update" else 0:], *(k.value for k in node.keywords)):
+                    yield func.value, value
+            elif isinstance(func, ast.Name) and func.id == "setattr" and len(node.args) == 3:
+                attr = _literal_str(node.args[1])
+                yield (ast.Attribute(node.args[0], attr) if attr else ast.Name("setattr(…)")), node.args[2]
+            elif isinstance(func, ast.Name) and func.id in functions:
+                for a in functions[func.id]:
+                    params = [*a.posonlyargs, *a.args]
+                    yield from ((ast.Name(p.arg), v) for p, v in zip(params, node.args))
+                    names = {p.arg for p in (*params, *a.kwonlyargs)}
+                    yield from ((ast.Name(k.arg), k.value) for k in node.keywords if k.arg in names)
+
+
+def _pairs(target: ast.expr, value: ast.expr) -> Iterator[tuple[ast.expr, ast.expr]]:
+    if isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)) \
+            and len(target.elts) == len(value.elts):
+        for t, v in zip(target.elts, value.elts):
+            yield from _pairs(t, v)
+    elif isinstance(target, (ast.Tuple, ast.List)):
+        for t in target.elts:  # unpacked from something not literal: each may be any element
+            yield from _pairs(t.value if isinstance(t, ast.Starred) else t, value)
+    else:
+        yield target, value
+
+
+def original_holders(tree: ast.Module, aliases: dict[str, str]) -> dict[str, str]:
+    """Holder ("name", or ".attr") -> what it may hold, for every holder of a network original."""
+    stores = list(_stores(tree))
+    holders: dict[str, str] = {}
+    changed = True
+    while changed:  # to a fixed point: a holder given to another name makes that one a holder
+        changed = False
+        for target, value in stores:
+            key = _holder_key(target)
+            if key is None or key in holders:
+                continue
+            what = original_value(value, aliases, holders)
+            if what:
+                holders[key] = what
+                changed = True
+    return holders
+
+
+def _original_call_reason(call: ast.Call, holders: dict[str, str]) -> str | None:
+    """A call of a holder: `_orig["connect"](...)`, `original(...)`, `_sendto(...)`."""
+    if not holders or not isinstance(call.func, (ast.Name, ast.Attribute, ast.Subscript)):
+        return None
+    key = _holder_key(call.func)
+    if key not in holders:
+        return None
+    return (f"{ast.unparse(call.func)}() calls a saved original (e.g. {holders[key]}), which may open "
+            f"an outbound connection")
 
 
 def check_license(t: Tree) -> Iterator[Finding]:

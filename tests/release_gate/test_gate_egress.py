@@ -99,7 +99,8 @@ def _gate_in_process(wheel, wrappers):
 
 def test_allow_listed_wrapper_may_connect_and_nothing_else(plant_wheel):
     wheel = plant_wheel({"interceptor/planted.py": WRAPPER_FILE})
-    found = _gate_in_process(wheel, wrappers=[("interceptor/planted.py", "Hooks.wrapped_connect")])
+    found = _gate_in_process(wheel, wrappers=[*release_gate.EGRESS_WRAPPERS,
+                                              ("interceptor/planted.py", "Hooks.wrapped_connect")])
     assert len(found) == 1, found
     assert "interceptor/planted.py:15: .connect() may open an outbound connection in helper()" in found[0]
 
@@ -107,13 +108,15 @@ def test_allow_listed_wrapper_may_connect_and_nothing_else(plant_wheel):
 def test_the_allow_list_is_by_file_and_function(plant_wheel):
     """The same function name in another file is not allowed."""
     wheel = plant_wheel({"ledger/planted.py": WRAPPER_FILE, "interceptor/planted.py": WRAPPER_FILE})
-    found = _gate_in_process(wheel, wrappers=[("interceptor/planted.py", "Hooks.wrapped_connect")])
+    found = _gate_in_process(wheel, wrappers=[*release_gate.EGRESS_WRAPPERS,
+                                              ("interceptor/planted.py", "Hooks.wrapped_connect")])
     assert sorted(f.split(": ", 1)[0].split(":", 1)[1] for f in found) == [
         "interceptor/planted.py:15", "ledger/planted.py:15", "ledger/planted.py:9"]
 
 
 def test_stale_allow_list_entry_fails(release):
-    found = _gate_in_process(release.wheel, wrappers=[("interceptor/gone.py", "wrapped_connect")])
+    found = _gate_in_process(release.wheel, wrappers=[*release_gate.EGRESS_WRAPPERS,
+                                                      ("interceptor/gone.py", "wrapped_connect")])
     assert found == [f"{release.wheel.name}:interceptor/gone.py: stale allow-list entry: "
                      f"no function wrapped_connect (EGRESS_WRAPPERS)"]
 
