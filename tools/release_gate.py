@@ -788,13 +788,14 @@ def check_self_egress(t: Tree, wrappers: Iterable[tuple[str, str]] = EGRESS_WRAP
     for file, func in wrappers:
         allowed.setdefault(file, set()).add(func)
     seen_functions: dict[str, set[str]] = {}
+    shared = shared_holders(t)
     for path, tree in t.python():
         if not _egress_scope(path):
             continue
         aliases = t.aliases(path)
         local = local_sockets(tree, aliases)
         enclosing, seen_functions[path] = function_map(tree)
-        holders = original_holders(tree, aliases)
+        holders = original_holders(tree, aliases, imported_holders(tree, shared))
         for call, funcs in enclosing.items():
             if _on_local_socket(call, funcs, aliases, local):
                 continue
@@ -860,8 +861,9 @@ def _command_name(arg: ast.expr) -> str | None:
 # a literal name, parameter defaults, and arguments passed to a function of the same file (so a
 # closure's free variable is its outer function's parameter). It is conservative where it cannot
 # know: a value looked up by a computed name (`getattr(cls, name)`, `cls.__dict__[name]`) may be
-# any original, and holders are keyed by name per file, whatever the scope. Not followed: a holder
-# imported from another module, a list/set/partial of originals, a value returned by a function.
+# any original, and holders are keyed by name per file, whatever the scope. Across files, a
+# holder's name imported from another of our modules, or read as an attribute (`sh._orig`), is a
+# holder too. Not followed: a list/set/partial of originals, a value a function returns.
 
 def _network_name(name: str | None) -> bool:
     """`socket.create_connection`, `socket.socket.sendto`, `smtplib.SMTP.connect`, ..."""
@@ -924,7 +926,7 @@ def original_value(node: ast.expr | None, aliases: dict[str, str], holders: dict
             name = qualified_name(node, aliases)
             return name if _network_name(name) else f".{key}" if key in EGRESS_METHODS else None
         return None
-    if isinstance(node, ast.Subscript) or isinstance(node, ast.Name) and node.id in holders:
+    if isinstance(node, (ast.Subscript, ast.Name, ast.Attribute)):
         key = _holder_key(node)
         if key in holders:
             return holders[key]
@@ -982,10 +984,11 @@ def _pairs(target: ast.expr, value: ast.expr) -> Iterator[tuple[ast.expr, ast.ex
         yield target, value
 
 
-def original_holders(tree: ast.Module, aliases: dict[str, str]) -> dict[str, str]:
+def original_holders(tree: ast.Module, aliases: dict[str, str], seed: dict[str, str] | None = None
+                     ) -> dict[str, str]:
     """Holder ("name", or ".attr") -> what it may hold, for every holder of a network original."""
     stores = list(_stores(tree))
-    holders: dict[str, str] = {}
+    holders: dict[str, str] = dict(seed or {})
     changed = True
     while changed:  # to a fixed point: a holder given to another name makes that one a holder
         changed = False
@@ -998,6 +1001,44 @@ def original_holders(tree: ast.Module, aliases: dict[str, str]) -> dict[str, str
                 holders[key] = what
                 changed = True
     return holders
+
+
+def shared_holders(t: Tree) -> dict[str, str]:
+    """The holders (by name) of every scanned file of ours: what another of our modules may
+    import (`from interceptor.socket_hooks import _orig`) or reach as an attribute (`sh._orig`)."""
+    shared: dict[str, str] = {}
+    for path, tree in t.python():
+        if _egress_scope(path):
+            module_names = _module_level_names(tree)
+            for key, what in original_holders(tree, t.aliases(path)).items():
+                if key in module_names:
+                    shared.setdefault(key, f"{what}, from {path}")
+    return shared
+
+
+def _module_level_names(tree: ast.Module) -> set[str]:
+    """Names a module binds outside its functions and classes (what another module can import)."""
+    names: set[str] = set()
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        todo.extend(child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt))
+    return names
+
+
+def imported_holders(tree: ast.Module, shared: dict[str, str]) -> dict[str, str]:
+    """Seed a file's holders with the shared ones it imports by name, and any attribute so named."""
+    seed = {"." + name: what for name, what in shared.items()}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in OUR_TOP_LEVEL):
+            seed.update((a.asname or a.name, shared[a.name]) for a in node.names if a.name in shared)
+    return seed
 
 
 def _original_call_reason(call: ast.Call, holders: dict[str, str]) -> str | None:

@@ -31,6 +31,12 @@ INDIRECT = [
     # an original stored on an object by setattr, then called through the attribute
     (b"import socket\n\n\nclass Box:\n    pass\n\n\nsetattr(Box, 'dial', socket.create_connection)\n\n\n"
      b"def phone_home():\n    return Box.dial(('example.org', 80))\n", 12, "Box.dial()"),
+    # another module's dict of originals, imported by name
+    (b"from interceptor.socket_hooks import _orig as saved\n\n\n"
+     b"def phone_home(sock):\n    return saved['connect'](sock, ('example.org', 80))\n", 5, "saved['connect']()"),
+    # another module's saved original, reached as an attribute of that module
+    (b"import interceptor.socket_bytes as sb\n\n\n"
+     b"def beacon(sock):\n    sb._sendto(sock, b'x', ('example.org', 53))\n", 5, "sb._sendto()"),
 ]
 
 
