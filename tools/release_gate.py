@@ -795,11 +795,11 @@ def check_self_egress(t: Tree, wrappers: Iterable[tuple[str, str]] = EGRESS_WRAP
         aliases = t.aliases(path)
         local = local_sockets(tree, aliases)
         enclosing, seen_functions[path] = function_map(tree)
-        holders = original_holders(tree, aliases, imported_holders(tree, shared))
+        holders = original_holders(tree, aliases, imported_holders(path, tree, shared))
         for call, funcs in enclosing.items():
             if _on_local_socket(call, funcs, aliases, local):
                 continue
-            reason = _egress_reason(call, aliases) or _original_call_reason(call, holders)
+            reason = _egress_reason(call, aliases) or _original_call_reason(call, aliases, holders)
             if reason and not allowed.get(path, set()).intersection(funcs):
                 where = f" in {funcs[-1]}()" if funcs else ""
                 yield Finding("no-self-egress", t.where(path, call.lineno), reason + where)
@@ -862,8 +862,8 @@ def _command_name(arg: ast.expr) -> str | None:
 # closure's free variable is its outer function's parameter). It is conservative where it cannot
 # know: a value looked up by a computed name (`getattr(cls, name)`, `cls.__dict__[name]`) may be
 # any original, and holders are keyed by name per file, whatever the scope. Across files, a
-# holder's name imported from another of our modules, or read as an attribute (`sh._orig`), is a
-# holder too. Not followed: a list/set/partial of originals, a value a function returns.
+# module-level holder imported by name from another of our modules, or read as an attribute of
+# that module (`socket_hooks._orig`), is a holder too. Not followed: a list/set/partial of originals, a value a function returns.
 
 def _network_name(name: str | None) -> bool:
     """`socket.create_connection`, `socket.socket.sendto`, `smtplib.SMTP.connect`, ..."""
@@ -927,9 +927,9 @@ def original_value(node: ast.expr | None, aliases: dict[str, str], holders: dict
             return name if _network_name(name) else f".{key}" if key in EGRESS_METHODS else None
         return None
     if isinstance(node, (ast.Subscript, ast.Name, ast.Attribute)):
-        key = _holder_key(node)
-        if key in holders:
-            return holders[key]
+        what = _held(node, aliases, holders)
+        if what:
+            return what
     if isinstance(node, (ast.Name, ast.Attribute)):
         name = qualified_name(node, aliases)
         if _network_name(name):
@@ -1004,15 +1004,18 @@ def original_holders(tree: ast.Module, aliases: dict[str, str], seed: dict[str, 
 
 
 def shared_holders(t: Tree) -> dict[str, str]:
-    """The holders (by name) of every scanned file of ours: what another of our modules may
-    import (`from interceptor.socket_hooks import _orig`) or reach as an attribute (`sh._orig`)."""
+    """"module.name" -> what it may hold, for every module-level holder of our scanned files: what
+    another of our modules may import (`from interceptor.socket_hooks import _orig`) or read as an
+    attribute of the module (`socket_hooks._orig`)."""
     shared: dict[str, str] = {}
     for path, tree in t.python():
         if _egress_scope(path):
+            module = ".".join(_module_package(path) + [PurePosixPath(path).stem])
+            module = module.removesuffix(".__init__")
             module_names = _module_level_names(tree)
             for key, what in original_holders(tree, t.aliases(path)).items():
                 if key in module_names:
-                    shared.setdefault(key, f"{what}, from {path}")
+                    shared[f"{module}.{key}"] = f"{what}, from {path}"
     return shared
 
 
@@ -1032,23 +1035,41 @@ def _module_level_names(tree: ast.Module) -> set[str]:
     return names
 
 
-def imported_holders(tree: ast.Module, shared: dict[str, str]) -> dict[str, str]:
-    """Seed a file's holders with the shared ones it imports by name, and any attribute so named."""
-    seed = {"." + name: what for name, what in shared.items()}
+def imported_holders(path: str, tree: ast.Module, shared: dict[str, str]) -> dict[str, str]:
+    """A file's holders from other modules of ours: each shared one under "=module.name" (read
+    through a module attribute), and under its local name when imported by name."""
+    seed = {"=" + dotted: what for dotted, what in shared.items()}
+    package = _module_package(path)
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in OUR_TOP_LEVEL):
-            seed.update((a.asname or a.name, shared[a.name]) for a in node.names if a.name in shared)
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            for a in node.names:
+                if f"{module}.{a.name}" in shared:
+                    seed[a.asname or a.name] = shared[f"{module}.{a.name}"]
     return seed
 
 
-def _original_call_reason(call: ast.Call, holders: dict[str, str]) -> str | None:
+def _held(node: ast.expr, aliases: dict[str, str], holders: dict[str, str]) -> str | None:
+    """What `node` holds when it is a holder, or a subscript of one (a dict of originals)."""
+    key = _holder_key(node)
+    if key in holders:
+        return holders[key]
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    if isinstance(node, ast.Attribute):
+        return holders.get(f"={qualified_name(node, aliases)}")
+    return None
+
+
+def _original_call_reason(call: ast.Call, aliases: dict[str, str], holders: dict[str, str]) -> str | None:
     """A call of a holder: `_orig["connect"](...)`, `original(...)`, `_sendto(...)`."""
     if not holders or not isinstance(call.func, (ast.Name, ast.Attribute, ast.Subscript)):
         return None
-    key = _holder_key(call.func)
-    if key not in holders:
+    what = _held(call.func, aliases, holders)
+    if what is None:
         return None
-    return (f"{ast.unparse(call.func)}() calls a saved original (e.g. {holders[key]}), which may open "
+    return (f"{ast.unparse(call.func)}() calls a saved original (e.g. {what}), which may open "
             f"an outbound connection")
 
 

@@ -77,6 +77,9 @@ def test_every_allow_list_entry_is_needed(release, entry):
     # a saved local function, and an original that is not a network call
     b"import socket\n\n_name = socket.gethostname\n_send = socket.socket.send\n\n\n"
     b"def f(sock):\n    _send(sock, b'x')\n    return _name()\n",
+    # a method named like another module's saved original (interceptor.socket_bytes._sendto)
+    b"class Relay:\n    def _sendto(self, data):\n        return data\n\n"
+    b"    def hello(self):\n        return self._sendto(b'hi')\n",
     # a literal lookup of a harmless attribute
     b"def f(obj):\n    g = getattr(obj, 'close')\n    g()\n    return obj.__dict__.get('name')()\n",
 ])
