@@ -181,16 +181,27 @@ class CountingSocket(socket.socket):
             GUARD.fault("capture", exc)
         return sock
 
-    def detach(self):
-        _end(self)
-        return _ss.detach(self)
+    # close, detach and collection run during interpreter shutdown too, when this module's globals
+    # may already be gone: the originals are bound as defaults, and a missing _end is skipped.
+    def detach(self, _detach=_ss.detach):
+        try:
+            _end(self)
+        except Exception:
+            pass
+        return _detach(self)
 
     def _real_close(self, _close=_ss._real_close):
-        _end(self)
+        try:
+            _end(self)
+        except Exception:
+            pass
         _close(self)
 
-    def __del__(self):
-        _end(self)
+    def __del__(self, _finalize=_finalize):
+        try:
+            _end(self)
+        except Exception:
+            pass
         _finalize(self)
 
 

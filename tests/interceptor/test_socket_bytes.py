@@ -247,7 +247,55 @@ def test_socket_never_closed_is_recorded_at_exit(count_port, tmp_path):
     program = tmp_path / "never_closed.py"
     program.write_text(_EXIT_PROGRAM % {"root": str(ROOT), "port": count_port})
     r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # nothing "ignored" at shutdown either
     lines = r.stdout.splitlines()
     assert lines[0] == "received 9"
     assert [json.loads(x) for x in lines[1:]] == [["socket", 11, 9, count_port]]
+
+
+_FORK_PROGRAM = """
+import json, os, socket, sys
+sys.path.insert(0, %(root)r)
+import interceptor
+
+class PrintWriter:
+    salt = None
+    def write_batch(self, events):
+        for e in events:
+            print(json.dumps([e.pid, e.req_bytes, e.resp_bytes]), flush=True)
+    def write_gap(self, *args):
+        print(json.dumps(["gap", *args]), flush=True)
+
+def exchange(sock, n, m):
+    sock.sendall(b"%%d %%d\\n" %% (n, m) + b"q" * n)
+    got = 0
+    while got < m:
+        got += len(sock.recv(100))
+
+interceptor.install(sink=interceptor.Sink(PrintWriter()))
+sock = socket.create_connection(("127.0.0.1", %(port)d))
+exchange(sock, 1, 2)
+pid = os.fork()
+if pid == 0:  # the child: its copy of the parent's connection is not its event
+    sock.close()
+    own = socket.create_connection(("127.0.0.1", %(port)d))
+    exchange(own, 3, 4)
+    own.close()
+    sys.exit(0)
+os.waitpid(pid, 0)
+sock.close()
+print("parent", os.getpid(), flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_child_forgets_the_parents_connections(count_port, tmp_path):
+    program = tmp_path / "forks.py"
+    program.write_text(_FORK_PROGRAM % {"root": str(ROOT), "port": count_port})
+    r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    parent = int(next(x for x in lines if x.startswith("parent ")).split()[1])
+    events = sorted(json.loads(x) for x in lines if not x.startswith("parent "))
+    child = next(e[0] for e in events if e[0] != parent)
+    assert events == sorted([[parent, len(b"1 2\n") + 1, 2], [child, len(b"3 4\n") + 3, 4]])
