@@ -14,10 +14,13 @@ under their claim, so their sockets are never switched.
 Decisions:
 - dup() shares the connection's record; it is emitted when the last of the two closes.
 - makefile() needs nothing more: socket.SocketIO calls recv_into/send on this object.
-- ssl: wrapping a counted socket (SSLContext.wrap_socket) detaches it, which ends the raw event
-  with the plaintext bytes sent before the wrap; the TLS traffic after it is not counted (the
-  SSLSocket is a different class, built by ssl). A socket only of class socket.socket is switched;
-  an SSLSocket or another subclass keeps its immediate connect event with no sizes.
+- ssl: `SSLContext.wrap_socket` (ssl.wrap_socket too) of a counted socket moves its record to the
+  new SSLSocket, switched to CountingSSLSocket (same layout as ssl.SSLSocket): still one event,
+  protocol "tls", counting application bytes (plaintext, not the TLS records' overhead) until
+  the SSLSocket closes; a failed handshake ends it with the error. An SSLSocket that connects
+  itself is counted the same way. A socket of another class (a subclass of either, a custom
+  `sslsocket_class`) keeps an immediate connect event with no sizes. asyncio's TLS runs over
+  its raw socket: there the counts are the bytes on the wire, TLS records included.
 - UDP: a connected datagram socket is one event like TCP (send/recv counted). A datagram sent to
   an explicit address (sendto, sendmsg with an address) stays its own event, one per datagram
   (the audit hook's, without size), because each one may go to another host; on a connected TCP
@@ -38,7 +41,7 @@ import os
 import socket
 import sys
 
-from interceptor.capture import GUARD, TLS, emit, peer
+from interceptor.capture import GUARD, TLS, emit, fail, peer
 
 _ss = socket.socket  # the Python class whose methods (C ones from _socket.socket) we call
 _send, _sendall, _sendto, _sendmsg = _ss.send, _ss.sendall, _ss.sendto, _ss.sendmsg
@@ -209,16 +212,148 @@ class CountingSocket(socket.socket):
 CountingSocket.__module__ = _ss.__module__
 CountingSocket.__qualname__ = _ss.__qualname__
 
+try:
+    import ssl
+except ImportError:  # a Python built without ssl
+    ssl = None
+
+
+if ssl is not None:
+    _SSLSocket = ssl.SSLSocket
+    _ssl_send, _ssl_sendall, _ssl_recv, _ssl_recv_into = (
+        _SSLSocket.send, _SSLSocket.sendall, _SSLSocket.recv, _SSLSocket.recv_into)
+    _ssl_read, _ssl_write = _SSLSocket.read, _SSLSocket.write
+
+    class CountingSSLSocket(_SSLSocket):
+        """ssl.SSLSocket that counts the application bytes (plaintext) it moves.
+
+        With TLS up, send/write and read are the only paths to the SSL object (sendall loops on
+        send; recv and recv_into call read), so those count; before the handshake or after
+        unwrap() they fall back to the plain socket's C methods, counted here too."""
+
+        __slots__ = ()
+
+        def send(self, *args, **kwargs):
+            n = _ssl_send(self, *args, **kwargs)
+            _add(self, n, 0)
+            return n
+
+        def write(self, *args, **kwargs):
+            n = _ssl_write(self, *args, **kwargs)
+            _add(self, n, 0)
+            return n
+
+        def read(self, *args, **kwargs):
+            result = _ssl_read(self, *args, **kwargs)
+            _add(self, 0, result if type(result) is int else len(result))
+            return result
+
+        def sendall(self, *args, **kwargs):
+            plain = self._sslobj is None
+            result = _ssl_sendall(self, *args, **kwargs)
+            if plain:
+                try:
+                    _add(self, _nbytes(args[0] if args else kwargs["data"]), 0)
+                except Exception as exc:
+                    GUARD.fault("capture", exc)
+            return result
+
+        def recv(self, *args, **kwargs):
+            plain = self._sslobj is None
+            data = _ssl_recv(self, *args, **kwargs)
+            if plain:
+                _add(self, 0, len(data))
+            return data
+
+        def recv_into(self, *args, **kwargs):
+            plain = self._sslobj is None
+            n = _ssl_recv_into(self, *args, **kwargs)
+            if plain:
+                _add(self, 0, n)
+            return n
+
+        def detach(self, _detach=_SSLSocket.detach):
+            try:
+                _end(self)
+            except Exception:
+                pass
+            return _detach(self)
+
+        def _real_close(self, _close=_SSLSocket._real_close):
+            try:
+                _end(self)
+            except Exception:
+                pass
+            _close(self)
+
+        def __del__(self, _finalize=_finalize):
+            try:
+                _end(self)
+            except Exception:
+                pass
+            _finalize(self)
+
+    CountingSSLSocket.__module__ = _SSLSocket.__module__
+    CountingSSLSocket.__qualname__ = CountingSSLSocket.__name__ = _SSLSocket.__name__
+    _COUNTING = {_ss: CountingSocket, _SSLSocket: CountingSSLSocket}
+else:
+    _SSLSocket = CountingSSLSocket = None
+    _COUNTING = {_ss: CountingSocket}
+_COUNTED = frozenset(_COUNTING.values())
+
+_orig_wrap_socket = None  # ssl.SSLContext.wrap_socket, saved at install
+MARK = "_netaudit_wrapped"
+
+
+def ssl_wrap_socket_wrapper(self, sock, *args, **kwargs):
+    """Wraps ssl.SSLContext.wrap_socket: a counted raw socket's record moves to its SSLSocket.
+
+    The original detaches the raw socket; its record is taken out first, so the connection stays
+    one event, now with protocol "tls", counting the application bytes until the SSLSocket closes.
+    A wrap that fails after the detach (a failed handshake) ends the event with the error."""
+    if TLS.busy or type(sock) not in _COUNTED:
+        return _orig_wrap_socket(self, sock, *args, **kwargs)
+    rec = _OPEN.pop(hash(sock), None)
+    if rec is not None:
+        rec.protocol = "tls"
+    try:
+        ssock = _orig_wrap_socket(self, sock, *args, **kwargs)
+    except BaseException as exc:
+        if rec is not None:
+            _wrap_failed(sock, rec, exc)
+        raise
+    if rec is not None:
+        try:
+            if type(ssock) is _SSLSocket:
+                ssock.__class__ = CountingSSLSocket
+                _OPEN[hash(ssock)] = rec
+                return ssock
+        except Exception as exc:
+            GUARD.fault("capture", exc, rec.ts)
+        emit(rec)  # another SSLSocket class (context.sslsocket_class): end the event here
+    return ssock
+
+
+def _wrap_failed(sock, rec, exc) -> None:
+    try:
+        if sock.fileno() != -1:  # not detached yet (bad arguments): the raw socket still counts
+            rec.protocol = "tcp"
+            _OPEN[hash(sock)] = rec
+            return
+    except Exception as fault:
+        GUARD.fault("capture", fault, rec.ts)
+    fail(rec, exc)
+
 
 def track(sock, rec) -> bool:
     """Count `sock`'s bytes into `rec` until it closes, when rec is emitted. False when the socket
-    cannot be counted (not of class socket.socket): the caller emits rec now. May raise (guarded
-    by the caller)."""
+    cannot be counted (of a class other than socket.socket or ssl.SSLSocket): the caller emits rec
+    now. May raise (guarded by the caller)."""
     cls = type(sock)
-    if cls is CountingSocket:
+    if cls in _COUNTED:
         _end(sock)  # connected again (a datagram socket): the previous peer's event ends here
-    elif cls is _ss:
-        sock.__class__ = CountingSocket
+    elif cls in _COUNTING:
+        sock.__class__ = _COUNTING[cls]
     else:
         return False
     rec.netaudit_sockets = 1
@@ -278,8 +413,12 @@ _installed = False
 def install() -> None:
     """Register the exit flush. Called by socket_hooks.install(), after interceptor.sink was
     imported: atexit runs handlers last-registered first, so this one runs before the sink's."""
-    global _installed
+    global _installed, _orig_wrap_socket
     if not _installed:
         atexit.register(flush_open)
         os.register_at_fork(after_in_child=_forget_in_child)
         _installed = True
+    if ssl is not None and not getattr(ssl.SSLContext.__dict__.get("wrap_socket"), MARK, False):
+        _orig_wrap_socket = ssl.SSLContext.wrap_socket
+        setattr(ssl_wrap_socket_wrapper, MARK, True)
+        ssl.SSLContext.wrap_socket = ssl_wrap_socket_wrapper

@@ -283,8 +283,8 @@ if pid == 0:  # the child: its copy of the parent's connection is not its event
     own.close()
     sys.exit(0)
 os.waitpid(pid, 0)
+print("parent", os.getpid(), flush=True)  # before the close: the writer thread prints after it
 sock.close()
-print("parent", os.getpid(), flush=True)
 """
 
 
@@ -299,3 +299,89 @@ def test_fork_child_forgets_the_parents_connections(count_port, tmp_path):
     events = sorted(json.loads(x) for x in lines if not x.startswith("parent "))
     child = next(e[0] for e in events if e[0] != parent)
     assert events == sorted([[parent, len(b"1 2\n") + 1, 2], [child, len(b"3 4\n") + 3, 4]])
+
+
+# ---- TLS over a counted socket ----------------------------------------------------------------
+
+class _TLSCountServer(_CountServer):
+    context = None
+
+    def get_request(self):
+        conn, addr = super().get_request()
+        return self.context.wrap_socket(conn, server_side=True), addr
+
+
+_tls_server: list[int] = []
+
+
+@pytest.fixture
+def tls_port(servers, tmp_path_factory):
+    """A count server speaking TLS with a throwaway self-signed certificate (openssl CLI)."""
+    import shutil
+    import ssl
+
+    if not _tls_server:
+        if shutil.which("openssl") is None:
+            pytest.skip("needs the openssl command to make a test certificate")
+        d = tmp_path_factory.mktemp("tls")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+                       check=True, capture_output=True, timeout=60)
+        server = _TLSCountServer((HOST, 0), _CountHandler)
+        server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.context.load_cert_chain(d / "cert.pem", d / "key.pem")
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _tls_server.append(server.server_address[1])
+    return _tls_server[0]
+
+
+def _client_context():
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # a throwaway certificate: these tests count bytes, not trust
+    return ctx
+
+
+def test_tls_over_a_raw_socket_stays_one_event_with_application_bytes(captured, tls_port):
+    raw = socket.create_connection((HOST, tls_port))
+    tls = _client_context().wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(_ask(50_000, 20_000))
+    got = 0
+    buf = bytearray(1000)
+    got += tls.recv_into(buf)
+    while True:
+        data = tls.recv(4096)
+        if not data:
+            break
+        got += len(data)
+    assert not _socket_events(captured), "the wrap ended the raw event"
+    tls.close()
+    (e,) = _socket_events(captured)
+    assert got == 20_000
+    assert (e.protocol, e.dst_port, e.error) == ("tls", tls_port, "")
+    assert (e.req_bytes, e.resp_bytes) == (len(_ask(50_000, 20_000)), 20_000)
+
+
+def test_tls_makefile_and_self_connecting_sslsocket(captured, tls_port):
+    tls = _client_context().wrap_socket(socket.socket(), server_hostname="localhost")
+    tls.connect((HOST, tls_port))
+    f = tls.makefile("rwb")
+    f.write(_ask(300, 400))
+    f.flush()
+    assert len(f.read()) == 400
+    f.close()
+    tls.close()
+    (e,) = _socket_events(captured)
+    assert (e.protocol, e.req_bytes, e.resp_bytes) == ("tls", len(_ask(300, 400)), 400)
+
+
+def test_failed_tls_handshake_ends_the_event_with_the_error(captured, servers):
+    import ssl
+
+    raw = socket.create_connection((HOST, servers.http))  # an HTTP server: no TLS there
+    with pytest.raises((ssl.SSLError, ConnectionError)) as failed:
+        _client_context().wrap_socket(raw, server_hostname="localhost")
+    (e,) = _socket_events(captured)
+    assert (e.protocol, e.error) == ("tls", type(failed.value).__name__)
