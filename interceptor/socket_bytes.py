@@ -31,7 +31,8 @@ Decisions:
 - fork: a child forgets the parent's open connections (the parent emits them); a child's own are
   flushed at its exit, a multiprocessing child's from its exit finalizers.
 - Fail-open: a fault while counting is swallowed and counted by GUARD; results and exceptions
-  are the C methods' own. The class reports itself as socket.socket in repr(); only
+  are the C methods' own. The class is named like the one it stands in for (repr(), pickling
+  errors), and multiprocessing's reducer for socket.socket is registered for it; only
   `type(sock) is socket.socket` tells the difference.
 """
 from __future__ import annotations
@@ -210,7 +211,7 @@ class CountingSocket(socket.socket):
 
 # repr() and error messages keep naming the class the program created
 CountingSocket.__module__ = _ss.__module__
-CountingSocket.__qualname__ = _ss.__qualname__
+CountingSocket.__qualname__ = CountingSocket.__name__ = _ss.__name__
 
 try:
     import ssl
@@ -349,6 +350,8 @@ def track(sock, rec) -> bool:
     """Count `sock`'s bytes into `rec` until it closes, when rec is emitted. False when the socket
     cannot be counted (of a class other than socket.socket or ssl.SSLSocket): the caller emits rec
     now. May raise (guarded by the caller)."""
+    if not _reducers_registered:
+        _register_reducers()
     cls = type(sock)
     if cls in _COUNTED:
         _end(sock)  # connected again (a datagram socket): the previous peer's event ends here
@@ -359,6 +362,27 @@ def track(sock, rec) -> bool:
     rec.netaudit_sockets = 1
     _OPEN[hash(sock)] = rec
     return True
+
+
+_reducers_registered = False
+
+
+def _register_reducers() -> None:
+    """multiprocessing pickles a socket by its exact type (ForkingPickler's reducers): give the
+    counting classes the reducer of the class they stand in for, once multiprocessing has one."""
+    global _reducers_registered
+    reduction = sys.modules.get("multiprocessing.reduction")
+    if reduction is None:
+        return  # looked up again at the next connection (one dict lookup)
+    _reducers_registered = True
+    try:
+        pickler = reduction.ForkingPickler
+        for original, counting in _COUNTING.items():
+            reducer = pickler._extra_reducers.get(original)
+            if reducer is not None:
+                pickler.register(counting, reducer)
+    except Exception as exc:
+        GUARD.fault("capture", exc)
 
 
 def _end(sock) -> None:

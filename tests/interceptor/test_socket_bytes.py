@@ -385,3 +385,15 @@ def test_failed_tls_handshake_ends_the_event_with_the_error(captured, servers):
         _client_context().wrap_socket(raw, server_hostname="localhost")
     (e,) = _socket_events(captured)
     assert (e.protocol, e.error) == ("tls", type(failed.value).__name__)
+
+
+def test_counted_socket_still_pickles_for_multiprocessing(captured, count_port):
+    from multiprocessing.reduction import ForkingPickler
+
+    sock = socket.create_connection((HOST, count_port))
+    assert type(sock) is not socket.socket and repr(sock).startswith("<socket.socket fd=")
+    with ForkingPickler.loads(ForkingPickler.dumps(sock)) as copy:  # as without the auditor
+        assert type(copy) is socket.socket
+    with pytest.raises(TypeError, match="cannot pickle 'socket' object"):  # plain pickle: the same error
+        __import__("pickle").dumps(sock)
+    sock.close()
