@@ -89,11 +89,14 @@ class CountingSocket(socket.socket):
         return n
 
     def sendall(self, *args, **kwargs):
-        result = _sendall(self, *args, **kwargs)
-        try:
-            _add(self, _nbytes(args[0] if args else kwargs["data"]), 0)
-        except Exception as exc:
-            GUARD.fault("capture", exc)
+        result = _sendall(self, *args, **kwargs)  # None, or it raised: then the count is unknown
+        rec = _OPEN.get(hash(self))
+        if rec is not None:
+            try:
+                data = args[0] if args else kwargs["data"]
+                rec.req_bytes += len(data) if type(data) is bytes else _nbytes(data)
+            except Exception as exc:
+                GUARD.fault("capture", exc)
         return result
 
     def sendto(self, *args, **kwargs):
