@@ -860,19 +860,28 @@ def _command_name(arg: ast.expr) -> str | None:
 # dict stores (`d[k] = v`, `d.setdefault(k, v)`, `d.update(...)`, a dict literal), `setattr` with
 # a literal name, parameter defaults, and arguments passed to a function of the same file (so a
 # closure's free variable is its outer function's parameter). It is conservative where it cannot
-# know: a value looked up by a computed name (`getattr(cls, name)`, `cls.__dict__[name]`) may be
-# any original, and holders are keyed by name per file, whatever the scope. Across files, a
+# know: a value taken out of a namespace (`cls.__dict__[name]`, `vars(cls).get("send")`) or looked
+# up by a computed name (`getattr(cls, name)`) may be any original, any method of a connecting
+# class (EGRESS_CALLS, but socket.socket) counts, and holders are keyed by name per file, whatever
+# the scope. Across files, a
 # module-level holder imported by name from another of our modules, or read as an attribute of
-# that module (`socket_hooks._orig`), is a holder too. Not followed: a list/set/partial of originals, a value a function returns.
+# that module (`socket_hooks._orig`), is a holder too. Not followed: a list, set or
+# functools.partial of originals, a value a function returns, an original fetched and called in
+# one expression (`getattr(cls, name)(...)`; the literal form is caught by the direct rule).
 
 def _network_name(name: str | None) -> bool:
-    """`socket.create_connection`, `socket.socket.sendto`, `smtplib.SMTP.connect`, ..."""
+    """`socket.create_connection`, `socket.socket.sendto`, `smtplib.SMTP.connect`, and any method of
+    a connecting class but the plain socket's (`http.client.HTTPConnection.endheaders` connects on
+    first use; a socket connects only through the EGRESS_METHODS)."""
     if not name:
         return False
     if name in EGRESS_CALLS:
         return True
     parts = name.split(".")
-    return len(parts) > 1 and parts[-1] in EGRESS_METHODS and parts[0] in NETWORK_ROOTS
+    if len(parts) > 1 and parts[-1] in EGRESS_METHODS and parts[0] in NETWORK_ROOTS:
+        return True
+    owners = (".".join(parts[:i]) for i in range(1, len(parts)))
+    return any(owner in EGRESS_CALLS and owner != "socket.socket" for owner in owners)
 
 
 def _lookup_key(node: ast.expr) -> tuple[ast.expr, ast.expr] | None:
@@ -886,7 +895,8 @@ def _lookup_key(node: ast.expr) -> tuple[ast.expr, ast.expr] | None:
         return None
     if isinstance(space, ast.Attribute) and space.attr == "__dict__":
         return space.value, key
-    if isinstance(space, ast.Call) and isinstance(space.func, ast.Name) and space.func.id == "vars" and space.args:
+    if (isinstance(space, ast.Call) and isinstance(space.func, ast.Name) and space.func.id == "vars"
+            and space.args):
         return space.args[0], key
     return None
 
@@ -913,11 +923,9 @@ def original_value(node: ast.expr | None, aliases: dict[str, str], holders: dict
     if isinstance(node, ast.Dict):
         return next((v for v in (original_value(p, aliases, holders) for p in node.values) if v), None)
     lookup = _lookup_key(node)
-    if lookup is not None:
+    if lookup is not None:  # a function taken out of a class's namespace: how originals are saved
         key = _literal_str(lookup[1])
-        if key is None:
-            return "an attribute looked up by a computed name"
-        return f".{key}" if key in EGRESS_METHODS else None
+        return f"{ast.unparse(lookup[0])}.{key}" if key else "an attribute looked up by a computed name"
     if isinstance(node, ast.Call):
         if qualified_name(node.func, aliases) == "builtins.getattr" and len(node.args) >= 2:
             key = _literal_str(node.args[1])
@@ -954,7 +962,8 @@ def _stores(tree: ast.Module) -> Iterator[tuple[ast.expr, ast.expr]]:
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             a = node.args
             positional = [*a.posonlyargs, *a.args]
-            yield from zip((ast.Name(p.arg) for p in positional[len(positional) - len(a.defaults):]), a.defaults)
+            with_default = positional[len(positional) - len(a.defaults):]
+            yield from zip((ast.Name(p.arg) for p in with_default), a.defaults)
             yield from ((ast.Name(p.arg), d) for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None)
         elif isinstance(node, ast.Call):
             func = node.func
