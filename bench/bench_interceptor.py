@@ -134,8 +134,8 @@ def _toggle(mode: str, handle, on: bool) -> None:
 
         from interceptor import http_wrappers as hw
 
-        for name in ("putrequest", "putheader", "endheaders", "send", "getresponse"):
-            setattr(http.client.HTTPConnection, name, getattr(hw, f"http_{name}_wrapper") if on else hw._orig[name])
+        for name, original in hw._orig.items():  # the methods install() wrapped
+            setattr(http.client.HTTPConnection, name, getattr(hw, f"http_{name}_wrapper") if on else original)
     elif mode == "otel":
         instrumentor = handle[1]
         if on:

@@ -1,36 +1,70 @@
 """Protocol wrappers for http.client, and so for urllib, urllib3, requests and xmlrpc.client.
 
 One HTTP request is one event, opened in `putrequest` (method, path, query keys, attribution),
-filled by `putheader` (names only) and the payload (hashed as it streams through `endheaders`
-and `send`), and closed by `getresponse` (status, sizes) or by the first exception.
+filled at `endheaders` (header names only) and by the payload (hashed as it streams through
+`endheaders` and `send`), and closed by `getresponse` (status, sizes) or by the first exception.
+
+Header names are read at `endheaders` from the lines http.client buffered for the request
+(`HTTPConnection._buffer`, one `b"Name: value"` line per `putheader`), from the first line after
+those the original `putrequest` added itself (its Host and Accept-Encoding are not the caller's),
+and cut at the colon at once: values are never kept. That spares a wrapper on `putheader`, called
+five or six times per requests/urllib3 request. Should http.client stop buffering so (checked once
+at install), `putheader` is wrapped instead, keeping each name as it is put.
 
 Each wrapper runs the audited method exactly once, through the original function saved at
-install, with the thread claimed (capture.TLS.busy) so the socket layer below stays silent; its
-result and exception pass through untouched. Every capture step sits in a guard.
+install; its result and exception pass through untouched, and every capture step sits in a guard.
+The thread is claimed (capture.TLS.busy) around `endheaders` and `send`, the two that may connect
+or write to the socket, so the socket layer below stays silent. `putrequest` and `getresponse` only
+format and parse (no socket event below them): they run unclaimed, and the connection's own state
+tells the wrappers apart: the record is put on the connection only after the original
+`putrequest` returned (so the Host and Accept-Encoding headers it adds are not counted as the
+caller's), and `_netaudit_phase` marks the sends `endheaders` makes itself.
+
+Response size (`resp_bytes`): a response with a length (Content-Length; 0 for HEAD, 204, 304) is
+recorded at `getresponse`, with that length. A chunked or close-delimited response has no length
+until it is read: its `fp` is replaced by a `_BodyCounter` that passes every read through
+untouched, keeps nothing, and adds the body bytes the caller consumed (chunk framing is parsed off,
+so a chunked body counts its decoded size, as Content-Length would). Its event is held until the
+body ends: when the response is read to its end or closed (http.client closes `fp` then; urllib3
+and requests too, whether they read through `HTTPResponse.read` or parse the chunks themselves
+from `fp`), or at the latest when the counter is garbage-collected, when the connection sends its
+next request, or at interpreter exit (`_flush_held`, registered after the sink's own exit flush, so
+it runs first). `duration_ms` is still the time to the response head, as for every other request.
 """
 from __future__ import annotations
 
+import atexit
 import http.client
+import os
 import sys
+import time
 
 from interceptor import forensic as _fx
-from interceptor.capture import GUARD, TLS, begin, emit, fail, peer
+from interceptor.capture import GUARD, STATE, TLS, Record, begin, emit, fail, peer
 from interceptor.redact import query_names, split_url
 
 MARK = "_netaudit_wrapped"     # set on every function we installed (idempotent install)
-BODY = 2                       # value of _netaudit_phase once the headers are sent
+HEADERS, SENDING, BODY = 0, 1, 2  # _netaudit_phase: headers being put, inside endheaders, after it
 # Per-connection state lives in plain attributes with class-level defaults (set in install()),
 # never through `conn.__dict__`: materialising an instance's __dict__ turns off CPython 3.11's
 # inline attribute cache for that connection and slows every attribute access of http.client.
 #   _netaudit_rec    the in-flight Record, or None
-#   _netaudit_phase  0 while headers are being sent, BODY after endheaders
+#   _netaudit_phase  HEADERS, SENDING while the original endheaders runs, BODY after it
 #   _netaudit_peer   (socket, src_ip, src_port, dst_ip, dst_port) cached per socket
 #   _netaudit_fx     forensic.Capture of the in-flight request's bodies, only while a body tap
 #                    is set (interceptor/forensic.py); bodies never go on the Record
-_DEFAULTS = {"_netaudit_rec": None, "_netaudit_phase": 0, "_netaudit_peer": None, "_netaudit_fx": None}
+#   _netaudit_body   the _BodyCounter of the last response without a length, while its event is held
+#   _netaudit_hstart index in `_buffer` of the first header line the caller put
+_DEFAULTS = {"_netaudit_rec": None, "_netaudit_phase": HEADERS, "_netaudit_peer": None, "_netaudit_fx": None,
+             "_netaudit_body": None, "_netaudit_hstart": 0}
+_NAMES_FROM_BUFFER = True  # False: http.client does not buffer header lines as expected; wrap putheader
 
 _orig: dict[str, object] = {}
 _https_classes: dict[type, str] = {}
+_getframe = sys._getframe
+_time_ns = time.time_ns
+# The originals, bound once at install (a module global is a cheaper load than _orig[name]).
+_putrequest = _putheader = _endheaders = _send = _getresponse = None
 
 
 def _protocol(conn) -> str:
@@ -44,25 +78,47 @@ def _protocol(conn) -> str:
     return proto
 
 
-def _begin_request(conn, method, url, frame):
+def _end_previous(conn) -> None:
+    """A new request on the connection: end what the previous one left open."""
     old = conn._netaudit_rec
     if old is not None:      # the previous request never got to getresponse: close it as is
         conn._netaudit_rec = None
+        if _NAMES_FROM_BUFFER and conn._netaudit_phase == HEADERS:
+            _take_header_names(conn, old)
         emit(old)
         _forensic_end(conn, False)
-    host = getattr(conn, "_tunnel_host", None) or conn.host
-    port = getattr(conn, "_tunnel_port", None) or conn.port
-    rec = begin("http", _protocol(conn), method, host, port, frame)
+    body = conn._netaudit_body
+    if body is not None:     # the previous response's body was left unread: its event ends here
+        conn._netaudit_body = None
+        body.finish()
+
+
+def _begin_request(conn, method, url, frame):
+    """The request's record, attributed and with its names; not yet on the connection."""
+    if conn._netaudit_rec is not None or conn._netaudit_body is not None:
+        _end_previous(conn)
+    rec = Record("http", _https_classes.get(type(conn)) or _protocol(conn), method,
+                 getattr(conn, "_tunnel_host", None) or conn.host, getattr(conn, "_tunnel_port", None) or conn.port)
+    attribution = STATE.attribution
+    if attribution is not None:
+        rec.module, rec.author, rec.call_site, rec.self_egress = attribution(frame)
     path, query = split_url(url)
     rec.url_path = path
     if query:
         rec.query_keys = query_names(query)
-    rec.header_names = []
-    conn._netaudit_rec = rec
-    conn._netaudit_phase = 0
+    if not _NAMES_FROM_BUFFER:
+        rec.header_names = []
     if _fx.TAP is not None:  # forensic mode: the one check on the hot path when it is off
         conn._netaudit_fx = _fx.start(rec)
     return rec
+
+
+def _take_header_names(conn, rec) -> None:
+    """The names of the header lines the caller put, cut at the colon (values never kept)."""
+    buffered = conn._buffer
+    start = conn._netaudit_hstart
+    if len(buffered) > start:
+        rec.header_names = [line.partition(b":")[0].decode("latin-1") for line in buffered[start:]]
 
 
 def _forensic_end(conn, response_seen) -> None:
@@ -83,32 +139,39 @@ def _abandon(conn, rec, exc) -> None:
 def http_putrequest_wrapper(self, method, url, skip_host=False, skip_accept_encoding=False):
     """Wraps HTTPConnection.putrequest: opens the request's record."""
     if TLS.busy:
-        return _orig["putrequest"](self, method, url, skip_host, skip_accept_encoding)
+        return _putrequest(self, method, url, skip_host, skip_accept_encoding)
     rec = None
     try:
-        rec = _begin_request(self, method, url, sys._getframe(1))
+        rec = _begin_request(self, method, url, _getframe(1))
     except Exception as exc:
         GUARD.fault("capture", exc)
-    TLS.busy = True
     try:
-        return _orig["putrequest"](self, method, url, skip_host, skip_accept_encoding)
+        result = _putrequest(self, method, url, skip_host, skip_accept_encoding)
     except BaseException as exc:
         if rec is not None:
             _abandon(self, rec, exc)
         raise
-    finally:
-        TLS.busy = False
+    if rec is not None:
+        self._netaudit_rec = rec
+        self._netaudit_phase = HEADERS
+        if _NAMES_FROM_BUFFER:
+            try:
+                self._netaudit_hstart = len(self._buffer)
+            except Exception as exc:
+                GUARD.fault("redact", exc, rec.ts)
+    return result
 
 
 def http_putheader_wrapper(self, header, *values):
-    """Wraps HTTPConnection.putheader: keeps the header's name, never its values."""
+    """Wraps HTTPConnection.putheader, only if http.client does not buffer header lines as
+    expected (see the module docstring): keeps the header's name, never its values."""
     rec = self._netaudit_rec
-    if rec is not None and not TLS.busy:
+    if rec is not None:
         try:
             rec.header_names.append(header)
         except Exception as exc:
             GUARD.fault("redact", exc, rec.ts)
-    return _orig["putheader"](self, header, *values)
+    return _putheader(self, header, *values)
 
 
 def _hashing_chunks(body, rec, blocksize):
@@ -138,8 +201,6 @@ def _hash(rec, data) -> None:
 
 def _prepare_body(self, rec, message_body):
     """Hash an in-memory body now; wrap a streamed one so it is hashed as it is sent."""
-    if message_body is None:
-        return message_body
     if isinstance(message_body, (bytes, bytearray, memoryview)):
         rec.hash_payload(message_body)
         return message_body
@@ -158,29 +219,41 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     """Wraps HTTPConnection.endheaders: sends headers and an optional body (hashed as it streams)."""
     rec = self._netaudit_rec
     if rec is None or TLS.busy:
-        return _orig["endheaders"](self, message_body, encode_chunked=encode_chunked)
-    body = message_body
-    try:
-        body = _prepare_body(self, rec, message_body)
-    except Exception as exc:
-        body = message_body
-        GUARD.fault("capture", exc, rec.ts)
-    if self._netaudit_fx is not None and message_body is not None:
+        return _endheaders(self, message_body, encode_chunked=encode_chunked)
+    if _NAMES_FROM_BUFFER:
         try:
-            body = _fx.request_body(self._netaudit_fx, message_body, body)
+            _take_header_names(self, rec)
         except Exception as exc:
+            GUARD.fault("redact", exc, rec.ts)
+    body = message_body
+    if message_body is not None:
+        try:
+            body = _prepare_body(self, rec, message_body)
+        except Exception as exc:
+            body = message_body
             GUARD.fault("capture", exc, rec.ts)
+        if self._netaudit_fx is not None:
+            try:
+                body = _fx.request_body(self._netaudit_fx, message_body, body)
+            except Exception as exc:
+                GUARD.fault("capture", exc, rec.ts)
+    self._netaudit_phase = SENDING
     TLS.busy = True
     try:
-        result = _orig["endheaders"](self, body, encode_chunked=encode_chunked)
+        result = _endheaders(self, body, encode_chunked=encode_chunked)
     except BaseException as exc:
         _abandon(self, rec, exc)
         raise
     finally:
         TLS.busy = False
+    self._netaudit_phase = BODY
     try:
-        self._netaudit_phase = BODY
-        _fill_peer(self, rec)
+        sock = self.sock
+        cached = self._netaudit_peer
+        if cached is not None and cached[0] is sock:  # a kept-alive connection: no syscalls
+            _, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port = cached
+        elif sock is not None:
+            _fill_peer(self, rec)
     except Exception as exc:
         GUARD.fault("capture", exc, rec.ts)
     return result
@@ -201,15 +274,15 @@ def _fill_peer(conn, rec) -> None:
 def http_send_wrapper(self, data):
     """Wraps HTTPConnection.send: payload sent after the headers (urllib3 streams bodies so)."""
     rec = self._netaudit_rec
-    if rec is None or TLS.busy:
-        return _orig["send"](self, data)
+    if rec is None or self._netaudit_phase == SENDING or TLS.busy:  # endheaders' own sends: claimed
+        return _send(self, data)
     if self._netaudit_phase == BODY and isinstance(data, (bytes, bytearray, memoryview)):
         _hash(rec, data)
         if self._netaudit_fx is not None:
             self._netaudit_fx.add_request(data)
     TLS.busy = True
     try:
-        return _orig["send"](self, data)
+        return _send(self, data)
     except BaseException as exc:
         _abandon(self, rec, exc)
         raise
@@ -219,29 +292,32 @@ def http_send_wrapper(self, data):
 
 def http_getresponse_wrapper(self):
     """Wraps HTTPConnection.getresponse: closes the record with status and response size."""
-    if TLS.busy:
-        return _orig["getresponse"](self)
     rec = self._netaudit_rec
     if rec is None:
-        return _orig["getresponse"](self)
+        return _getresponse(self)
     self._netaudit_rec = None
-    TLS.busy = True
     try:
-        response = _orig["getresponse"](self)
+        response = _getresponse(self)
     except BaseException as exc:
         fail(rec, exc)
         _forensic_end(self, False)
         raise
-    finally:
-        TLS.busy = False
+    held = False
     try:
         rec.status = response.status
-        rec.resp_bytes = response.length or 0
+        length = response.length
+        if length is not None:
+            rec.resp_bytes = length
+        elif not response.isclosed():  # chunked or close-delimited: count the body as it is read
+            rec.duration_ms = max(0, _time_ns() - rec.ts) / 1e6
+            self._netaudit_body = response.fp = _BodyCounter(response.fp, rec, response.chunked)
+            held = True
         if not rec.dst_ip:
             _fill_peer(self, rec)
     except Exception as exc:
         GUARD.fault("capture", exc, rec.ts)
-    emit(rec)
+    if not held:
+        emit(rec)
     if self._netaudit_fx is not None:
         capture, self._netaudit_fx = self._netaudit_fx, None
         try:
@@ -249,6 +325,149 @@ def http_getresponse_wrapper(self):
         except Exception as exc:
             GUARD.fault("capture", exc, rec.ts)
     return response
+
+
+# ---- the body of a response without a length ------------------------------------------------------
+
+_RAW, _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(6)   # _BodyCounter states
+_MAX_LINE = 4096   # a chunk-size or trailer line longer than this stops the count (http.client: 65536)
+_HELD: dict[int, Record] = {}   # id(record) -> record of every held event, for the exit flush
+
+
+def _submit_held(rec) -> None:
+    """Hand a held record to the sink (its duration was set at getresponse). Never raises."""
+    try:
+        if _HELD.pop(id(rec), None) is None or rec.done:
+            return
+        rec.done = True
+        STATE.sink.submit(rec)
+    except Exception as exc:
+        GUARD.fault("record", exc, rec.ts)
+
+
+class _BodyCounter:
+    """Stands in for HTTPResponse.fp of a chunked or close-delimited response: every read passes
+    through unchanged and nothing is kept; the body bytes consumed are added to the record's
+    `resp_bytes` (chunk sizes, CRLFs and trailers are framing, not counted). Closing it, or its
+    collection, hands the held record to the sink."""
+
+    __slots__ = ("_fp", "_rec", "_state", "_left", "_line")
+
+    def __init__(self, fp, rec, chunked: bool) -> None:
+        self._fp = fp
+        self._rec = rec
+        self._state = _SIZE if chunked else _RAW
+        self._left = 0
+        self._line = b""
+        _HELD[id(rec)] = rec
+
+    def _count(self, data) -> None:
+        try:
+            rec = self._rec
+            if rec is None or not data:
+                return
+            state = self._state
+            if state == _RAW:
+                rec.resp_bytes += len(data)
+            elif state == _DATA and len(data) <= self._left:
+                self._left -= len(data)
+                rec.resp_bytes += len(data)
+                if not self._left:
+                    self._state = _DATA_END
+            elif state != _DONE:
+                self._parse(bytes(data), rec)
+        except Exception as exc:
+            self._state = _DONE
+            GUARD.fault("capture", exc, self._rec.ts if self._rec is not None else 0)
+
+    def _parse(self, data: bytes, rec) -> None:
+        """Chunked framing, however the reads split it: size line, data, CRLF, ..., 0, trailers."""
+        i, n = 0, len(data)
+        while i < n and self._state != _DONE:
+            if self._state == _DATA:
+                take = min(self._left, n - i)
+                rec.resp_bytes += take
+                self._left -= take
+                i += take
+                if not self._left:
+                    self._state = _DATA_END
+                continue
+            j = data.find(b"\n", i)
+            end = n if j < 0 else j + 1
+            line = self._line + data[i:end]
+            i = end
+            if j < 0:
+                self._line = line
+                if len(line) > _MAX_LINE:
+                    self._state = _DONE
+                continue
+            self._line = b""
+            self._end_line(line)
+
+    def _end_line(self, line: bytes) -> None:
+        state = self._state
+        if state == _DATA_END:
+            self._state = _SIZE
+        elif state == _SIZE:
+            size = int(line.split(b";", 1)[0].strip(), 16)  # a bad size: ValueError ends the count
+            if size < 0:
+                raise ValueError("negative chunk size")
+            self._state, self._left = (_TRAILER, 0) if size == 0 else (_DATA, size)
+        elif state == _TRAILER and not line.strip():
+            self._state = _DONE
+
+    def read(self, *args):
+        data = self._fp.read(*args)
+        self._count(data)
+        return data
+
+    def read1(self, *args):
+        data = self._fp.read1(*args)
+        self._count(data)
+        return data
+
+    def readline(self, *args):
+        data = self._fp.readline(*args)
+        self._count(data)
+        return data
+
+    def readinto(self, buffer):
+        n = self._fp.readinto(buffer)
+        if n:
+            self._count(memoryview(buffer)[:n])
+        return n
+
+    def finish(self) -> None:
+        """The body ended (or will not be read any further here): hand the record over, once."""
+        rec, self._rec = self._rec, None
+        if rec is not None:
+            _submit_held(rec)
+
+    def close(self):
+        try:
+            return self._fp.close()
+        finally:
+            self.finish()
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
+
+    def __del__(self):
+        try:
+            if self._rec is not None:
+                self.finish()
+        except Exception:
+            pass
+
+
+def _flush_held() -> None:
+    """Interpreter exit: hand over every held record with the bytes read so far."""
+    for rec in list(_HELD.values()):
+        _submit_held(rec)
+
+
+def _forget_held_in_child() -> None:
+    _HELD.clear()  # the parent owns them
 
 
 def _make_connect_wrapper(original):
@@ -262,7 +481,7 @@ def _make_connect_wrapper(original):
             return original(self, *args, **kwargs)
         except BaseException as exc:
             try:
-                rec = begin("http", _protocol(self), "CONNECT", self.host, self.port, sys._getframe(1))
+                rec = begin("http", _protocol(self), "CONNECT", self.host, self.port, _getframe(1))
             except Exception as fault:
                 GUARD.fault("capture", fault)
             else:
@@ -291,22 +510,41 @@ def _subclass_hook(cls, **kwargs):
         GUARD.fault("install", exc)
 
 
+def _buffers_header_lines(base) -> bool:
+    """Does http.client put each header line in `_buffer` through `_output`, sent at endheaders?"""
+    try:
+        return ("_output" in base.putheader.__code__.co_names
+                and "_buffer" in base._output.__code__.co_names
+                and "_buffer" in base._send_output.__code__.co_names)
+    except AttributeError:
+        return False
+
+
 def install() -> None:
+    global _putrequest, _putheader, _endheaders, _send, _getresponse, _NAMES_FROM_BUFFER
     base = http.client.HTTPConnection
     if getattr(base.__dict__.get("putrequest"), MARK, False):
         return
     for name, value in _DEFAULTS.items():
         setattr(base, name, value)
-    for name, wrapper in (("putrequest", http_putrequest_wrapper), ("putheader", http_putheader_wrapper),
-                          ("endheaders", http_endheaders_wrapper), ("send", http_send_wrapper),
-                          ("getresponse", http_getresponse_wrapper)):
+    _NAMES_FROM_BUFFER = _buffers_header_lines(base)
+    wrappers = [("putrequest", http_putrequest_wrapper), ("endheaders", http_endheaders_wrapper),
+                ("send", http_send_wrapper), ("getresponse", http_getresponse_wrapper)]
+    if not _NAMES_FROM_BUFFER:
+        wrappers.append(("putheader", http_putheader_wrapper))
+    _putheader = base.__dict__["putheader"]
+    for name, wrapper in wrappers:
         _orig[name] = base.__dict__[name]
         setattr(wrapper, MARK, True)
         wrapper.__wrapped__ = _orig[name]
         setattr(base, name, wrapper)
+    _putrequest, _endheaders = _orig["putrequest"], _orig["endheaders"]
+    _send, _getresponse = _orig["send"], _orig["getresponse"]
     stack = [base]
     while stack:
         cls = stack.pop()
         _wrap_connect(cls)
         stack.extend(cls.__subclasses__())
     base.__init_subclass__ = classmethod(_subclass_hook)
+    atexit.register(_flush_held)  # after interceptor.sink's: atexit runs it first
+    os.register_at_fork(after_in_child=_forget_held_in_child)

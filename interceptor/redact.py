@@ -19,6 +19,9 @@ def split_url(url: str) -> tuple[str, str]:
     `url` is an origin-form target ("/a/b?x=1") or, through a proxy, an absolute URL whose
     userinfo ("user:password@") must never reach the ledger.
     """
+    if url[:1] == "/" and "#" not in url:  # origin form without a fragment: the common case
+        path, _, query = url.partition("?")
+        return path, query
     if not url.startswith("/"):
         scheme, sep, rest = url.partition("://")
         if sep:
@@ -36,7 +39,9 @@ def query_names(query: str) -> list[str]:
     """Raw parameter names of a query string, values dropped at once."""
     if not query:
         return []
-    return [part.partition("=")[0] for part in query.replace(";", "&").split("&") if part]
+    if ";" in query:
+        query = query.replace(";", "&")
+    return [part.partition("=")[0] for part in query.split("&") if part]
 
 
 def utf8_safe(text: str) -> str:
