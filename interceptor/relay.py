@@ -124,7 +124,7 @@ class RelayWriter:
             if i and not i % YIELD_EVERY:
                 time.sleep(0)  # let the audited threads take the GIL, as the sink does
             rows.append(json.dumps(encode_record(rec), separators=(",", ":")).encode("ascii"))
-        sent_any = False
+        sent_any, oversized = False, []
         start = 0
         while start < len(rows):
             end, size = start, len(head) + 2
@@ -132,18 +132,20 @@ class RelayWriter:
                 size += len(rows[end]) + 1
                 end += 1
             if end == start:  # one row alone is too big for a datagram: that record is a miss
-                self._missed(records[start:start + 1], OVERSIZED)
+                oversized.append(records[start])
                 start += 1
                 continue
             try:
                 self._send(head + b",".join(rows[start:end]) + b"]}")
             except OSError as exc:
                 if not sent_any or self.on_miss is None:
-                    raise
+                    raise  # nothing relayed: the sink counts the whole batch, oversized rows included
                 self._missed(records[start:], type(exc).__name__)
-                return
+                break
             sent_any = True
             start = end
+        for rec in oversized:  # counted only now, so that a batch raised above is not counted twice
+            self._missed([rec], OVERSIZED)
 
     def _missed(self, records: list, reason: str) -> None:
         if self.on_miss is None:

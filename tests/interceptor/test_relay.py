@@ -310,3 +310,21 @@ def test_full_socket_misses_are_counted_and_come_back_as_a_gap(tmp_path, servers
     assert dropped == sink.dropped_total and dropped > 0
     assert len(http) + dropped == calls and http[-1]["url_path"] == "/after-full"
     assert verify_ledger(str(tmp_path / "l.sqlite")).valid
+
+
+def test_an_oversized_row_in_a_batch_that_cannot_be_sent_is_counted_once(tmp_path):
+    """A record too big for a datagram is a miss; when the batch's first datagram then fails, the
+    sink counts the whole batch, so the oversized record must not have been counted already."""
+    from interceptor.capture import Record
+
+    writer = RelayWriter(str(tmp_path / "nobody-listens.sock"), send_timeout=0.1)
+    writer._hello = True  # past the hello: the events datagram is the first send to fail
+    sink = Sink(writer, linger_s=0)
+    writer.on_miss = sink.miss
+    big, small = Record("socket", "tcp", "connect", "a.example", 1), Record("socket", "tcp", "connect", "b.example", 2)
+    big.call_site = "x" * MAX_DATAGRAM
+    try:
+        assert not sink._write([big, small])
+        assert sink.dropped_total == 2 and sink.pending_gap == 2
+    finally:
+        sink.close(0.5)
