@@ -6,6 +6,7 @@ back) and the receiver's side (malformed datagrams) are exercised with real sock
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -328,3 +329,14 @@ def test_an_oversized_row_in_a_batch_that_cannot_be_sent_is_counted_once(tmp_pat
         assert sink.dropped_total == 2 and sink.pending_gap == 2
     finally:
         sink.close(0.5)
+
+
+def test_a_row_is_the_events_fields_without_the_fingerprint_then_the_digest():
+    from interceptor.capture import Record
+    from interceptor.relay import encode_record
+
+    rec = Record("http", "https", "POST", "user:pw@api.example", 443)
+    rec.url_path, rec.query_keys, rec.header_names = "/a b", ["k"], ["X-Key"]
+    rec.hash_payload(PAYLOAD)
+    event = rec.to_event(None)
+    assert encode_record(rec) == [getattr(event, f) for f in EVENT_FIELDS] + [hashlib.sha256(PAYLOAD).hexdigest()]
