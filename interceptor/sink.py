@@ -230,7 +230,8 @@ class MemoryWriter:
 
 class LazyWriter:
     """A writer made by `factory()` on first use, on the writer thread: a process that makes no
-    network call never pays for it (`netaudit run` uses it to defer importing the ledger)."""
+    network call never pays for it (e.g. a factory that imports and opens the ledger). It has no
+    `write_records`: the sink hands it NetEvents (write_batch)."""
 
     def __init__(self, factory):
         self._factory = factory

@@ -1,4 +1,4 @@
-"""The ledger-backed writer for interceptor.Sink, and installing the interceptor from the environment.
+"""The ledger-backed writer for interceptor.Sink.
 
 `LedgerWriter` opens the ledger lazily, on the sink's writer thread, so a ledger that cannot be
 opened (missing key, read-only folder, locked file) is one more fail-open fault: the events are
@@ -14,6 +14,8 @@ from interceptor.event import NetEvent
 from interceptor.sink import YIELD_EVERY
 from ledger.errors import LedgerError
 
+# Named the ledger for the children of `netaudit run` before the relay; run.py still removes them
+# from the children's environment.
 ENV_LEDGER = "NETAUDIT_LEDGER"
 ENV_KEY_DIR = "NETAUDIT_KEY_DIR"
 
@@ -117,16 +119,3 @@ class LedgerWriter:
         led, self._ledger = self._ledger, None
         if led is not None:
             led.close()
-
-
-def install_from_env(environ=os.environ) -> bool:
-    """Install the interceptor with a ledger sink named by NETAUDIT_LEDGER / NETAUDIT_KEY_DIR.
-
-    Used by `netaudit run`'s bootstrap; returns False when the variables are not set.
-    """
-    path = environ.get(ENV_LEDGER)
-    if not path:
-        return False
-    import interceptor
-
-    return interceptor.install(sink=interceptor.Sink(LedgerWriter(path, environ.get(ENV_KEY_DIR) or None)))
