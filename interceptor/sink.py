@@ -54,7 +54,10 @@ class Sink:
     def _arm(self) -> None:
         """Fresh queue, lock, wake-up and gap counters (at start, and in a forked child)."""
         self._q: deque[Record] = deque()
-        self._lock = threading.Lock()
+        # Reentrant: socket_bytes emits from __del__, which the garbage collector may run inside
+        # a section that holds this lock (any allocation can start a collection); its submit or
+        # miss must not wait on its own thread.
+        self._lock = threading.RLock()
         self._wake = threading.Event()
         self._sleeping = False
         self._busy = False
@@ -101,10 +104,14 @@ class Sink:
     # ---- the writer thread --------------------------------------------------------------------
 
     def _start(self) -> None:
+        if self._thread is not None:
+            return
+        # Made outside the lock: a collection during the construction may emit and start a writer
+        # itself, and then this one is not needed.
+        t = threading.Thread(target=self._run, name="netaudit-writer", daemon=True)
         with self._lock:
             if self._thread is not None:
                 return
-            t = threading.Thread(target=self._run, name="netaudit-writer", daemon=True)
             self._thread = t
         t.start()
 

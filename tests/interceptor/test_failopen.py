@@ -179,3 +179,28 @@ def test_memory_stays_bounded_with_a_stalled_writer(servers):
     assert sink.pending <= 50 and sink.dropped_total >= 1900
     release.set()
     sink.close(5)
+
+
+def test_an_emit_inside_the_sinks_own_lock_neither_blocks_nor_is_lost():
+    """socket_bytes emits a connection from __del__, which the garbage collector may run on any
+    thread at any allocation, also while that thread holds the sink's lock (the writer reading
+    the gap counters). That emit, a miss here (the queue is full), must not wait on its own thread."""
+    from interceptor.capture import Record, emit
+
+    sink = Sink(MemoryWriter(), maxsize=0, linger_s=0)  # every submit is a miss, and miss() locks
+    done = threading.Event()
+
+    def locked_section():
+        with sink._lock:
+            emit(Record("socket", "tcp", "connect", "gc.example", 1), sink)
+            done.set()
+
+    t = threading.Thread(target=locked_section, daemon=True)
+    t.start()
+    t.join(2)
+    try:
+        assert done.is_set(), "the emit blocked on the lock its own thread holds"
+        assert sink.dropped_total == 1
+        assert sink.flush(5) and sink.writer.gaps[0][0] == 1
+    finally:
+        sink.close(1)
