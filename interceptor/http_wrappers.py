@@ -29,7 +29,7 @@ body ends: when the response is read to its end or closed (http.client closes `f
 and requests too, whether they read through `HTTPResponse.read` or parse the chunks themselves
 from `fp`), or at the latest when the counter is garbage-collected, when the connection sends its
 next request, or at interpreter exit (`_flush_held`, registered after the sink's own exit flush, so
-it runs first). `duration_ms` is still the time to the response head, as for every other request.
+it runs first; in a multiprocessing child, from its exit finalizers, before the sink's). `duration_ms` is still the time to the response head, as for every other request.
 """
 from __future__ import annotations
 
@@ -467,7 +467,23 @@ def _flush_held() -> None:
 
 
 def _forget_held_in_child() -> None:
-    _HELD.clear()  # the parent owns them
+    """After fork, in the child: the parent owns the held events. A multiprocessing child ends
+    with os._exit, past atexit, so its own held events are flushed from its exit finalizers
+    (multiprocessing clears the inherited ones, then runs its after-fork hooks: register there)."""
+    _HELD.clear()
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        try:
+            mp_util.register_after_fork(_flush_held, _register_exit_finalizer)
+        except Exception as exc:
+            GUARD.fault("install", exc)
+
+
+def _register_exit_finalizer(_obj) -> None:
+    import multiprocessing.util as mp_util
+
+    # a higher exitpriority runs first: before the sink's flush (interceptor.sink, 100)
+    mp_util.Finalize(None, _flush_held, exitpriority=101)
 
 
 def _make_connect_wrapper(original):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import http.client
+import os
 import http.server
 import threading
 import urllib.request
@@ -239,3 +240,35 @@ def test_counter_parses_chunk_framing_split_anywhere(captured, servers, step):
     counter.close()
     (e,) = captured.events("http")
     assert e.resp_bytes == len(body)
+
+
+def _child_leaves_a_body_open(port):
+    conn = http.client.HTTPConnection(HOST, port)
+    conn.request("GET", "/chunked/3000")
+    resp = conn.getresponse()
+    resp.read(1234)
+    _child_leaves_a_body_open.kept = (conn, resp)  # still open when multiprocessing calls os._exit
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs the fork start method")
+def test_multiprocessing_child_flushes_held_events_before_os_exit(tmp_path, servers, body_server):
+    import multiprocessing
+
+    import interceptor
+    from interceptor import Sink
+    from ledger.sink import LedgerWriter
+
+    writer = LedgerWriter(str(tmp_path / "ledger.sqlite"), str(tmp_path / "keys"))
+    sink = Sink(writer, linger_s=0)
+    previous = interceptor.use_sink(sink)
+    try:
+        p = multiprocessing.get_context("fork").Process(target=_child_leaves_a_body_open, args=(body_server,))
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0
+        assert sink.flush(5)
+        rows = [r for r in writer.ledger.rows() if r["url_path"] == "/chunked/3000"]
+        assert len(rows) == 1 and rows[0]["pid"] == p.pid and rows[0]["resp_bytes"] == 1234
+    finally:
+        interceptor.use_sink(previous)
+        sink.close(2)
