@@ -29,7 +29,8 @@ body ends: when the response is read to its end or closed (http.client closes `f
 and requests too, whether they read through `HTTPResponse.read` or parse the chunks themselves
 from `fp`), or at the latest when the counter is garbage-collected, when the connection sends its
 next request, or at interpreter exit (`_flush_held`, registered after the sink's own exit flush, so
-it runs first; in a multiprocessing child, from its exit finalizers, before the sink's). `duration_ms` is still the time to the response head, as for every other request.
+it runs first; in a multiprocessing child, from its exit finalizers, before the sink's).
+`duration_ms` is still the time to the response head, as for every other request.
 """
 from __future__ import annotations
 
