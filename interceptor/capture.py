@@ -2,13 +2,15 @@
 
 A `Record` holds raw, already-redacted metadata (names only, never values) plus a running
 SHA-256 of the request payload, fed block by block as the payload is sent (never buffered). The
-writer thread turns it into a `NetEvent`; the fingerprint is
+writer thread turns it into a `NetEvent`'s values (`Record.fields`); the fingerprint is
 
     fingerprint = HMAC-SHA256(salt, SHA-256(payload)), first 128 bits, hex
 
 so the ledger's secret salt is needed only on the writer thread (where the ledger is opened,
 lazily) and the audited thread pays for one streaming SHA-256, nothing more. Without the salt a
 fingerprint cannot be checked against a guessed payload, as with a plain HMAC of the payload.
+In a child of `netaudit run` the writer thread sends the plain SHA-256 to the parent, which holds
+the salt (interceptor.relay): that digest crosses the run's private local socket, never the ledger.
 
 The thread-local claim (`TLS.busy`) is the suppress context: while a wrapper runs the audited
 call, every lower layer on that thread (a nested wrapper, the socket hooks) stays silent, so one

@@ -43,7 +43,7 @@ class Sink:
         self.maxsize = maxsize
         self.batch_size = batch_size
         self.linger_s = linger_s
-        self.written = 0          # events handed to write_batch successfully
+        self.written = 0          # events handed to write_batch / write_records successfully
         self.dropped_total = 0    # events ever dropped (overflow, writer fault, capture fault)
         self.gaps_written = 0
         self.write_faults = 0
