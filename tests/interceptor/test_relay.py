@@ -340,3 +340,22 @@ def test_a_row_is_the_events_fields_without_the_fingerprint_then_the_digest():
     rec.hash_payload(PAYLOAD)
     event = rec.to_event(None)
     assert encode_record(rec) == [getattr(event, f) for f in EVENT_FIELDS] + [hashlib.sha256(PAYLOAD).hexdigest()]
+
+
+def test_a_fault_while_the_receiver_stops_still_comes_back_as_a_gap_row(tmp_path):
+    led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
+    receiver = RelayReceiver(led, str(tmp_path / "relay.sock"))
+    receive = receiver._receive
+
+    def faulty(wait):
+        if not wait:  # the final drain, after stop()
+            raise OSError("receive failed while stopping")
+        return receive(wait)
+
+    receiver._receive = faulty
+    receiver.start()
+    receiver.stop()
+    rows = list(led.rows())
+    led.close()
+    gaps = [r for r in rows if r["method"] == "gap"]
+    assert len(gaps) == 1 and "reason=relay_OSError" in gaps[0]["url_path"], rows
