@@ -171,7 +171,7 @@ class Sink:
                     self._gap_n -= n
                     if self._gap_n == 0:
                         self._gap_t1 = self._gap_t2 = 0
-                        self._gap_reasons = set()
+                        self._gap_reasons.clear()  # no allocation here: a collection could run __del__ emits
                 self.gaps_written += 1
             if write_records is not None and batch:
                 write_records(batch)

@@ -2,7 +2,9 @@
 
 - `socket.socket.connect` / `connect_ex` and `socket.create_connection` are wrapped, so a raw
   connection is one event with its outcome: a refused connection is emitted at once, an open one
-  when it closes, with the bytes it sent and received (socket_bytes);
+  when it closes, with the bytes it sent and received (socket_bytes); a non-blocking connect
+  keeps status "in_progress" in that event, even after data flowed, and one that fails later
+  (seen only by the caller, through select and SO_ERROR) carries no error class;
 - a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, UDP
   `sendto`/`sendmsg`, name lookups through `getaddrinfo` and friends).
 Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
