@@ -73,6 +73,36 @@ def _add(sock, sent: int, received: int) -> None:
         GUARD.fault("capture", exc)
 
 
+def _ending(base):
+    """detach, _real_close and __del__ for a counting subclass of `base`: each ends the connection's
+    record (emits its event), then runs base's own. They run during interpreter shutdown too, when
+    this module's globals may already be gone: the originals are bound as defaults, and a missing
+    _end is skipped."""
+
+    def detach(self, _detach=base.detach):
+        try:
+            _end(self)
+        except Exception:
+            pass
+        return _detach(self)
+
+    def _real_close(self, _close=base._real_close):
+        try:
+            _end(self)
+        except Exception:
+            pass
+        _close(self)
+
+    def __del__(self, _finalize=_finalize):
+        try:
+            _end(self)
+        except Exception:
+            pass
+        _finalize(self)
+
+    return detach, _real_close, __del__
+
+
 class CountingSocket(socket.socket):
     """socket.socket that counts the bytes it moves into its connection's record."""
 
@@ -188,28 +218,7 @@ class CountingSocket(socket.socket):
             GUARD.fault("capture", exc)
         return sock
 
-    # close, detach and collection run during interpreter shutdown too, when this module's globals
-    # may already be gone: the originals are bound as defaults, and a missing _end is skipped.
-    def detach(self, _detach=_ss.detach):
-        try:
-            _end(self)
-        except Exception:
-            pass
-        return _detach(self)
-
-    def _real_close(self, _close=_ss._real_close):
-        try:
-            _end(self)
-        except Exception:
-            pass
-        _close(self)
-
-    def __del__(self, _finalize=_finalize):
-        try:
-            _end(self)
-        except Exception:
-            pass
-        _finalize(self)
+    detach, _real_close, __del__ = _ending(_ss)
 
 
 # repr() and error messages keep naming the class the program created
@@ -276,26 +285,7 @@ if ssl is not None:
                 _add(self, 0, n)
             return n
 
-        def detach(self, _detach=_SSLSocket.detach):
-            try:
-                _end(self)
-            except Exception:
-                pass
-            return _detach(self)
-
-        def _real_close(self, _close=_SSLSocket._real_close):
-            try:
-                _end(self)
-            except Exception:
-                pass
-            _close(self)
-
-        def __del__(self, _finalize=_finalize):
-            try:
-                _end(self)
-            except Exception:
-                pass
-            _finalize(self)
+        detach, _real_close, __del__ = _ending(_SSLSocket)
 
     CountingSSLSocket.__module__ = _SSLSocket.__module__
     CountingSSLSocket.__qualname__ = CountingSSLSocket.__name__ = _SSLSocket.__name__
