@@ -300,17 +300,22 @@ def writer_throughput(total: int = 200_000, threads: int = 8) -> None:
                 sink.submit(_record(i))
 
         t0 = time.perf_counter()
-        ts = [threading.Thread(target=produce, args=(k * per,)) for k in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        _in_threads(produce, threads, per)
         sink.flush(120)
         dt = time.perf_counter() - t0
         rows = sink.writer.ledger.count()
         print(f"writer: {per * threads} events from {threads} threads into a ledger in {dt:.2f} s = "
               f"{per * threads / dt:,.0f} events/s sustained, dropped {sink.dropped_total}, ledger rows {rows}")
         sink.close()
+
+
+def _in_threads(produce, threads: int, per: int) -> None:
+    """Run produce(offset) on `threads` threads at once, offsets 0, per, 2*per...; wait for all."""
+    ts = [threading.Thread(target=produce, args=(k * per,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
 
 
 def _rss_mb() -> float:
@@ -338,11 +343,7 @@ def stalled_memory(total: int = 1_000_000, threads: int = 8) -> None:
                 sink.submit(_record(i))
 
         t0 = time.perf_counter()
-        ts = [threading.Thread(target=produce, args=(k * per,)) for k in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        _in_threads(produce, threads, per)
         dt = time.perf_counter() - t0
         after = _rss_mb()
         print(f"stalled ledger: {per * threads:,} events submitted in {dt:.1f} s; queue held {sink.pending} "

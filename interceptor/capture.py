@@ -18,8 +18,10 @@ call is one event.
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import os
+import sys
 import threading
 import time
 from hashlib import sha256
@@ -198,3 +200,24 @@ def peer(rec: Record, sock) -> None:
 
 def missed(step: str, exc: BaseException) -> None:
     GUARD.fault(step, exc)
+
+
+def flush_at_multiprocessing_exit(flush, priority: int) -> None:
+    """In a forked child: have `flush` run from multiprocessing's exit finalizers, since a
+    multiprocessing child ends with os._exit, past atexit. multiprocessing clears the finalizers a
+    child inherits, then runs its after-fork hooks, so the finalizer is registered from one of those
+    (only if the program uses multiprocessing at all). A higher priority runs first: the held and
+    open records (101) before the sink's own flush (100)."""
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None:
+        return
+    try:
+        mp_util.register_after_fork(flush, functools.partial(_finalize_at_exit, priority=priority))
+    except Exception as exc:
+        GUARD.fault("install", exc)
+
+
+def _finalize_at_exit(flush, priority: int) -> None:
+    import multiprocessing.util as mp_util
+
+    mp_util.Finalize(None, flush, exitpriority=priority)

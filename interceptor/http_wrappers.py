@@ -41,7 +41,7 @@ import sys
 import time
 
 from interceptor import forensic as _fx
-from interceptor.capture import GUARD, STATE, TLS, Record, begin, emit, fail, peer
+from interceptor.capture import GUARD, STATE, TLS, Record, begin, emit, fail, flush_at_multiprocessing_exit, peer
 from interceptor.redact import query_names, split_url
 
 MARK = "_netaudit_wrapped"     # set on every function we installed (idempotent install)
@@ -468,23 +468,10 @@ def _flush_held() -> None:
 
 
 def _forget_held_in_child() -> None:
-    """After fork, in the child: the parent owns the held events. A multiprocessing child ends
-    with os._exit, past atexit, so its own held events are flushed from its exit finalizers
-    (multiprocessing clears the inherited ones, then runs its after-fork hooks: register there)."""
+    """After fork, in the child: the parent owns the held events; the child's own are flushed at
+    its exit, from multiprocessing's exit finalizers too (a multiprocessing child ends with os._exit)."""
     _HELD.clear()
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        try:
-            mp_util.register_after_fork(_flush_held, _register_exit_finalizer)
-        except Exception as exc:
-            GUARD.fault("install", exc)
-
-
-def _register_exit_finalizer(_obj) -> None:
-    import multiprocessing.util as mp_util
-
-    # a higher exitpriority runs first: before the sink's flush (interceptor.sink, 100)
-    mp_util.Finalize(None, _flush_held, exitpriority=101)
+    flush_at_multiprocessing_exit(_flush_held, priority=101)
 
 
 def _make_connect_wrapper(original):

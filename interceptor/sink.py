@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
 import threading
 import time
 import weakref
 from collections import deque
 
-from interceptor.capture import Record
+from interceptor.capture import Record, flush_at_multiprocessing_exit
 
 DEFAULT_MAXSIZE = 10_000
 DEFAULT_BATCH = 512
@@ -292,28 +291,7 @@ class NullWriter:
 def _after_fork_in_child() -> None:
     for sink in list(_SINKS):
         sink._after_fork_in_child()
-    _flush_at_multiprocessing_exit()
-
-
-def _flush_at_multiprocessing_exit() -> None:
-    """A multiprocessing child ends with os._exit, past atexit: flush from its exit finalizers.
-
-    multiprocessing clears the finalizers a child inherits, then runs its after-fork hooks, so the
-    finalizer is registered from one of those (only if the program uses multiprocessing at all).
-    """
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is None:
-        return
-    try:
-        mp_util.register_after_fork(_flush_all_at_exit, _register_exit_finalizer)
-    except Exception:
-        pass
-
-
-def _register_exit_finalizer(_obj) -> None:
-    import multiprocessing.util as mp_util
-
-    mp_util.Finalize(None, _flush_all_at_exit, exitpriority=100)
+    flush_at_multiprocessing_exit(_flush_all_at_exit, priority=100)
 
 
 def _flush_all_at_exit() -> None:

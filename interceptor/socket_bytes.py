@@ -42,7 +42,7 @@ import os
 import socket
 import sys
 
-from interceptor.capture import GUARD, TLS, emit, fail, peer
+from interceptor.capture import GUARD, TLS, emit, fail, flush_at_multiprocessing_exit, peer
 
 _ss = socket.socket  # the Python class whose methods (C ones from _socket.socket) we call
 _send, _sendall, _sendto, _sendmsg = _ss.send, _ss.sendall, _ss.sendto, _ss.sendmsg
@@ -409,19 +409,7 @@ def flush_open() -> None:
 
 def _forget_in_child() -> None:
     _OPEN.clear()  # the parent emits its connections; the child counts only its own
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:  # a multiprocessing child ends with os._exit, past atexit
-        try:
-            mp_util.register_after_fork(flush_open, _register_exit_finalizer)
-        except Exception as exc:
-            GUARD.fault("record", exc)
-
-
-def _register_exit_finalizer(_obj) -> None:
-    import multiprocessing.util as mp_util
-
-    # a higher exitpriority runs first: before the sink's flush (interceptor.sink, 100)
-    mp_util.Finalize(None, flush_open, exitpriority=101)
+    flush_at_multiprocessing_exit(flush_open, priority=101)
 
 
 _installed = False
