@@ -50,6 +50,8 @@ class Sink:
         self.gaps_written = 0
         self.write_faults = 0
         self.last_fault = ""
+        if getattr(writer, "on_miss", False) is None:  # a relaying writer counts a batch's unsent tail
+            writer.on_miss = self.miss
         self._arm()
         _SINKS.add(self)
 
@@ -298,6 +300,9 @@ def _flush_all_at_exit() -> None:
     for sink in list(_SINKS):
         try:
             sink.flush(timeout=5.0)
+            at_exit = getattr(sink.writer, "at_exit", None)  # e.g. wait for a helper's drain
+            if at_exit is not None:
+                at_exit()
         except Exception:
             pass
 

@@ -1,0 +1,195 @@
+"""ProcessWriter: the ledger appended by a helper process, the audited process only relays.
+
+Real processes (an audited app, its forked child, the helper), real local servers, a real ledger
+checked by the verifier. The helper's lifetime (drain at exit, shared across fork, restart after
+it dies, fall back when it cannot start) is what these tests pin.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+import interceptor
+from interceptor import Sink
+from interceptor_fixtures import servers  # noqa: F401  (fixture)
+from ledger.ledger import Ledger
+from ledger.process_writer import ProcessWriter
+from verifier.verify import verify_ledger
+
+PAYLOAD = b"process-writer-payload-0123456789"
+
+APP = '''\
+import os, sys, urllib.request
+import interceptor
+from ledger.process_writer import ProcessWriter
+if %(broken_python)r:
+    sys.executable = "/nonexistent/python"
+writer = ProcessWriter(%(ledger)r, %(keys)r)
+interceptor.install(sink=interceptor.Sink(writer, linger_s=0))
+for i in range(20):
+    urllib.request.urlopen("http://127.0.0.1:%(port)d/parent?i=%%d" %% i, data=%(payload)r).read()
+interceptor.flush()
+pid = os.fork()
+if pid == 0:
+    urllib.request.urlopen("http://127.0.0.1:%(port)d/child").read()
+    interceptor.flush()
+    os._exit(0)
+os.waitpid(pid, 0)
+print(writer.mode, writer.helper_pid, writer._folder or "", flush=True)
+'''
+
+
+def _app(tmp_path, port, broken_python=False):
+    ledger, keys = str(tmp_path / "l.sqlite"), str(tmp_path / "keys")
+    script = tmp_path / "app.py"
+    script.write_text(APP % {"ledger": ledger, "keys": keys, "port": port, "payload": PAYLOAD,
+                             "broken_python": broken_python})
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    mode, helper, folder = (out.stdout.split() + [""])[:3]
+    return mode, int(helper), folder, ledger, keys
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def test_calls_reach_the_ledger_through_the_helper_with_in_process_fingerprints(tmp_path, servers):
+    mode, helper, folder, ledger, keys = _app(tmp_path, servers.http)
+    assert mode == "process" and helper > 0
+    # The app's exit waited for the helper's drain: every row is there now, the helper is gone,
+    # and so is its private folder.
+    with Ledger.open(ledger, key_dir=keys, readonly=True) as led:
+        rows = list(led.rows())
+        salt = led.hmac_salt
+    http = [r for r in rows if r["channel"] == "http"]
+    assert sorted(r["url_path"] for r in http) == ["/child"] + ["/parent"] * 20
+    assert not _alive(helper)
+    assert folder and not os.path.exists(folder)
+    # The fingerprint is the in-process one: HMAC(salt, SHA-256(payload)), never the payload.
+    expected = hmac.digest(salt, hashlib.sha256(PAYLOAD).digest(), "sha256").hex()[:32]
+    assert {r["fingerprint"] for r in http if r["url_path"] == "/parent"} == {expected}
+    assert verify_ledger(ledger).valid
+    with open(ledger, "rb") as f:
+        assert PAYLOAD not in f.read()
+
+
+def test_a_forked_child_shares_the_helper_and_is_recorded_with_its_own_pid(tmp_path, servers):
+    _, _, _, ledger, keys = _app(tmp_path, servers.http)
+    with Ledger.open(ledger, key_dir=keys, readonly=True) as led:
+        rows = list(led.rows())
+    parent = {r["pid"] for r in rows if r["url_path"] == "/parent"}
+    child = {r["pid"] for r in rows if r["url_path"] == "/child"}
+    assert len(parent) == 1 and len(child) == 1 and parent != child
+    installed = sorted(r["pid"] for r in rows if r["method"] == "interceptor_installed")
+    assert installed == sorted(parent | child)  # one hello each, through the one helper
+    assert sum(r["method"] == "ledger_opened" for r in rows) == 1
+
+
+def test_without_a_usable_python_it_falls_back_to_writing_in_process(tmp_path, servers):
+    mode, helper, _, ledger, keys = _app(tmp_path, servers.http, broken_python=True)
+    assert mode == "in-process" and helper == 0
+    with Ledger.open(ledger, key_dir=keys, readonly=True) as led:
+        urls = sorted(r["url_path"] for r in led.rows() if r["channel"] == "http")
+    assert urls == ["/child"] + ["/parent"] * 20
+    assert verify_ledger(ledger).valid
+
+
+def _get(port: int, path: str) -> None:
+    urllib.request.urlopen(f"http://127.0.0.1:{port}{path}").read()
+
+
+@pytest.fixture
+def process_sink(tmp_path, servers):
+    writer = ProcessWriter(str(tmp_path / "l.sqlite"), str(tmp_path / "keys")).start()
+    sink = Sink(writer, linger_s=0)
+    previous = interceptor.use_sink(sink)
+    yield sink, writer
+    interceptor.use_sink(previous)
+    sink.close(5)
+
+
+def _http_rows(writer) -> list[str]:
+    with Ledger.open(writer.path, key_dir=writer.key_dir, readonly=True) as led:
+        return [r["url_path"] for r in led.rows() if r["channel"] == "http"]
+
+
+def test_a_helper_that_dies_is_replaced_and_every_lost_event_comes_back_as_a_gap_row(tmp_path, servers,
+                                                                                     process_sink):
+    """Events already sent to a helper that dies unread are lost with it: the sender counts them
+    against the ledger; with the calls made while it was dead they come back as one gap row."""
+    sink, writer = process_sink
+    _get(servers.http, "/before")
+    assert sink.flush(10)
+    deadline = time.monotonic() + 30
+    while _http_rows(writer) != ["/before"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first = writer.helper_pid
+    os.kill(first, signal.SIGSTOP)  # two events then sit in its socket, sent but never appended
+    _get(servers.http, "/queued-1")
+    _get(servers.http, "/queued-2")
+    assert sink.flush(10) and sink.dropped_total == 0
+    os.kill(first, signal.SIGKILL)
+    while _alive(first):
+        time.sleep(0.01)
+    _get(servers.http, "/while-dead")  # the call itself succeeds; its record cannot be sent
+    deadline = time.monotonic() + 30
+    while sink.dropped_total < 3 and time.monotonic() < deadline:
+        sink.flush(0.2)
+    assert sink.dropped_total == 3  # /while-dead, and the two the dead helper held
+    _get(servers.http, "/after")  # a new helper is started for this one, and takes the gap row
+    assert sink.flush(30)
+    assert writer.helper_pid not in (0, first) and writer.mode == "process"
+    sink.close(30)  # the new helper drains and exits
+    with Ledger.open(writer.path, key_dir=writer.key_dir, readonly=True) as led:
+        rows = list(led.rows())
+    assert [r["url_path"] for r in rows if r["channel"] == "http"] == ["/before", "/after"]
+    gaps = [r for r in rows if r["method"] == "gap"]
+    assert len(gaps) == 1 and "dropped=3;" in gaps[0]["url_path"]
+    assert "WriterProcessGone" in gaps[0]["url_path"]
+    assert verify_ledger(writer.path).valid
+
+
+def test_close_drains_and_the_helper_ignores_interrupts(tmp_path, servers, process_sink):
+    sink, writer = process_sink
+    helper = writer.helper_pid
+    os.kill(helper, signal.SIGINT)  # a terminal's ^C must not cut the helper's drain short
+    for i in range(50):
+        _get(servers.http, f"/n{i}")
+    assert sink.flush(10)
+    assert _alive(helper)
+    sink.close(30)
+    assert not _alive(helper)
+    with Ledger.open(writer.path, key_dir=writer.key_dir, readonly=True) as led:
+        assert sum(r["channel"] == "http" for r in led.rows()) == 50
+
+
+def test_a_ledger_the_helper_cannot_open_falls_back_and_is_counted_as_before(tmp_path, servers):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    writer = ProcessWriter(str(blocked / "l.sqlite"), str(tmp_path / "keys"))
+    sink = Sink(writer, linger_s=0)
+    previous = interceptor.use_sink(sink)
+    try:
+        _get(servers.http, "/unwritable")
+        deadline = time.monotonic() + 30
+        while sink.dropped_total < 1 and time.monotonic() < deadline:
+            sink.flush(0.2)
+    finally:
+        interceptor.use_sink(previous)
+        sink.close(1)
+    assert writer.mode == "in-process" and "did not start: FileExistsError" in writer.fallback_reason
+    assert sink.dropped_total == 1 and sink.write_faults >= 1
