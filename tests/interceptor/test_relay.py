@@ -359,3 +359,57 @@ def test_a_fault_while_the_receiver_stops_still_comes_back_as_a_gap_row(tmp_path
     led.close()
     gaps = [r for r in rows if r["method"] == "gap"]
     assert len(gaps) == 1 and "reason=relay_OSError" in gaps[0]["url_path"], rows
+
+
+# ---- the receiver's fast path (bulk checks) against the field-by-field checks -----------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from interceptor.relay import MalformedDatagram, _event, _event_checked, _plain  # noqa: E402
+
+_ANY = st.one_of(st.integers(min_value=-(2 ** 64), max_value=2 ** 64), st.floats(allow_nan=True),
+                 st.text(max_size=20), st.booleans(), st.none(),
+                 st.lists(st.one_of(st.text(max_size=5), st.integers()), max_size=3))
+
+
+def _good_row(i: int) -> list:
+    """A ROW as our RelayWriter sends it (through JSON), from a filled-in record."""
+    from interceptor.capture import Record
+    from interceptor.relay import encode_record
+
+    r = Record("http", "https", "POST", "api.example.com", 443)
+    r.ts, r.url_path, r.query_keys, r.header_names = 1_764_806_400_000_000_000 + i, f"/v1/{i}", ["page"], ["Host"]
+    r.status, r.resp_bytes, r.dst_ip, r.src_ip, r.src_port = 201, 2048, "127.0.0.1", "127.0.0.1", 40000
+    r.hash_payload(b"payload %d" % i)
+    r.module, r.call_site, r.duration_ms = "sale", "odoo.addons.sale.models.sale_order:812:_push", 12.5
+    return json.loads(json.dumps(encode_record(r)))
+
+
+def _outcome(fn, row):
+    try:
+        return fn(row, b"salt")
+    except MalformedDatagram as exc:
+        return exc.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(i=st.integers(0, 10 ** 6), at=st.integers(0, len(EVENT_FIELDS)), value=_ANY,
+       surrogate=st.booleans(), long_text=st.booleans())
+def test_the_fast_path_accepts_only_what_the_field_checks_accept_and_builds_the_same_event(
+        i, at, value, surrogate, long_text):
+    row = _good_row(i)
+    row[at] = value
+    if surrogate:
+        row[5] = "GET\ud800"  # method: a lone surrogate the ledger could not store
+    if long_text:
+        row[7] = "/" + "p" * 9000
+    checked = _outcome(_event_checked, row)
+    assert _outcome(_event, row) == checked
+    if _plain(row):  # the bulk field checks never let through a field the others refuse
+        assert isinstance(checked, NetEvent) or checked in ("bad_digest", "audit_row")  # checked after both
+
+
+def test_rows_our_writer_sends_take_the_fast_path():
+    row = _good_row(7)
+    assert _plain(row) and _event(row, b"salt") == _event_checked(row, b"salt")
