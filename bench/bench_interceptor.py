@@ -28,7 +28,8 @@ ROUNDS = 11
 WARMUP = 300
 REPS = 3
 CLIENTS = tuple(os.environ.get("BENCH_CLIENTS", "requests,urllib3,http.client").split(","))
-MODES = ("bare", "ours", "otel")
+MODES = ("bare", "ours", "proc", "otel")
+HEADS = {"ours": "ours: added", "proc": "ours, writer process: added", "otel": "OpenTelemetry: added"}
 
 SERVER = r"""
 # A minimal keep-alive HTTP/1.1 server (one thread, selectors): it reads each request's head and
@@ -99,6 +100,13 @@ def _setup(mode: str, kind: str, tmp: str):
         sink = interceptor.Sink(LedgerWriter(os.path.join(tmp, "bench.sqlite"), os.path.join(tmp, "keys")))
         interceptor.install(sink=sink)
         return sink
+    if mode == "proc":
+        import interceptor
+        from ledger.process_writer import ProcessWriter
+
+        sink = interceptor.Sink(ProcessWriter(os.path.join(tmp, "bench.sqlite"), os.path.join(tmp, "keys")).start())
+        interceptor.install(sink=sink)
+        return sink
     if mode == "otel":
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
@@ -129,7 +137,7 @@ def _toggle(mode: str, handle, on: bool) -> None:
     Ours: put the http.client wrappers back or the originals (the audit hook stays: it cannot be
     removed, and costs under a microsecond per audit event). OpenTelemetry: instrument/uninstrument.
     """
-    if mode == "ours":
+    if mode in ("ours", "proc"):
         import http.client
 
         from interceptor import http_wrappers as hw
@@ -147,8 +155,46 @@ def _toggle(mode: str, handle, on: bool) -> None:
 def _flush(mode: str, handle) -> None:
     if mode == "ours":
         handle.flush(30)            # our writer thread: records converted and in the ledger
+    elif mode == "proc":
+        handle.flush(30)            # our writer thread: records sent to the helper process
+        _wait_for_helper(handle)    # the helper: every one of them in the ledger
     elif mode == "otel":
         handle[0].force_flush()     # the batch span processor: spans exported
+
+
+_READERS: dict = {}
+
+
+def _last_seq(path: str) -> int:
+    """The ledger's last chain_seq, read through one kept read-only connection (an index lookup)."""
+    import apsw
+
+    con = _READERS.get(path)
+    if con is None:
+        con = _READERS[path] = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    return con.execute("SELECT coalesce(max(chain_seq), 0) FROM egress_log").fetchall()[0][0]
+
+
+PROC_FACTS = 2  # the helper's rows besides events: ledger_opened, and the audited process's hello
+
+
+def _wait_for_helper(sink, timeout: float = 30.0) -> None:
+    """Until the helper process has appended every event the sink handed it."""
+    deadline = time.monotonic() + timeout
+    while _last_seq(sink.writer.path) < PROC_FACTS + sink.written and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
+def _helper_cpu_ns(handle) -> int:
+    """CPU time of the writer process's threads so far (the 'proc' mode's other process)."""
+    pid = getattr(getattr(handle, "writer", None), "helper_pid", 0)
+    if not pid:
+        return 0
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total
 
 
 def worker(kind: str, mode: str, port: int) -> None:
@@ -168,6 +214,7 @@ def worker(kind: str, mode: str, port: int) -> None:
                 get = _client(kind, port)  # a new Session picks up (or drops) the instrumented adapter
                 get()
             t0, c0, th0 = time.perf_counter_ns(), time.process_time_ns(), time.thread_time_ns()
+            h0 = _helper_cpu_ns(handle) if mode == "proc" else 0
             for _ in range(CALLS):
                 get()
             th1 = time.thread_time_ns()
@@ -175,12 +222,18 @@ def worker(kind: str, mode: str, port: int) -> None:
                 _flush(mode, handle)
             caller["bare" if not on else mode].append((th1 - th0) / CALLS / 1000)
             rounds["bare" if not on else mode].append((time.perf_counter_ns() - t0) / CALLS / 1000)
-            cpu["bare" if not on else mode].append((time.process_time_ns() - c0) / CALLS / 1000)
+            helper = _helper_cpu_ns(handle) - h0 if mode == "proc" else 0  # its CPU counts too
+            cpu["bare" if not on else mode].append((time.process_time_ns() - c0 + helper) / CALLS / 1000)
         extra = {}
         if mode == "ours":
             sink = handle
             sink.flush(30)
             extra = {"rows": sink.writer.ledger.count(), "dropped": sink.dropped_total}
+        elif mode == "proc":
+            sink = handle
+            sink.close(30)  # the helper drains and exits
+            extra = {"rows": _last_seq(sink.writer.path), "dropped": sink.dropped_total,
+                     "writer_mode": sink.writer.mode}
         print(json.dumps({"wall": rounds, "cpu": cpu, "caller": caller, **extra}))
 
 
@@ -219,7 +272,7 @@ def per_call_table() -> None:
         port = int(server.stdout.readline())
         for _rep in range(REPS):
             for kind in clients:
-                for mode in ("ours", "otel"):
+                for mode in ("ours", "proc", "otel"):
                     if mode == "otel" and (kind == "http.client" or not otel):
                         continue
                     out = subprocess.run([sys.executable, "-m", "bench.bench_interceptor", "--worker", kind, mode,
@@ -231,8 +284,8 @@ def per_call_table() -> None:
                         bare, inst = data[key]["bare"], data[key][mode]
                         table.setdefault((kind, "bare", mode), []).extend(bare)
                         table.setdefault((kind, mode), []).extend(i - b for b, i in zip(bare, inst))
-                    if mode == "ours":
-                        checks[kind] = (data["rows"], data["dropped"])
+                    if mode in ("ours", "proc"):
+                        checks[(kind, mode)] = (data["rows"], data["dropped"], data.get("writer_mode", ""))
     finally:
         server.terminate()
         server.wait()
@@ -240,29 +293,32 @@ def per_call_table() -> None:
           f"alternates bare and instrumented rounds ({ROUNDS} + {ROUNDS} rounds x {CALLS} calls, {REPS} processes "
           f"per cell); 'added' is the median over rounds of (instrumented round - the bare round before it). "
           f"An instrumented round ends only once its background work is done (our writer has written "
-          f"every event to the ledger; OpenTelemetry's batch processor has exported every span), so "
-          f"that work is counted in full, even the part a spare core would overlap.")
+          f"every event to the ledger; with the writer process, that process has appended every event; "
+          f"OpenTelemetry's batch processor has exported every span), so that work is counted in full, "
+          f"even the part a spare core would overlap. 'ours': the ledger written by a thread of the "
+          f"audited process (ledger.sink.LedgerWriter); 'ours, writer process': by a helper process "
+          f"(ledger.process_writer.ProcessWriter), the audited process only relays each record.")
     for title, table in (("wall clock per call", wall),
-                         ("process CPU per call (all threads: the writer thread included)", cpu),
+                         ("CPU per call (all threads, and the writer process's too)", cpu),
                          ("CPU of the calling thread only (the hot path: capture, no writer work)", caller)):
         print(f"\n{title}")
-        head = f"{'client':<13}{'bare us':>9}{'ours: added':>22}{'OpenTelemetry: added':>26}"
+        head = f"{'client':<13}{'bare us':>9}" + "".join(f"{HEADS[m]:>30}" for m in ("ours", "proc", "otel"))
         print(head)
         print("-" * len(head))
         for kind in clients:
             bare = statistics.median(table[(kind, "bare", "ours")])
             line = f"{kind:<13}{bare:>9.1f}"
-            for mode in ("ours", "otel"):
+            for mode in ("ours", "proc", "otel"):
                 if (kind, mode) not in table:
-                    line += f"{'n/a (no instrumentation)':>26}"
+                    line += f"{'n/a (no instrumentation)':>30}"
                     continue
                 added = statistics.median(table[(kind, mode)])
-                line += f"{added:>+13.1f} us {added / bare * 100:>+5.1f}%"
-                if mode == "ours":
-                    line += "  "
+                line += f"{added:>+21.1f} us {added / bare * 100:>+5.1f}%"
             print(line)
-    print("\nledger rows written by the 'ours' processes (incl. audit facts): "
-          + ", ".join(f"{k}: {r} rows, {d} dropped" for k, (r, d) in checks.items()))
+    print("\nledger rows written by the instrumented processes (audit facts included): "
+          + ", ".join(f"{k}/{'ours' if m == 'ours' else 'writer process'}: {r} rows, {d} dropped"
+                      f"{'' if wm in ('', 'process') else ' (fell back: ' + wm + ')'}"
+                      for (k, m), (r, d, wm) in checks.items()))
     if not otel:
         print("(OpenTelemetry not installed: pip install -e '.[bench]' for that column)")
 
