@@ -45,6 +45,7 @@ from interceptor.sink import YIELD_EVERY
 ENV_RELAY = "NETAUDIT_RELAY"
 WIRE_VERSION = 1
 MAX_DATAGRAM = 60 * 1024      # fits the default AF_UNIX send buffer (Linux: 208 KiB)
+CHUNK = 128                   # rows tried per datagram (a row is ~350 bytes)
 SEND_TIMEOUT_S = 2.0          # the writer thread waits this long for room in the parent's queue
 MAX_TEXT = 8192               # characters of one text field the parent accepts
 DIGEST_HEX = 64
@@ -78,7 +79,7 @@ def encode_record(rec) -> list:
     return row
 
 
-def _dumps(message: dict) -> bytes:
+def _dumps(message) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode("ascii")
 
 
@@ -122,23 +123,27 @@ class RelayWriter:
         pid = os.getpid()
         head = b'{"v":%d,"kind":"events","pid":%d,"events":[' % (WIRE_VERSION, pid)
         rows = []
-        for i, rec in enumerate(records):
-            if i and not i % YIELD_EVERY:
+        for i in range(0, len(records), YIELD_EVERY):
+            if i:
                 time.sleep(0)  # let the audited threads take the GIL, as the sink does
-            rows.append(json.dumps(encode_record(rec), separators=(",", ":")).encode("ascii"))
+            rows += map(encode_record, records[i:i + YIELD_EVERY])
         sent_any, oversized = False, []
         start = 0
         while start < len(rows):
-            end, size = start, len(head) + 2
-            while end < len(rows) and size + len(rows[end]) + 1 <= MAX_DATAGRAM:
-                size += len(rows[end]) + 1
-                end += 1
-            if end == start:  # one row alone is too big for a datagram: that record is a miss
+            # One json.dumps per datagram, not per row (half the encoding time): CHUNK rows at
+            # first, halved until they fit; a row that alone does not fit is a miss.
+            end = min(len(rows), start + CHUNK)
+            while True:
+                body = _dumps(rows[start:end])
+                if len(head) + len(body) <= MAX_DATAGRAM or end - start == 1:
+                    break
+                end = start + (end - start) // 2
+            if len(head) + len(body) > MAX_DATAGRAM:
                 oversized.append(records[start])
                 start += 1
                 continue
             try:
-                self._send(head + b",".join(rows[start:end]) + b"]}")
+                self._send(head + body[1:] + b"}")  # body is "[row,...]": the head opened the list
             except OSError as exc:
                 if not sent_any or self.on_miss is None:
                     raise  # nothing relayed: the sink counts the whole batch, oversized rows included
