@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -22,11 +23,12 @@ import apsw
 from interceptor.event import AUDIT, EGRESS, NetEvent
 from ledger.errors import KeyMaterialError, LedgerError, NotALedgerError
 from ledger.keys import LedgerKeys, create_keys, load_keys
-from ledger.schema import INSERT_ROW, SCHEMA, VACUUM_GATE
+from ledger.schema import SCHEMA, VACUUM_GATE
 from verifier.format import (
     ANCHOR_ORIGIN,
     CHECKPOINT_ORIGIN,
     COLUMN_NAMES,
+    COLUMNS,
     FORMAT_VERSION,
     GENESIS_HASH,
     Checkpoint,
@@ -101,6 +103,54 @@ def _coerce(values: tuple) -> tuple:
     return tuple(out)
 
 
+# A row on its way in is the INSERT's bindings, a list in table order: (chain_seq, *COLUMNS values,
+# prev_hash, row_hash). Until the write lock gives it a seq and a prev_hash, its row_hash slot holds
+# the row's encoded columns (encode_row after ROW_DOMAIN and chain_seq, verifier/format.py).
+_SEQ_AT, _PREV_AT, _HASH_AT = 0, 1 + len(COLUMNS), 2 + len(COLUMNS)
+# Positional, as short as the statement can be: apsw looks up executemany's SQL text in its statement
+# cache again for every row, hashing the whole text; the long form with 27 column names cost ~0.25 us
+# a row. The order is egress_log's (ledger/schema.py), which a test checks.
+_INSERT = f"INSERT INTO egress_log VALUES({','.join('?' * (3 + len(COLUMNS)))})"
+_ROW_AT = "SELECT row_hash FROM egress_log WHERE chain_seq = ?"
+
+
+def _row_encoder(ledger_id: str):
+    """encode(values) -> a row for _append_locked, with the format's encoding of its columns.
+
+    The writer's hot path: the same bytes as verifier.format's columns_encoder(ledger_id), with
+    each column a local variable, so a well-typed ASCII row costs no itemgetter and no star-args.
+    Anything else takes the format's own encoder: a non-ASCII row (its lengths are UTF-8 lengths),
+    or, by the error raised here (TypeError, ValueError, struct.error), a row whose types are wrong
+    (Ledger.encode_values then coerces it and lets the format's encoder decide). A test holds the
+    two encoders to the same bytes for any row.
+    """
+    reference = columns_encoder(ledger_id)
+    lid = ledger_id.encode()
+    lid_len = len(lid)
+    # 7 INT columns, the REAL one, the lengths of ledger_id and of the 16 TEXT columns, ledger_id
+    pack = struct.Struct(f">7qd17I{lid_len}s").pack
+
+    def encode(values) -> list:
+        (ts, duration_ms, direction, channel, protocol, method, host, url_path, query_keys, src_ip, src_port,
+         dst_ip, dst_port, status, error, req_bytes, resp_bytes, header_names, fingerprint, module, author,
+         call_site, pid, self_egress) = values
+        joined = "".join((direction, channel, protocol, method, host, url_path, query_keys, src_ip, dst_ip,
+                          status, error, header_names, fingerprint, module, author, call_site))
+        if type(duration_ms) is float and joined.isascii():  # str.isascii() is O(1): len() is the UTF-8 length
+            body = pack(ts, src_port, dst_port, req_bytes, resp_bytes, pid, self_egress, duration_ms,
+                        lid_len, len(direction), len(channel), len(protocol), len(method), len(host),
+                        len(url_path), len(query_keys), len(src_ip), len(dst_ip), len(status), len(error),
+                        len(header_names), len(fingerprint), len(module), len(author), len(call_site),
+                        lid) + joined.encode()
+        else:
+            body = reference(values)
+        return [0, ts, duration_ms, direction, channel, protocol, method, host, url_path, query_keys, src_ip,
+                src_port, dst_ip, dst_port, status, error, req_bytes, resp_bytes, header_names, fingerprint,
+                module, author, call_site, pid, self_egress, None, body]
+
+    return encode
+
+
 def audit_event(fact: str, ts: int, **detail) -> NetEvent:
     """An admin fact (ledger_opened, head_signed, vacuum, gap, ...) as a chain row.
 
@@ -127,6 +177,8 @@ class Ledger:
         self.path = path
         self.ledger_id = ledger_id
         self._encode_columns = columns_encoder(ledger_id)
+        self._encode_row = _row_encoder(ledger_id)
+        self._appended: tuple[int, bytes] | None = None  # (chain_seq, row_hash) this transaction wrote last
         self.meta = meta
         self.key_dir = key_dir
         self.clock = clock
@@ -182,17 +234,17 @@ class Ledger:
     @classmethod
     def _create(cls, con, key_dir: str, host_id: str, clock) -> dict[str, str]:
         """Schema, keys and meta in one transaction; a concurrent creator waits and reuses ours."""
-        with _immediate(con):
+        ledger_id = str(uuid.uuid4())
+        led = Ledger(con, "", ledger_id, {}, key_dir, clock)
+        with led._transaction():
             meta = cls._read_meta(con)
             if meta:
                 return meta
             con.execute(SCHEMA)
-            ledger_id = str(uuid.uuid4())
             keys = create_keys(key_dir, ledger_id)
             meta = {"ledger_id": ledger_id, "format_version": str(FORMAT_VERSION), "host_id": host_id,
                     "created_at": str(clock()), "public_key": keys.public_key_text, "key_id": keys.key_id}
             con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
-            led = Ledger(con, "", ledger_id, meta, key_dir, clock)
             led._append_fact_locked("ledger_opened", clock(), created=1, host=host_id)
         return meta
 
@@ -245,14 +297,18 @@ class Ledger:
         """append_many for rows already in column order (see fields_values). Returns the last chain_seq."""
         return self.append_encoded(self.encode_values(rows))
 
-    def append_encoded(self, encoded: list[tuple[tuple, bytes]]) -> int:
+    def append_encoded(self, encoded: list[list]) -> int:
         """Append rows made by encode_values, as one transaction. Returns the last chain_seq.
 
         The sink's writer thread encodes in slices between which it lets the audited threads
         run, then appends here: under the lock only the seq, the hash and the insert remain.
+        The rows are used up (they become the rows as inserted): after a failed append, encode
+        the values again.
         """
         if not encoded:
             return self.last()[0]
+        if encoded[0][_PREV_AT] is not None:
+            raise LedgerError("these encoded rows were already appended once: encode the values again")
         with self._write():
             return self._append_locked(encoded)
 
@@ -263,39 +319,74 @@ class Ledger:
         """Record an admin fact (interceptor_installed, forensic_on, ...) as a chain row."""
         return self.append(audit_event(fact, self.clock(), **detail))
 
-    def encode_values(self, rows: list[tuple]) -> list[tuple[tuple, bytes]]:
-        """(values, encoded columns) per row, for append_encoded; loose types are coerced."""
+    def encode_values(self, rows: list[tuple]) -> list[list]:
+        """The rows for append_encoded, their columns encoded; loose types are coerced.
+
+        Each is a list in egress_log's order, its chain_seq, prev_hash and row_hash still to come
+        (the row_hash slot holds the encoded columns until then).
+        """
         try:
-            return list(zip(rows, map(self._encode_columns, rows)))
-        except FormatError:  # loose types from a caller: coerce those rows once, then they must encode
+            return list(map(self._encode_row, rows))
+        except (TypeError, ValueError, struct.error):  # loose types: coerce those rows once, then they must encode
             return [self._encode(values) for values in rows]
 
-    def _encode(self, values: tuple) -> tuple[tuple, bytes]:
+    def _encode(self, values: tuple) -> list:
+        """One row; if its types are loose, they are coerced once and the format's own encoder
+        decides (FormatError for what it still cannot encode)."""
         try:
-            return values, self._encode_columns(values)
-        except FormatError:
+            return self._encode_row(values)
+        except (TypeError, ValueError, struct.error):
             values = _coerce(values)
-            return values, self._encode_columns(values)
+            return [0, *values, None, self._encode_columns(values)]
 
     def _append_fact_locked(self, fact: str, ts: int, **detail) -> int:
         return self._append_locked([self._encode(event_values(audit_event(fact, ts, **detail)))])
 
-    def _append_locked(self, encoded: list[tuple[tuple, bytes]]) -> int:
+    def _append_locked(self, rows: list[list]) -> int:
+        """Chain the rows after the last one and insert them; the caller holds the write lock."""
         seq, prev = self.last()
-        rows = []
-        add, pack_seq = rows.append, SEQ.pack
-        for values, body in encoded:
+        pack_seq = SEQ.pack
+        for row in rows:
             seq += 1
-            digest = sha256(prev + ROW_DOMAIN + pack_seq(seq) + body).digest()  # = row_hash(), inlined
-            add((seq, *values, prev, digest))
+            digest = sha256(prev + ROW_DOMAIN + pack_seq(seq) + row[_HASH_AT]).digest()  # = row_hash(), inlined
+            row[_SEQ_AT], row[_PREV_AT], row[_HASH_AT] = seq, prev, digest
             prev = digest
-        self.con.executemany(INSERT_ROW, rows)
+        self.con.executemany(_INSERT, rows)
+        self._appended = seq, prev
         return seq
 
     @contextmanager
     def _write(self):
-        with self._lock, _immediate(self.con):
+        with self._lock, self._transaction():
             yield
+
+    @contextmanager
+    def _transaction(self):
+        """One write transaction on this ledger's connection: the write lock is taken first
+        (waiting up to the busy timeout), so the last row read inside stays the last row.
+
+        Every write ends by appending a chain row, which tells whether a COMMIT that raised landed
+        anyway: SQLite reports a failed post-commit checkpoint (an fsync error, say) as the COMMIT's
+        error. Reporting that durable write as failed made the sink count it as dropped too. The
+        row is looked up by its seq, so a row another writer appended since cannot be taken for it.
+        """
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        self._appended = None
+        try:
+            yield
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        try:
+            con.execute("COMMIT")
+        except apsw.Error:
+            if not (self._appended and con.getautocommit() and self._landed(*self._appended)):
+                raise
+
+    def _landed(self, seq: int, digest: bytes) -> bool:
+        """True when row `seq` is in the ledger, committed, with hash `digest`."""
+        return self.con.execute(_ROW_AT, (seq,)).fetchall() == [(digest,)]
 
     # ---- signed heads ------------------------------------------------------------------------
 
@@ -355,7 +446,7 @@ class Ledger:
         vac = Ledger(con, self.path, self.ledger_id, self.meta, self.key_dir, self.clock)
         vac._keys = keys
         try:
-            with self._lock, _immediate(con):
+            with self._lock, vac._transaction():
                 head = con.execute("SELECT max(seq) FROM signed_heads").fetchall()[0][0]
                 anchor = con.execute("SELECT max(pruned_through_seq) FROM prune_anchors").fetchall()[0][0] or 0
                 first_recent = con.execute(
@@ -398,28 +489,3 @@ class Ledger:
 
     def count(self) -> int:
         return self.con.execute("SELECT count(*) FROM egress_log").fetchall()[0][0]
-
-
-@contextmanager
-def _immediate(con: apsw.Connection):
-    """One write transaction: take the write lock first (waiting up to the busy timeout).
-
-    Every write ends by appending a chain row, so the last row tells whether a COMMIT that raised
-    landed anyway: SQLite reports a failed post-commit checkpoint (an fsync error, say) as the
-    COMMIT's error. Reporting that durable write as failed made the sink count it as dropped too.
-    """
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    last = con.execute(_LAST_ROW).fetchall()
-    try:
-        con.execute("COMMIT")
-    except apsw.Error:
-        if not (last and con.getautocommit() and con.execute(_LAST_ROW).fetchall() == last):
-            raise
-
-
-_LAST_ROW = "SELECT chain_seq, row_hash FROM egress_log ORDER BY chain_seq DESC LIMIT 1"
