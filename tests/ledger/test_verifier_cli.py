@@ -54,7 +54,9 @@ def test_tampered_exits_1_and_names_the_row(live):
     led, pub, heads = live
     path = led.path
     led.close()
-    attacker(path).execute("UPDATE egress_log SET resp_bytes = 1 WHERE chain_seq = 12")
+    con = attacker(path)
+    con.execute("UPDATE egress_log SET resp_bytes = 1 WHERE chain_seq = 12")
+    con.close()  # now: left to the garbage collector, its close could checkpoint the -wal away mid-test
     before = evidence_snapshot(path)
     code, out, _ = verify(path, "--pubkey", pub, "--head", heads, "--json")
     doc = json.loads(out)
