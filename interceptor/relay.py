@@ -36,7 +36,7 @@ import math
 import os
 import socket
 import time
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 from interceptor.capture import FINGERPRINT_HEX, TLS
 from interceptor.event import AUDIT, NetEvent
@@ -256,6 +256,7 @@ _TEXTS = itemgetter(*(i for i, t in enumerate(_ROW_TYPES[:-1]) if t is str))
 _NAMES_AT = tuple(i for i, t in enumerate(_ROW_TYPES) if t is list)
 (_FLOAT_AT,) = (i for i, t in enumerate(_ROW_TYPES) if t is float)
 _CHANNEL_AT = EVENT_FIELDS.index("channel")
+_FIELDS_OF = attrgetter(*(f.name for f in dataclasses.fields(NetEvent)))
 
 
 def _plain(row) -> bool:
@@ -284,6 +285,12 @@ def _plain(row) -> bool:
 
 
 def _event(row, salt: bytes) -> NetEvent:
+    fields = _fields(row, salt)
+    return NetEvent(*fields) if type(fields) is tuple else fields
+
+
+def _fields(row, salt: bytes) -> tuple:
+    """A ROW's NetEvent field values in order, checked, without building the NetEvent."""
     if _plain(row):
         values = row[:-1]
         for at in _NAMES_AT:
@@ -291,8 +298,8 @@ def _event(row, salt: bytes) -> NetEvent:
         if values[_CHANNEL_AT] == AUDIT:
             raise MalformedDatagram("audit_row")  # admin facts are the parent's to write
         values.insert(_FINGERPRINT_AT, _fingerprint_of(row[-1], salt))
-        return NetEvent(*values)
-    return _event_checked(row, salt)
+        return tuple(values)
+    return _FIELDS_OF(_event_checked(row, salt))
 
 
 def _event_checked(row, salt: bytes) -> NetEvent:
@@ -316,9 +323,10 @@ def _fingerprint_of(digest, salt: bytes) -> str:
     raise MalformedDatagram("bad_digest")
 
 
-def decode(datagram: bytes, salt: bytes) -> Message:
+def decode(datagram: bytes, salt: bytes, fields: bool = False) -> Message:
     """Parse and check one datagram; raises MalformedDatagram (never anything else) when the
-    datagram as a whole is unusable."""
+    datagram as a whole is unusable. With `fields`, Message.events holds each event's field values
+    in NetEvent order, as tuples: the receiver is spared NetEvents it would only take apart again."""
     if len(datagram) > MAX_DATAGRAM:
         raise MalformedDatagram("oversized")
     try:
@@ -334,9 +342,10 @@ def decode(datagram: bytes, salt: bytes) -> Message:
             if type(rows) is not list:
                 raise MalformedDatagram("bad_events")
             events, rejected = [], []
+            convert = _fields if fields else _event
             for row in rows:
                 try:
-                    events.append(_event(row, salt))
+                    events.append(convert(row, salt))
                 except MalformedDatagram as exc:  # one bad row does not cost its neighbours
                     rejected.append(exc.reason)
             return Message(kind, pid, tuple(events), rejected=tuple(rejected))

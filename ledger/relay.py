@@ -2,9 +2,9 @@
 
 One AF_UNIX datagram socket, bound in the run's private folder, and one receiver thread. The thread
 decodes each datagram (interceptor.relay.decode: the wire format and its checks live there),
-turns payload digests into fingerprints with the ledger's salt, and appends what it received with
-`Ledger.append_many`, one transaction per batch. A child's `hello` becomes its
-`interceptor_installed` row, its `gap` a gap row, and the bootstrap's `unaudited` (a process
+turns payload digests into fingerprints with the ledger's salt, and appends what it received as
+column values (`Ledger.append_values`: no NetEvent is built), one transaction per batch. A child's
+`hello` becomes its `interceptor_installed` row, its `gap` a gap row, and the bootstrap's `unaudited` (a process
 where the interceptor could not be installed) an `interceptor_not_installed` row, all with the
 child's pid.
 
@@ -22,7 +22,7 @@ import threading
 import time
 
 from interceptor.relay import MAX_DATAGRAM, MalformedDatagram, decode
-from ledger.ledger import Ledger, audit_event
+from ledger.ledger import Ledger, audit_event, event_values, fields_values
 
 POLL_S = 0.2
 BATCH = 512
@@ -94,12 +94,12 @@ class RelayReceiver:
             self.datagrams += 1
             sock.settimeout(0.0)  # then take what is queued, without waiting
             try:
-                msg = decode(data, self._salt)
+                msg = decode(data, self._salt, fields=True)
             except MalformedDatagram as exc:
                 self._reject(f"relay_{exc.reason}")
                 continue
             if msg.kind == "events":
-                rows.extend(msg.events)
+                rows.extend(map(fields_values, msg.events))
                 for reason in msg.rejected:
                     self._reject(f"relay_{reason}")
             elif msg.kind == "hello":
@@ -117,8 +117,8 @@ class RelayReceiver:
         return rows
 
     @staticmethod
-    def _fact(fact: str, ts: int, sender: int, **detail):
-        return dataclasses.replace(audit_event(fact, ts, **detail), pid=sender)
+    def _fact(fact: str, ts: int, sender: int, **detail) -> tuple:
+        return event_values(dataclasses.replace(audit_event(fact, ts, **detail), pid=sender))
 
     def _reject(self, reason: str, n: int = 1) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + n
@@ -135,17 +135,17 @@ class RelayReceiver:
         gap = self._gap
         pending = gap[0]
         if pending:
-            rows = [audit_event("gap", gap[1], dropped=pending, until=gap[2],
-                                reason=",".join(sorted(gap[3]))), *rows]
+            rows = [event_values(audit_event("gap", gap[1], dropped=pending, until=gap[2],
+                                             reason=",".join(sorted(gap[3])))), *rows]
         faults: list[str] = []
         try:
-            self.ledger.append_many(rows)
+            self.ledger.append_values(rows)
             gap_written, recorded = bool(pending), len(rows) - bool(pending)
         except Exception:  # one row the ledger refuses must not cost the others: go row by row
             gap_written, recorded = False, 0
             for i, row in enumerate(rows):
                 try:
-                    self.ledger.append(row)
+                    self.ledger.append_values([row])
                 except Exception as exc:
                     if not (pending and i == 0):
                         faults.append(f"relay_{type(exc).__name__}")
