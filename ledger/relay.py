@@ -17,6 +17,7 @@ datagram already queued before it returns.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import threading
 import time
@@ -41,6 +42,7 @@ class RelayReceiver:
         self.rejected: dict[str, int] = {}   # datagrams or rows dropped, by reason
         self._salt = ledger.hmac_salt  # fail before the program starts if the key is unusable
         self._gap = [0, 0, 0, set()]  # dropped, t1, t2, reasons: not yet in the chain
+        self._syncs: list[tuple[int, int]] = []  # (pid, token) to answer after the next append
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="netaudit-relay", daemon=True)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -73,6 +75,7 @@ class RelayReceiver:
                 rows = self._receive(wait=not stopping)
                 if rows or self._gap[0]:
                     self._append(rows)
+                self._answer_syncs()
             except Exception as exc:  # never let one fault end the thread: count it, go on
                 self._reject(f"relay_{type(exc).__name__}")
                 time.sleep(POLL_S)
@@ -114,7 +117,19 @@ class RelayReceiver:
                 d = msg.detail
                 rows.append(self._fact("gap", d["t1"], msg.pid, dropped=d["dropped"], until=d["t2"],
                                        reason=d["reason"]))
+            elif msg.kind == "sync":  # answered once what came before it is appended
+                self._syncs.append((msg.pid, msg.detail["token"]))
+                break
         return rows
+
+    def _answer_syncs(self) -> None:
+        folder = os.path.dirname(self.path)
+        while self._syncs:
+            pid, token = self._syncs.pop(0)
+            try:
+                open(os.path.join(folder, f"synced-{pid}-{token}"), "w").close()
+            except OSError:
+                pass  # the sender's wait times out: its flush says it did not finish
 
     @staticmethod
     def _fact(fact: str, ts: int, sender: int, **detail) -> tuple:
