@@ -306,7 +306,10 @@ def main(argv: list[str]) -> int:
     except OSError:
         pass
     receiver.stop()
-    led.close()
+    shutil.rmtree(os.path.dirname(sock), ignore_errors=True)  # an owner killed before its cleanup leaves none
+    receiver.ledger.close()  # the one it writes to (it reopens the path if the file was replaced)
+    if receiver.ledger is not led:
+        led.close()
     return 0
 
 

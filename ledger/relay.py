@@ -23,11 +23,20 @@ import threading
 import time
 
 from interceptor.relay import MAX_DATAGRAM, MalformedDatagram, decode
+from ledger.errors import LedgerError
 from ledger.ledger import Ledger, audit_event, event_values, fields_values
 
 POLL_S = 0.2
 BATCH = 512
 RCVBUF = 4 * 1024 * 1024
+
+
+def _file_id(path: str):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 class RelayReceiver:
@@ -41,6 +50,8 @@ class RelayReceiver:
         self.recorded = 0             # rows appended
         self.rejected: dict[str, int] = {}   # datagrams or rows dropped, by reason
         self._salt = ledger.hmac_salt  # fail before the program starts if the key is unusable
+        self._file_id = _file_id(ledger.path)
+        self._stale = False           # the file was deleted or replaced: open the path again
         self._gap = [0, 0, 0, set()]  # dropped, t1, t2, reasons: not yet in the chain
         self._syncs: list[tuple[int, int]] = []  # (pid, token) to answer after the next append
         self._stop = threading.Event()
@@ -145,8 +156,40 @@ class RelayReceiver:
         gap[2] = now
         gap[3].add(reason)
 
+    def _check_file(self) -> None:
+        """Raise if the ledger's file is no longer the one we opened: a deleted or replaced file
+        would swallow rows unseen. As ledger.sink.LedgerWriter does, the rows at hand are then
+        misses, and the path is opened again (created if need be) at the next append, once its
+        folder exists again; the misses go into that ledger's gap row."""
+        led = self.ledger
+        if self._stale:
+            if not os.path.isdir(os.path.dirname(os.path.abspath(led.path))):
+                raise LedgerError(f"{led.path}: the ledger's folder is gone")
+            new = Ledger.open(led.path, key_dir=led.key_dir, create=True)
+            try:
+                self._salt = new.hmac_salt  # a new ledger has its own salt: later fingerprints use it
+                self._file_id = _file_id(new.path)
+            except BaseException:
+                new.close()
+                raise
+            self.ledger, self._stale = new, False
+            try:
+                led.close()
+            except Exception:
+                pass
+            return
+        if _file_id(led.path) != self._file_id:
+            self._stale = True
+            raise LedgerError(f"{led.path}: the ledger file was deleted or replaced")
+
     def _append(self, rows: list) -> None:
         """Append the rows (after the pending gap row, if any) in one transaction."""
+        try:
+            self._check_file()
+        except Exception as exc:  # these rows are misses: they come back in the gap row
+            if rows:
+                self._reject(f"relay_{type(exc).__name__}", len(rows))
+            return
         gap = self._gap
         pending = gap[0]
         if pending:

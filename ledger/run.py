@@ -140,6 +140,8 @@ def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = N
     finally:
         if receiver is not None:
             receiver.stop()  # every datagram the program's processes sent is in the ledger now
+            if receiver.ledger is not led:  # reopened: the file was deleted or replaced meanwhile
+                receiver.ledger.close()
         led.close()
         if boot is not None:
             shutil.rmtree(boot, ignore_errors=True)

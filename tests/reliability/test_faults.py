@@ -20,6 +20,7 @@ from conftest import make_event
 from interceptor import NullWriter, Sink
 from ledger import Ledger
 from ledger.errors import LedgerError
+from ledger.process_writer import ProcessWriter
 from ledger.sink import LedgerWriter
 from verifier.verify import verify_ledger
 
@@ -121,9 +122,13 @@ def test_real_lock_held_by_another_connection(home):
 class Audited:
     """The interceptor installed in this process, with a ledger sink for one test."""
 
-    def __init__(self, path: str, key_dir: str, maxsize: int = 10_000):
+    def __init__(self, path: str, key_dir: str, maxsize: int = 10_000, writer: str = "thread"):
         interceptor.install(sink=Sink(NullWriter()))
-        self.writer = LedgerWriter(path, key_dir, busy_timeout_ms=BUSY_MS)
+        if writer == "process":  # the ledger appended by a helper process (ledger.process_writer)
+            self.writer = ProcessWriter(path, key_dir).start()
+            assert self.writer.mode == "process", self.writer.fallback_reason
+        else:
+            self.writer = LedgerWriter(path, key_dir, busy_timeout_ms=BUSY_MS)
         self.sink = Sink(self.writer, maxsize=maxsize, linger_s=0)
         self.previous = interceptor.use_sink(self.sink)
         self.path = path
@@ -222,13 +227,15 @@ def test_memory_stays_bounded_under_a_lasting_fault(home, vfs, server, figures):
     assert recorded + gaps == tried, f"{recorded} recorded + {gaps} in gaps != {tried} tried"
 
 
-def test_audited_calls_with_the_ledger_folder_deleted(home, server, figures):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_audited_calls_with_the_ledger_folder_deleted(home, server, figures, writer):
     """The ledger's folder is removed under the running writer, then made again: the calls made
-    after the deletion must land in the ledger at the path, or in a gap row there."""
+    after the deletion must land in the ledger at the path, or in a gap row there. With the
+    writer process, its receiver notices the file is gone and opens the path again."""
     folder = home / "ledgers"
     path, key_dir = str(folder / "l.sqlite"), str(home / "keys")
     Ledger.open(path, key_dir=key_dir).close()
-    audited = Audited(path, key_dir)
+    audited = Audited(path, key_dir, writer=writer)
     try:
         ok = audited.calls(server, "deleted", 5)
         assert audited.sink.flush(5)
@@ -242,7 +249,7 @@ def test_audited_calls_with_the_ledger_folder_deleted(home, server, figures):
         audited.close()
     tried = CALLS + 5  # the 5 calls before the deletion went with the folder
     recorded, gaps = _count(path, key_dir, "deleted") if os.path.exists(path) else (0, 0)
-    figures.fault("ledger folder deleted", tried, ok - 5, recorded, gaps)
+    figures.fault(f"ledger folder deleted ({writer} writer)", tried, ok - 5, recorded, gaps)
     assert ok == tried + 5
     assert recorded + gaps == tried, f"{recorded} recorded + {gaps} in gaps != {tried} tried"
 
