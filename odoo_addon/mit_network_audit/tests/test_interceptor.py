@@ -94,6 +94,35 @@ class TestInterceptorInOdoo(TransactionCase):
         self.assertIn(f"pid={os.getpid()}", facts[-1].url_path)
         self.assertLess(facts[-1].chain_seq, row.chain_seq)
 
+    def test_a_helper_process_appends_unless_the_thread_writer_is_configured(self):
+        from ledger.process_writer import ProcessWriter
+        from ledger.sink import LedgerWriter
+
+        from ..glue.router import WRITER_OPTION, ledger_sink
+
+        other = "netaudit_writer_probe"  # a database of its own: this test's call is no alarm here
+        self.addCleanup(shutil.rmtree, paths.database_dir(other), ignore_errors=True)
+
+        def call():
+            threading.current_thread().dbname = other
+            socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
+
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join(10)
+        self.assertTrue(interceptor.flush(10))  # appended by the helper: readable now
+        writer = interceptor.current_sink().sink_for(other).writer
+        self.assertIsInstance(writer, ProcessWriter)
+        self.assertEqual(writer.mode, "process", writer.fallback_reason)
+        self.assertTrue(os.path.exists(f"/proc/{writer.helper_pid}"))
+        with Ledger.open(paths.own_ledger_path(other), readonly=True) as led:
+            rows = [r for r in led.rows() if r["channel"] == "socket"]
+        self.assertEqual([(r["dst_port"], r["pid"]) for r in rows], [(self.port, os.getpid())])
+        with patch.dict(config.options, {WRITER_OPTION: "thread"}):
+            sink = ledger_sink("netaudit_writer_probe_thread")
+        self.addCleanup(sink.close, 1)
+        self.assertIsInstance(sink.writer, LedgerWriter)
+
     @mute_logger("odoo.addons.mit_network_audit.models.network_audit_ledger")
     def test_tampered_copy_of_the_real_ledger_stops_at_the_bad_row(self):
         url = f"http://127.0.0.1:{self.port}/publisher-warranty/"
