@@ -328,13 +328,19 @@ def _record(i: int):
     return r
 
 
-def writer_throughput(total: int = 200_000, threads: int = 8) -> None:
+def writer_throughput(total: int = 200_000, threads: int = 8, process: bool = False) -> None:
     from interceptor import Sink
+    from ledger.ledger import Ledger
+    from ledger.process_writer import ProcessWriter
     from ledger.sink import LedgerWriter
 
     with tempfile.TemporaryDirectory() as tmp:
-        sink = Sink(LedgerWriter(os.path.join(tmp, "w.sqlite"), os.path.join(tmp, "keys")))
-        sink.writer.ledger  # open (and create keys) before timing
+        path, keys = os.path.join(tmp, "w.sqlite"), os.path.join(tmp, "keys")
+        if process:
+            sink = Sink(ProcessWriter(path, keys).start())  # started (and the ledger made) before timing
+        else:
+            sink = Sink(LedgerWriter(path, keys))
+            sink.writer.ledger  # open (and create keys) before timing
         per = total // threads
         high = sink.maxsize * 3 // 4
 
@@ -346,12 +352,14 @@ def writer_throughput(total: int = 200_000, threads: int = 8) -> None:
 
         t0 = time.perf_counter()
         _in_threads(produce, threads, per)
-        sink.flush(120)
+        sink.flush(120)  # for the writer process too: every event appended by the helper
         dt = time.perf_counter() - t0
-        rows = sink.writer.ledger.count()
-        print(f"writer: {per * threads} events from {threads} threads into a ledger in {dt:.2f} s = "
-              f"{per * threads / dt:,.0f} events/s sustained, dropped {sink.dropped_total}, ledger rows {rows}")
-        sink.close()
+        sink.close(120)
+        with Ledger.open(path, key_dir=keys, readonly=True) as led:
+            rows = led.count()
+        print(f"writer{' process' if process else ''}: {per * threads} events from {threads} threads into a "
+              f"ledger in {dt:.2f} s = {per * threads / dt:,.0f} events/s sustained, dropped "
+              f"{sink.dropped_total}, ledger rows {rows}")
 
 
 def _in_threads(produce, threads: int, per: int) -> None:
@@ -407,6 +415,7 @@ def main() -> None:
     per_call_table()
     print()
     writer_throughput()
+    writer_throughput(process=True)
     stalled_memory()
 
 
