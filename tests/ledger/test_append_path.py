@@ -3,6 +3,9 @@ are coerced and unencodable rows refused, encoded rows are used once, the compac
 egress_log's column order, and a COMMIT that raised is reported by whether its last row landed."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import apsw
 import pytest
 from hypothesis import given, settings
@@ -11,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import make_event
 from ledger import Ledger, LedgerError, event_values
 from ledger.ledger import _INSERT, _row_encoder
-from verifier.format import COLUMN_NAMES, COLUMNS, INT, REAL, FormatError, columns_encoder, row_hash
+from verifier.format import COLUMN_NAMES, COLUMNS, INT, REAL, ROW_DOMAIN, SEQ, FormatError, columns_encoder, row_hash
 from verifier.verify import verify_ledger
 
 LEDGER_ID = "0b7e0f0c-7f0e-4a4e-9a53-4a0b7f7f7f7f"
@@ -35,6 +38,14 @@ def test_row_encoder_writes_the_format_bytes_for_any_row(vals):
         return
     row = _row_encoder(LEDGER_ID)(vals)
     assert row == [0, *vals, None, expected]
+
+
+def test_row_encoder_writes_the_golden_vectors():
+    vectors = json.loads((Path(__file__).parents[1] / "vectors" / "format_v1.json").read_text(encoding="utf-8"))
+    encode = _row_encoder(vectors["ledger_id"])
+    for row in vectors["rows"]:
+        vals = tuple(row["values"][name] for name in COLUMN_NAMES)
+        assert encode(vals)[-1].hex() == row["encoding"][2 * (len(ROW_DOMAIN) + SEQ.size):]
 
 
 def test_row_encoder_keeps_every_column_in_its_place():
