@@ -32,7 +32,6 @@ from verifier.format import (
     FORMAT_VERSION,
     GENESIS_HASH,
     Checkpoint,
-    FormatError,
     columns_encoder,
     public_key_from_text,
     ROW_DOMAIN,
