@@ -59,6 +59,19 @@ class TestInterceptorInOdoo(TransactionCase):
         self.Ledger = self.env["network.audit.ledger"]
         self.Log = self.env["network.egress_log"]
 
+    def connect_as(self, dbname):
+        """One TCP connect to the test server from a thread working for database `dbname`
+        (whose ledger folder goes at cleanup)."""
+        self.addCleanup(shutil.rmtree, paths.database_dir(dbname), ignore_errors=True)
+
+        def call():
+            threading.current_thread().dbname = dbname
+            socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
+
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join(10)
+
     def ingest_own(self):
         self.assertTrue(interceptor.flush(10), "the sink did not drain")
         self.Ledger._ingest_all()
@@ -101,15 +114,7 @@ class TestInterceptorInOdoo(TransactionCase):
         from ..glue.router import WRITER_OPTION, ledger_sink
 
         other = "netaudit_writer_probe"  # a database of its own: this test's call is no alarm here
-        self.addCleanup(shutil.rmtree, paths.database_dir(other), ignore_errors=True)
-
-        def call():
-            threading.current_thread().dbname = other
-            socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
-
-        worker = threading.Thread(target=call)
-        worker.start()
-        worker.join(10)
+        self.connect_as(other)
         self.assertTrue(interceptor.flush(10))  # appended by the helper: readable now
         writer = interceptor.current_sink().sink_for(other).writer
         self.assertIsInstance(writer, ProcessWriter)
@@ -152,15 +157,7 @@ class TestInterceptorInOdoo(TransactionCase):
     def test_calls_go_to_the_ledger_of_their_database(self):
         """One Odoo process, several databases: the thread's dbname picks the ledger."""
         other = "netaudit_routing_probe"
-        self.addCleanup(shutil.rmtree, paths.database_dir(other), ignore_errors=True)
-
-        def call():
-            threading.current_thread().dbname = other
-            socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
-
-        worker = threading.Thread(target=call)
-        worker.start()
-        worker.join(10)
+        self.connect_as(other)
         self.assertTrue(interceptor.flush(10))
         with Ledger.open(paths.own_ledger_path(other), readonly=True) as led:
             rows = [r for r in led.rows() if r["channel"] == "socket"]
