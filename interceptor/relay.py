@@ -102,7 +102,6 @@ class RelayWriter:
         self.datagrams = 0        # datagrams sent
         self._sock = None
         self._hello = False
-        self._syncs = 0
 
     def _send(self, data: bytes) -> None:
         if self._sock is None:
@@ -133,16 +132,18 @@ class RelayWriter:
                 time.sleep(0)  # let the audited threads take the GIL, as the sink does
             rows += map(encode_record, records[i:i + YIELD_EVERY])
         sent_any, oversized = False, []
-        start = 0
+        start, chunk = 0, CHUNK
         while start < len(rows):
-            # One json.dumps per datagram, not per row (half the encoding time): CHUNK rows at
-            # first, halved until they fit; a row that alone does not fit is a miss.
-            end = min(len(rows), start + CHUNK)
+            # One json.dumps per datagram, not per row (half the encoding time): `chunk` rows,
+            # halved until they fit, and the size that fitted is where the next datagram starts
+            # (doubled again up to CHUNK); a row that alone does not fit is a miss.
+            end = min(len(rows), start + chunk)
             while True:
                 body = _dumps(rows[start:end])
                 if len(head) + len(body) <= MAX_DATAGRAM or end - start == 1:
                     break
                 end = start + (end - start) // 2
+            chunk = min(CHUNK, 2 * (end - start))
             if len(head) + len(body) > MAX_DATAGRAM:
                 oversized.append(records[start])
                 start += 1
@@ -171,10 +172,12 @@ class RelayWriter:
 
     def sync(self, timeout: float = 5.0) -> bool:
         """True once the receiver has appended everything this process sent before the call."""
-        self._syncs += 1
+        # A random token: a forked child, a later process with a reused pid, or a concurrent
+        # flush never finds an answer that was not to its own question.
+        token = int.from_bytes(os.urandom(8), "big") >> 2
         pid = os.getpid()
-        done = os.path.join(os.path.dirname(self.path), f"synced-{pid}-{self._syncs}")
-        self._send(_dumps({"v": WIRE_VERSION, "kind": "sync", "pid": pid, "token": self._syncs}))
+        done = os.path.join(os.path.dirname(self.path), f"synced-{pid}-{token}")
+        self._send(_dumps({"v": WIRE_VERSION, "kind": "sync", "pid": pid, "token": token}))
         deadline = time.monotonic() + timeout
         pause = 0.0002
         while not os.path.exists(done):
@@ -341,9 +344,11 @@ def _fingerprint_of(digest, salt: bytes) -> str:
         return ""
     if type(digest) is str and len(digest) == DIGEST_HEX:
         try:
-            return fingerprint(salt, bytes.fromhex(digest))
+            raw = bytes.fromhex(digest)
         except ValueError:
-            pass
+            raw = b""
+        if len(raw) == DIGEST_HEX // 2:  # fromhex skips white space: 64 spaces are no digest
+            return fingerprint(salt, raw)
     raise MalformedDatagram("bad_digest")
 
 

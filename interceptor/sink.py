@@ -308,7 +308,8 @@ def _after_fork_in_child() -> None:
 def _flush_all_at_exit() -> None:
     for sink in list(_SINKS):
         try:
-            sink.flush(timeout=5.0)
+            if not sink.flush(timeout=5.0) and sink.pending_gap:
+                sink.flush(timeout=5.0)  # a miss found by the flush itself (a relay gone): its gap row
             at_exit = getattr(sink.writer, "at_exit", None)  # e.g. wait for a helper's drain
             if at_exit is not None:
                 at_exit()

@@ -7,27 +7,33 @@ a private 0700 folder. The audited process's writer thread only turns each recor
 row (metadata and the payload's SHA-256: interceptor.relay) and sends it as a local datagram.
 
 Why: the writer thread's ledger work (~10 us of Python per event) shares the GIL and the CPU
-caches with the audited threads. Measured with `python -m bench interceptor`, an in-process writer
-adds about twice as much to the calling thread's CPU per requests GET as one that only relays.
+caches with the audited threads; relaying costs the audited process less (see the README's
+interceptor benchmark, and the note of the commit that added this module).
 
 Lifetime and fail-open:
 - The helper lives as long as a pipe to it is open: the process that started it holds the write
-  end, and so do the children it forks afterwards (an Odoo master and its workers share one
-  helper). When the last holder exits, the helper records every datagram already sent, then exits.
-  It ignores ^C and runs in its own session, so a terminal's signals do not cut that drain short.
-- `close()` in the process that started it closes the pipe and waits for the helper's drain, so
-  what was written is in the ledger when `close()` returns.
+  end, and so do the children it forks afterwards (a server that calls start() in its master
+  shares one helper with its workers; the Odoo addon starts one per worker and database, at its
+  first call). When the last holder exits, the helper appends every datagram already sent, then
+  exits. It ignores SIGINT and SIGTERM and runs in its own session, so neither a terminal's ^C
+  nor a service manager's stop cuts that drain short; nothing here ever kills it.
+- `Sink.flush()` (and so the interpreter's exit) waits until the helper has appended what this
+  process sent (a `sync` through the relay): a flush means "in the ledger", as in process.
+  `close()` also waits a little (CLOSE_TIMEOUT_S) for the helper to exit.
 - If the helper cannot start (no usable Python at sys.executable, the ledger cannot be opened),
   or it died and cannot be started again, the writer falls back to an in-process `LedgerWriter`
-  for the rest of the process's life: slower, never blind. `mode` and `fallback_reason` say which.
-- A send that fails because the helper is gone raises, so the sink counts the batch as missed;
-  the next write starts a new helper, and the misses come back as a gap row through it.
+  for the rest of the process's life, the batch at hand included: slower, never blind. `mode` and
+  `fallback_reason` say which.
+- A helper found gone (a send or a flush fails with ECONNREFUSED/ENOENT): what this process had
+  relayed to it and the ledger does not hold (events and gap counts after this process's hello
+  there) is counted as a miss with the batch at hand; the next write starts a new helper, and
+  the misses come back as a gap row through it (at exit too: the exit flush tries twice).
 """
 from __future__ import annotations
 
 import errno
 import os
-import select
+import selectors
 import shutil
 import signal
 import subprocess
@@ -40,8 +46,7 @@ from ledger.errors import LedgerError
 SOCKET_NAME = "w.sock"
 MAX_SOCKET_PATH = 100        # AF_UNIX paths are limited to 108 bytes on Linux
 START_TIMEOUT_S = 20.0       # the helper imports apsw and cryptography and opens the ledger
-CLOSE_TIMEOUT_S = 30.0       # close() waits this long for the helper's drain
-EXIT_TIMEOUT_S = 10.0        # and the interpreter's exit this long
+CLOSE_TIMEOUT_S = 5.0        # close() waits this long for the helper to exit (never kills it)
 READY = "ready"
 _GONE = (errno.ECONNREFUSED, errno.ENOENT)
 
@@ -76,6 +81,7 @@ class ProcessWriter:
         self._starts = 0
         self._base_seq = 0            # the ledger's last seq when the helper started
         self._sent = 0                # events this process relayed to that helper
+        self._sent_gaps = 0           # and misses, in gap messages
         self._sent_t1 = self._sent_t2 = 0
         self._relay_missed_n = 0
         self._closed = False
@@ -99,46 +105,55 @@ class ProcessWriter:
         if relay is None:
             return self._fallback.write_gap(dropped, t1_ns, t2_ns, reason)
         self._sending(relay, lambda: relay.write_gap(dropped, t1_ns, t2_ns, reason))
+        self._sent_gaps += dropped
+        self._sent_t1 = self._sent_t1 or t1_ns
+        self._sent_t2 = max(self._sent_t2, t2_ns)
 
     def sync(self, timeout: float = 5.0) -> bool:
         """True once the helper has appended everything this process sent it (Sink.flush calls
-        this, so a flush means "in the ledger" here as with the in-process writer)."""
+        this, so a flush means "in the ledger" here as with the in-process writer). A helper found
+        gone counts what it took with it, as a failed write does."""
         relay = self._relay
         if relay is None:
             return True  # nothing in flight: never started, fallen back (synchronous), or closed
         try:
             return relay.sync(timeout)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in _GONE:
+                self._gone(relay)
             return False
 
     def start(self) -> "ProcessWriter":
         """Start the helper now (e.g. in a server's master process, before it forks workers that
         will then share it); otherwise the first write starts it. A failure falls back, as there."""
-        if self._fallback is None and self._relay is None:
+        if self._fallback is None and self._relay is None and not self._closed:
             try:
                 self._start()
-            except LedgerError:
-                pass
+            except Exception as exc:
+                self._fall_back(str(exc))
         return self
 
     def after_fork(self) -> None:
         """In a forked child: keep the helper (and the inherited pipe, which keeps it alive for
         this child too), with a socket and a hello of the child's own."""
-        self._sent = self._sent_t1 = self._sent_t2 = 0  # the child counts what it sends itself
+        self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = 0  # the child counts its own
         if self._relay is not None:
             self._relay.after_fork()
         if self._fallback is not None:
             self._fallback.after_fork()
 
     def at_exit(self) -> None:
-        """The interpreter is exiting (after the sink's last flush): in the process that started
-        the helper, wait for its drain, so the rows are in the ledger when this process ends."""
+        """The interpreter is exiting, after the sink's last flush (which waited until the helper
+        had appended this process's events): let go of the helper. It drains anything still
+        queued and exits once every process holding its pipe is gone; nothing waits for or kills
+        it here, so forked children still running keep their helper and this exit is not held up."""
         self._closed = True
         if self._owner == os.getpid():
-            self._stop_helper(EXIT_TIMEOUT_S)
+            self._stop_helper(0.0)
 
     def close(self) -> None:
-        """Stop sending; in the process that started the helper, let it drain and wait for it."""
+        """Stop sending; in the process that started the helper, let it drain and wait a little
+        for it to exit (it stays while forked children that share it are alive; never killed)."""
         self._closed = True
         relay, self._relay = self._relay, None
         if relay is not None:
@@ -157,7 +172,7 @@ class ProcessWriter:
                 raise LedgerError("the ledger writer is closed")
             try:
                 self._start()
-            except LedgerError as exc:
+            except Exception as exc:  # whatever the cause, once: from now on, write in process
                 self._fall_back(str(exc))
         return None if self._fallback is not None else self._relay
 
@@ -173,39 +188,56 @@ class ProcessWriter:
             send()
         except OSError as exc:
             if exc.errno in _GONE:  # the helper is gone: the next write starts another
-                self._relay = None
-                relay.close()
-                self._count_lost()
+                self._gone(relay)
             raise
 
+    def _gone(self, relay) -> None:
+        if self._relay is relay:
+            self._relay = None
+        relay.close()
+        self._count_lost()
+
     def _count_lost(self) -> None:
-        """Events this process relayed to a helper that died before appending them: the ledger
-        tells how many of ours it holds since that helper started; the rest is a miss (gap row)."""
-        sent, self._sent = self._sent, 0
-        if not sent:
+        """What this process relayed to a helper that died before appending it is a miss (a gap
+        row). The ledger tells how much of it is there: the events, and the gaps, with this pid
+        after this process's hello to that helper (its interceptor_installed row)."""
+        sent, gaps = self._sent, self._sent_gaps
+        self._sent = self._sent_gaps = 0
+        if not (sent or gaps):
             return
-        lost = sent
+        lost = sent + gaps
         try:
             import apsw
 
             con = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
             try:
                 con.setbusytimeout(5000)
-                lost -= con.execute(
-                    "SELECT count(*) FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel != 'audit'",
-                    (self._base_seq, os.getpid())).fetchall()[0][0]
+                pid = os.getpid()
+                (hello,), = con.execute(
+                    "SELECT max(chain_seq) FROM egress_log WHERE chain_seq > ? AND pid = ? "
+                    "AND channel = 'audit' AND method = 'interceptor_installed'", (self._base_seq, pid)).fetchall()
+                if hello is not None:
+                    (events,), = con.execute(
+                        "SELECT count(*) FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel != 'audit'",
+                        (hello, pid)).fetchall()
+                    counted = sum(_dropped(detail) for (detail,) in con.execute(
+                        "SELECT url_path FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel = 'audit' "
+                        "AND method = 'gap'", (hello, pid)))
+                    lost = max(0, sent - events) + max(0, gaps - counted)
             finally:
                 con.close()
         except Exception:
-            pass  # the ledger cannot say: count every event sent to the dead helper
+            pass  # the ledger cannot say: count all that was sent to the dead helper
         if lost > 0 and self.on_miss is not None:
-            self.on_miss(self._sent_t1, "WriterProcessGone", n=lost, until=self._sent_t2)
+            self.on_miss(self._sent_t1 or time.time_ns(), "WriterProcessGone", n=lost,
+                         until=self._sent_t2 or time.time_ns())
+        self._sent_t1 = self._sent_t2 = 0
 
     def _start(self):
         from interceptor.relay import RelayWriter
 
         if self._owner == os.getpid():
-            self._stop_helper(0.0)  # ours, gone or unreachable: reap it, drop its folder
+            self._stop_helper(0.0)  # ours, gone or unreachable: let go of its pipe
         self._starts += 1
         folder = tempfile.mkdtemp(prefix="netaudit-writer-")
         if len(os.path.join(folder, SOCKET_NAME)) > MAX_SOCKET_PATH:  # a long TMPDIR
@@ -214,49 +246,62 @@ class ProcessWriter:
         sock = os.path.join(folder, SOCKET_NAME)
         env = {k: v for k, v in os.environ.items() if k != "NETAUDIT_RELAY"}  # not audited itself
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_core_root(), env.get("PYTHONPATH", "")) if p)
+        proc = None
         try:
+            if not sys.executable:
+                raise LedgerError("no Python interpreter to run it (sys.executable is empty)")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ledger.process_writer", sock, self.path, self.key_dir],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=env, close_fds=True, start_new_session=True)
-        except (OSError, ValueError) as exc:
+            line = _read_line(proc.stdout, self.start_timeout)
+            word, _, seq = line.partition(" ")
+            if word != READY or not seq.isdigit():
+                why = line[len("error: "):] if line.startswith("error: ") else (line[:200] or "no answer")
+                raise LedgerError(f"the ledger writer process did not start: {why}")
+            relay = RelayWriter(sock)
+        except BaseException as exc:
+            if proc is not None:  # whatever it is: its whole session goes, with its pipes
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                for stream in (proc.stdin, proc.stdout):
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+                proc.wait()
             shutil.rmtree(folder, ignore_errors=True)
-            raise LedgerError(f"cannot start the ledger writer process: {exc}") from None
-        line = _read_line(proc.stdout, self.start_timeout)
+            if isinstance(exc, Exception) and not isinstance(exc, LedgerError):
+                raise LedgerError(f"cannot start the ledger writer process: {type(exc).__name__}: {exc}") from None
+            raise
         proc.stdout.close()
-        word, _, seq = line.partition(" ")
-        if word != READY or not seq.isdigit():
-            proc.kill()
-            proc.wait()
-            proc.stdin.close()
-            shutil.rmtree(folder, ignore_errors=True)
-            why = line[len("error: "):] if line.startswith("error: ") else (line or "no answer")
-            raise LedgerError(f"the ledger writer process did not start: {why}")
-        relay = RelayWriter(sock)
         relay.on_miss = self._relay_missed
-        self._base_seq, self._sent, self._sent_t1, self._sent_t2 = int(seq), 0, 0, 0
+        self._base_seq, self._sent, self._sent_gaps, self._sent_t1, self._sent_t2 = int(seq), 0, 0, 0, 0
         self._proc, self._pipe, self._folder, self._owner = proc, proc.stdin, folder, os.getpid()
         self.helper_pid = proc.pid
         self._relay = relay
         return relay
 
-    def _stop_helper(self, timeout: float) -> None:
+    def _stop_helper(self, wait: float) -> None:
+        """Close our end of the helper's pipe (it drains and exits once no process holds it);
+        wait up to `wait` seconds for that. Never kills it: what it holds would be lost."""
         proc, pipe, folder = self._proc, self._pipe, self._folder
         self._proc = self._pipe = self._folder = None
         self._owner = 0
         if pipe is not None:
             try:
-                pipe.close()  # the helper drains what was sent, then exits
+                pipe.close()
             except OSError:
                 pass
         if proc is not None:
             try:
-                proc.wait(timeout)
+                proc.wait(wait) if wait else proc.poll()
             except subprocess.TimeoutExpired:
-                if timeout:
-                    proc.kill()  # it stays in the helper's own session; never block an exit on it
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+                pass
+            if proc.returncode is not None and folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)  # the helper removes it too, as it exits
 
     def _fall_back(self, reason: str) -> None:
         """Write in process from now on (the ledger's own faults are then counted as usual)."""
@@ -266,18 +311,29 @@ class ProcessWriter:
         self._fallback = LedgerWriter(self.path, self.key_dir)
 
 
+def _dropped(detail: str) -> int:
+    """The `dropped=N` of a gap row's detail."""
+    for part in detail.split(";"):
+        key, _, value = part.partition("=")
+        if key == "dropped" and value.isdigit():
+            return int(value)
+    return 0
+
+
 def _read_line(stream, timeout: float) -> str:
-    """One line from a pipe within `timeout` seconds, or ""."""
+    """One line from a pipe within `timeout` seconds, or "" (poll: any descriptor number)."""
     deadline = time.monotonic() + timeout
     data = b""
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([stream], [], [], left)[0]:
-            break
-        chunk = os.read(stream.fileno(), 4096)
-        if not chunk:
-            break
-        data += chunk
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while not data.endswith(b"\n") and len(data) < 4096:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                break
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                break
+            data += chunk
     return data.decode("utf-8", "replace").strip()
 
 
@@ -285,7 +341,10 @@ def _read_line(stream, timeout: float) -> str:
 
 def main(argv: list[str]) -> int:
     """python -m ledger.process_writer SOCKET LEDGER KEY_DIR: receive until stdin closes."""
+    # ^C and a service manager's stop are for the audited processes: this one exits when they
+    # are gone (its pipe closes), after appending what they sent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if len(argv) != 3:
         print("error: usage: python -m ledger.process_writer SOCKET LEDGER KEY_DIR", flush=True)
         return 2
@@ -299,11 +358,11 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # one line for the starting process, which falls back and says why
         print(f"error: {type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
         return 2
-    print(f"{READY} {led.last()[0]}", flush=True)  # rows after this seq are the helper's
     try:
+        print(f"{READY} {led.last()[0]}", flush=True)  # rows after this seq are the helper's
         while os.read(sys.stdin.fileno(), 4096):  # until every holder of the pipe has exited
             pass
-    except OSError:
+    except OSError:  # the starter is gone already (a broken pipe): drain what came, and go
         pass
     receiver.stop()
     shutil.rmtree(os.path.dirname(sock), ignore_errors=True)  # an owner killed before its cleanup leaves none

@@ -31,7 +31,7 @@ import os, sys, urllib.request
 import interceptor
 from ledger.process_writer import ProcessWriter
 if %(broken_python)r:
-    sys.executable = "/nonexistent/python"
+    sys.executable = %(executable)r
 writer = ProcessWriter(%(ledger)r, %(keys)r)
 interceptor.install(sink=interceptor.Sink(writer, linger_s=0))
 for i in range(20):
@@ -47,12 +47,15 @@ print(writer.mode, writer.helper_pid, writer._folder or "", flush=True)
 '''
 
 
-def _app(tmp_path, port, broken_python=False):
+def _app(tmp_path, port, broken_python=False, executable="/nonexistent/python"):
     ledger, keys = str(tmp_path / "l.sqlite"), str(tmp_path / "keys")
     script = tmp_path / "app.py"
     script.write_text(APP % {"ledger": ledger, "keys": keys, "port": port, "payload": PAYLOAD,
-                             "broken_python": broken_python})
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+                             "broken_python": broken_python, "executable": executable})
+    tmp = tmp_path / "tmp"  # the app's TMPDIR: where a helper's folder would be made
+    tmp.mkdir(exist_ok=True)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, TMPDIR=str(tmp)))
     assert out.returncode == 0, out.stderr
     mode, helper, folder = (out.stdout.split() + [""])[:3]
     return mode, int(helper), folder, ledger, keys
@@ -70,13 +73,16 @@ def _alive(pid: int) -> bool:
 def test_calls_reach_the_ledger_through_the_helper_with_in_process_fingerprints(tmp_path, servers):
     mode, helper, folder, ledger, keys = _app(tmp_path, servers.http)
     assert mode == "process" and helper > 0
-    # The app's exit waited for the helper's drain: every row is there now, the helper is gone,
-    # and so is its private folder.
+    # The app's exit flushed (a flush waits for the helper's appends): every row is there now.
     with Ledger.open(ledger, key_dir=keys, readonly=True) as led:
         rows = list(led.rows())
         salt = led.hmac_salt
     http = [r for r in rows if r["channel"] == "http"]
     assert sorted(r["url_path"] for r in http) == ["/child"] + ["/parent"] * 20
+    # Let go at exit, the helper drains and exits by itself, and removes its private folder.
+    deadline = time.monotonic() + 20
+    while (_alive(helper) or os.path.exists(folder)) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert not _alive(helper)
     assert folder and not os.path.exists(folder)
     # The fingerprint is the in-process one: HMAC(salt, SHA-256(payload)), never the payload.
@@ -99,9 +105,13 @@ def test_a_forked_child_shares_the_helper_and_is_recorded_with_its_own_pid(tmp_p
     assert sum(r["method"] == "ledger_opened" for r in rows) == 1
 
 
-def test_without_a_usable_python_it_falls_back_to_writing_in_process(tmp_path, servers):
-    mode, helper, _, ledger, keys = _app(tmp_path, servers.http, broken_python=True)
+@pytest.mark.parametrize("executable", ["/nonexistent/python", None, "/bin/true"])
+def test_without_a_usable_python_it_falls_back_to_writing_in_process(tmp_path, servers, executable):
+    """A missing interpreter, none at all (embedded Pythons), or one that is no Python: the first
+    write falls back, once, and leaves no folder behind."""
+    mode, helper, _, ledger, keys = _app(tmp_path, servers.http, broken_python=True, executable=executable)
     assert mode == "in-process" and helper == 0
+    assert not list((tmp_path / "tmp").iterdir())
     with Ledger.open(ledger, key_dir=keys, readonly=True) as led:
         urls = sorted(r["url_path"] for r in led.rows() if r["channel"] == "http")
     assert urls == ["/child"] + ["/parent"] * 20
@@ -139,16 +149,18 @@ def test_a_helper_that_dies_is_replaced_and_every_lost_event_comes_back_as_a_gap
     os.kill(first, signal.SIGSTOP)  # two events then sit in its socket, sent but never appended
     _get(servers.http, "/queued-1")
     _get(servers.http, "/queued-2")
+    sink.miss(time.time_ns(), "Injected", n=2)  # a gap message for 2 misses goes to it as well
     assert not sink.flush(1)  # sent, but the stopped helper cannot append them (nor answer the flush)
-    assert sink.dropped_total == 0
+    assert sink.dropped_total == 2
     os.kill(first, signal.SIGKILL)
     while _alive(first):
         time.sleep(0.01)
     _get(servers.http, "/while-dead")  # the call itself succeeds; its record cannot be sent
     deadline = time.monotonic() + 30
-    while sink.dropped_total < 3 and time.monotonic() < deadline:
+    while sink.dropped_total < 7 and time.monotonic() < deadline:
         sink.flush(0.2)
-    assert sink.dropped_total == 3  # /while-dead, and the two the dead helper held
+    # 2 injected, /while-dead, and what the dead helper held: 2 events and the gap of 2
+    assert sink.dropped_total == 7
     _get(servers.http, "/after")  # a new helper is started for this one, and takes the gap row
     assert sink.flush(30)
     assert writer.helper_pid not in (0, first) and writer.mode == "process"
@@ -157,15 +169,16 @@ def test_a_helper_that_dies_is_replaced_and_every_lost_event_comes_back_as_a_gap
         rows = list(led.rows())
     assert [r["url_path"] for r in rows if r["channel"] == "http"] == ["/before", "/after"]
     gaps = [r for r in rows if r["method"] == "gap"]
-    assert len(gaps) == 1 and "dropped=3;" in gaps[0]["url_path"]
+    assert len(gaps) == 1 and "dropped=5;" in gaps[0]["url_path"]  # 1 + 2 + 2: the injected 2 once
     assert "WriterProcessGone" in gaps[0]["url_path"]
     assert verify_ledger(writer.path).valid
 
 
-def test_close_drains_and_the_helper_ignores_interrupts(tmp_path, servers, process_sink):
+def test_close_drains_and_the_helper_ignores_interrupts_and_terminate(tmp_path, servers, process_sink):
     sink, writer = process_sink
     helper = writer.helper_pid
-    os.kill(helper, signal.SIGINT)  # a terminal's ^C must not cut the helper's drain short
+    os.kill(helper, signal.SIGINT)  # a terminal's ^C must not cut the helper's drain short,
+    os.kill(helper, signal.SIGTERM)  # nor a service manager's stop
     for i in range(50):
         _get(servers.http, f"/n{i}")
     assert sink.flush(10)
@@ -193,3 +206,57 @@ def test_a_ledger_the_helper_cannot_open_falls_back_and_is_counted_as_before(tmp
         sink.close(1)
     assert writer.mode == "in-process" and "did not start: FileExistsError" in writer.fallback_reason
     assert sink.dropped_total == 1 and sink.write_faults >= 1
+
+
+def test_a_flush_never_takes_another_process_s_answer(tmp_path, servers, process_sink):
+    """Sync answers are files named by pid and token: stale ones (a timed-out sync, a process
+    that had this pid before) must not make a flush report what did not happen."""
+    sink, writer = process_sink
+    _get(servers.http, "/first")
+    assert sink.flush(10)
+    folder = os.path.dirname(writer._relay.path)
+    for token in range(64):  # every answer a counter-based token could expect
+        open(os.path.join(folder, f"synced-{os.getpid()}-{token}"), "w").close()
+    os.kill(writer.helper_pid, signal.SIGSTOP)
+    try:
+        _get(servers.http, "/not-yet")
+        assert not sink.flush(1)
+    finally:
+        os.kill(writer.helper_pid, signal.SIGCONT)
+    assert sink.flush(10)
+    assert _http_rows(writer) == ["/first", "/not-yet"]
+
+
+EXIT_APP = '''\
+import os, signal, sys, time, urllib.request
+import interceptor
+from ledger.process_writer import ProcessWriter
+writer = ProcessWriter(%(ledger)r, %(keys)r)
+sink = interceptor.Sink(writer, linger_s=0)
+interceptor.install(sink=sink)
+urllib.request.urlopen("http://127.0.0.1:%(port)d/kept").read()
+assert interceptor.flush(10)
+os.kill(writer.helper_pid, signal.SIGSTOP)
+for i in range(3):
+    urllib.request.urlopen("http://127.0.0.1:%(port)d/held").read()
+sink.flush(0.5)  # sent; never appended: the helper is stopped, then killed
+os.kill(writer.helper_pid, signal.SIGKILL)
+while os.waitpid(writer.helper_pid, os.WNOHANG) == (0, 0):
+    time.sleep(0.01)
+'''
+
+
+def test_events_a_helper_took_with_it_are_a_gap_row_even_when_the_process_just_exits(tmp_path, servers):
+    """No write after the helper died: the exit's own flush finds it gone, counts what it held,
+    and a new helper writes the gap row before the process ends."""
+    ledger, keys = str(tmp_path / "l.sqlite"), str(tmp_path / "keys")
+    script = tmp_path / "exit_app.py"
+    script.write_text(EXIT_APP % {"ledger": ledger, "keys": keys, "port": servers.http})
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    with Ledger.open(ledger, key_dir=keys, readonly=True) as led:
+        rows = list(led.rows())
+    assert [r["url_path"] for r in rows if r["channel"] == "http"] == ["/kept"]
+    gaps = [r for r in rows if r["method"] == "gap"]
+    assert len(gaps) == 1 and "dropped=3;" in gaps[0]["url_path"], gaps
+    assert verify_ledger(ledger).valid

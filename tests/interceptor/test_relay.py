@@ -413,3 +413,10 @@ def test_the_fast_path_accepts_only_what_the_field_checks_accept_and_builds_the_
 def test_rows_our_writer_sends_take_the_fast_path():
     row = _good_row(7)
     assert _plain(row) and _event(row, b"salt") == _event_checked(row, b"salt")
+
+
+def test_a_digest_of_white_space_is_no_digest():
+    """bytes.fromhex skips white space: 64 spaces must not pass as the digest of b""."""
+    row = _good_row(3)
+    row[-1] = " " * 64
+    assert _outcome(_event, row) == _outcome(_event_checked, row) == "bad_digest"
