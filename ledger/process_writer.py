@@ -13,8 +13,8 @@ interceptor benchmark, and the note of the commit that added this module).
 Lifetime and fail-open:
 - The helper lives as long as a pipe to it is open: the process that started it holds the write
   end, and so do the children it forks afterwards (a server that calls start() in its master
-  shares one helper with its workers; the Odoo addon starts one per worker and database, at its
-  first call). When the last holder exits, the helper appends every datagram already sent, then
+  shares one helper with its workers: the Odoo addon does so for the databases named with -d;
+  another database's helper starts at a worker's first call to it). When the last holder exits, the helper appends every datagram already sent, then
   exits. It ignores SIGINT and SIGTERM and runs in its own session, so neither a terminal's ^C
   nor a service manager's stop cuts that drain short; nothing here ever kills it.
 - `Sink.flush()` (and so the interpreter's exit) waits until the helper has appended what this

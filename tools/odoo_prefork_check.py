@@ -66,6 +66,21 @@ if sys.argv[4] == "1":
 """
 
 
+def _writer_helpers(db_dir: str) -> list[int]:
+    """Pids of the ledger writer processes (ledger.process_writer) appending under db_dir."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    args = fh.read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if "ledger.process_writer" in args and any(a.startswith(db_dir) for a in args):
+                found.append(int(entry))
+    return found
+
+
 def fail(msg: str) -> int:
     print(f"prefork_check: FAILED: {msg}")
     return 1
@@ -103,6 +118,9 @@ def main(argv: list[str]) -> int:
                                 capture_output=True, text=True, timeout=120, env=env)
         if client.returncode:
             return fail(f"client: {client.stderr.strip().splitlines()[-1:]}")
+        helpers = _writer_helpers(os.path.join(data_dir, "mit_network_audit", db))
+        if len(helpers) != 1:  # started in the master for -d DB, shared by both workers
+            return fail(f"{len(helpers)} ledger writer processes for {db}, expected 1 shared: {helpers}")
     finally:
         server.send_signal(signal.SIGTERM)
         try:

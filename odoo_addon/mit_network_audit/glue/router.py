@@ -87,6 +87,26 @@ class DatabaseRouter:
         return sum(sink.dropped_total for sink in list(self._sinks.values()))
 
 
+def configured_databases() -> list[str]:
+    """The databases named in the server's configuration (-d/--database, db_name), if any."""
+    from odoo.tools import config
+
+    return [name.strip() for name in str(config.get("db_name") or "").split(",") if name.strip()]
+
+
+def _start_configured(router: "DatabaseRouter") -> None:
+    """Start the writer helpers of the configured databases now, in the process that loads the
+    addon: under prefork that is the master, so its workers, forked later, share one helper per
+    database instead of starting one each. Other databases get theirs at their first call."""
+    for dbname in configured_databases():
+        try:
+            start = getattr(router.sink_for(dbname).writer, "start", None)
+            if start is not None:
+                start()
+        except Exception as exc:  # fail-open: the first write tries again, or falls back
+            _logger.warning("mit_network_audit: ledger writer for %s not started (%s)", dbname, exc)
+
+
 def install() -> "DatabaseRouter":
     """Install the interceptor with a per-database router; returns the router in force."""
     import interceptor
@@ -98,6 +118,7 @@ def install() -> "DatabaseRouter":
             return current
         # Someone installed it first (e.g. `netaudit run`): route Odoo's calls from now on.
         interceptor.use_sink(router)
+    _start_configured(router)
     from . import ingress
 
     ingress.install()
