@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from verifier.format import (
     FORMAT_VERSION,
     GENESIS_HASH,
     Checkpoint,
+    FormatError,
     columns_encoder,
     public_key_from_text,
     ROW_DOMAIN,
@@ -91,6 +91,8 @@ def _coerce(values: tuple) -> tuple:
     """Slow path for events whose fields have loose types (an int status, None for ""...)."""
     from verifier.format import COLUMNS, INT, REAL
 
+    if len(values) != len(COLUMNS):
+        raise FormatError(f"row cannot be encoded: {len(values)} values, expected {len(COLUMNS)}")
     out = []
     for (_, kind), v in zip(COLUMNS, values):
         if kind == INT:
@@ -111,43 +113,6 @@ _SEQ_AT, _PREV_AT, _HASH_AT = 0, 1 + len(COLUMNS), 2 + len(COLUMNS)
 # a row. The order is egress_log's (ledger/schema.py), which a test checks.
 _INSERT = f"INSERT INTO egress_log VALUES({','.join('?' * (3 + len(COLUMNS)))})"
 _ROW_AT = "SELECT row_hash FROM egress_log WHERE chain_seq = ?"
-
-
-def _row_encoder(ledger_id: str):
-    """encode(values) -> a row for _append_locked, with the format's encoding of its columns.
-
-    The writer's hot path: the same bytes as verifier.format's columns_encoder(ledger_id), with
-    each column a local variable, so a well-typed ASCII row costs no itemgetter and no star-args.
-    Anything else takes the format's own encoder: a non-ASCII row (its lengths are UTF-8 lengths),
-    or, by the error raised here (TypeError, ValueError, struct.error), a row whose types are wrong
-    (Ledger.encode_values then coerces it and lets the format's encoder decide). A test holds the
-    two encoders to the same bytes for any row.
-    """
-    reference = columns_encoder(ledger_id)
-    lid = ledger_id.encode()
-    lid_len = len(lid)
-    # 7 INT columns, the REAL one, the lengths of ledger_id and of the 16 TEXT columns, ledger_id
-    pack = struct.Struct(f">7qd17I{lid_len}s").pack
-
-    def encode(values) -> list:
-        (ts, duration_ms, direction, channel, protocol, method, host, url_path, query_keys, src_ip, src_port,
-         dst_ip, dst_port, status, error, req_bytes, resp_bytes, header_names, fingerprint, module, author,
-         call_site, pid, self_egress) = values
-        joined = "".join((direction, channel, protocol, method, host, url_path, query_keys, src_ip, dst_ip,
-                          status, error, header_names, fingerprint, module, author, call_site))
-        if type(duration_ms) is float and joined.isascii():  # str.isascii() is O(1): len() is the UTF-8 length
-            body = pack(ts, src_port, dst_port, req_bytes, resp_bytes, pid, self_egress, duration_ms,
-                        lid_len, len(direction), len(channel), len(protocol), len(method), len(host),
-                        len(url_path), len(query_keys), len(src_ip), len(dst_ip), len(status), len(error),
-                        len(header_names), len(fingerprint), len(module), len(author), len(call_site),
-                        lid) + joined.encode()
-        else:
-            body = reference(values)
-        return [0, ts, duration_ms, direction, channel, protocol, method, host, url_path, query_keys, src_ip,
-                src_port, dst_ip, dst_port, status, error, req_bytes, resp_bytes, header_names, fingerprint,
-                module, author, call_site, pid, self_egress, None, body]
-
-    return encode
 
 
 def audit_event(fact: str, ts: int, **detail) -> NetEvent:
@@ -176,7 +141,6 @@ class Ledger:
         self.path = path
         self.ledger_id = ledger_id
         self._encode_columns = columns_encoder(ledger_id)
-        self._encode_row = _row_encoder(ledger_id)
         self._appended: tuple[int, bytes] | None = None  # (chain_seq, row_hash) this transaction wrote last
         self.meta = meta
         self.key_dir = key_dir
@@ -322,21 +286,24 @@ class Ledger:
         """The rows for append_encoded, their columns encoded; loose types are coerced.
 
         Each is a list in egress_log's order, its chain_seq, prev_hash and row_hash still to come
-        (the row_hash slot holds the encoded columns until then).
+        (the row_hash slot holds the encoded columns until then). The encoding is the format's
+        (verifier.format.columns_encoder); the writer has no copy of its layout.
         """
+        encode = self._encode_columns
         try:
-            return list(map(self._encode_row, rows))
-        except (TypeError, ValueError, struct.error):  # loose types: coerce those rows once, then they must encode
+            return [[0, *values, None, encode(values)] for values in rows]
+        except FormatError:  # loose types from a caller: coerce those rows once, then they must encode
             return [self._encode(values) for values in rows]
 
     def _encode(self, values: tuple) -> list:
-        """One row; if its types are loose, they are coerced once and the format's own encoder
-        decides (FormatError for what it still cannot encode)."""
+        """One row; if its types are loose, they are coerced once and the format's encoder decides
+        again (FormatError for what it still cannot encode)."""
         try:
-            return self._encode_row(values)
-        except (TypeError, ValueError, struct.error):
+            body = self._encode_columns(values)
+        except FormatError:
             values = _coerce(values)
-            return [0, *values, None, self._encode_columns(values)]
+            body = self._encode_columns(values)
+        return [0, *values, None, body]
 
     def _append_fact_locked(self, fact: str, ts: int, **detail) -> int:
         return self._append_locked([self._encode(event_values(audit_event(fact, ts, **detail)))])
