@@ -92,7 +92,11 @@ def dump(path: str) -> dict[str, list] | None:
                     try:
                         out[name] = con.execute(f'SELECT * FROM "{name}" ORDER BY rowid').fetchall()
                     except UnicodeDecodeError:  # TEXT that is not UTF-8: the writer never stores that
-                        cols = [c[1] for c in con.execute(f'PRAGMA table_info("{name}")')]
+                        try:
+                            cols = [c[1] for c in con.execute(f'PRAGMA table_info("{name}")')]
+                        except UnicodeDecodeError:  # the flip hit a column name: __schema__ shows it
+                            out[name] = ("undecodable schema",)
+                            continue
                         sel = ", ".join(f'typeof("{c}"), hex("{c}")' for c in cols)
                         out[name] = ("undecodable", con.execute(f'SELECT {sel} FROM "{name}" ORDER BY rowid').fetchall())
                 return out
