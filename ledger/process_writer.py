@@ -78,7 +78,6 @@ class ProcessWriter:
         self._folder = None
         self._owner = 0               # pid of the process that started the helper
         self._fallback = None         # ledger.sink.LedgerWriter after a fallback
-        self._starts = 0
         self._base_seq = 0            # the ledger's last seq when the helper started
         self._sent = 0                # events this process relayed to that helper
         self._sent_gaps = 0           # and misses, in gap messages
@@ -93,7 +92,7 @@ class ProcessWriter:
         if relay is None:
             return self._fallback.write_records(records)
         self._relay_missed_n = 0
-        self._sending(relay, lambda: relay.write_records(records))
+        self._sending(relay, relay.write_records, records)
         sent = len(records) - self._relay_missed_n  # a tail the relay could not send is a miss already
         if sent > 0:
             self._sent += sent
@@ -104,7 +103,7 @@ class ProcessWriter:
         relay = self._relay_or_fallback()
         if relay is None:
             return self._fallback.write_gap(dropped, t1_ns, t2_ns, reason)
-        self._sending(relay, lambda: relay.write_gap(dropped, t1_ns, t2_ns, reason))
+        self._sending(relay, relay.write_gap, dropped, t1_ns, t2_ns, reason)
         self._sent_gaps += dropped
         self._sent_t1 = self._sent_t1 or t1_ns
         self._sent_t2 = max(self._sent_t2, t2_ns)
@@ -183,9 +182,9 @@ class ProcessWriter:
         else:
             raise OSError(f"{reason}: {n} record(s) not relayed")
 
-    def _sending(self, relay, send) -> None:
+    def _sending(self, relay, send, *args) -> None:
         try:
-            send()
+            send(*args)
         except OSError as exc:
             if exc.errno in _GONE:  # the helper is gone: the next write starts another
                 self._gone(relay)
@@ -238,7 +237,6 @@ class ProcessWriter:
 
         if self._owner == os.getpid():
             self._stop_helper(0.0)  # ours, gone or unreachable: let go of its pipe
-        self._starts += 1
         folder = tempfile.mkdtemp(prefix="netaudit-writer-")
         if len(os.path.join(folder, SOCKET_NAME)) > MAX_SOCKET_PATH:  # a long TMPDIR
             os.rmdir(folder)
