@@ -161,17 +161,11 @@ def _flush(mode: str, handle) -> None:
         handle[0].force_flush()     # the batch span processor: spans exported
 
 
-_READERS: dict = {}
+def _ledger_rows(path: str, key_dir: str) -> int:
+    from ledger.ledger import Ledger
 
-
-def _last_seq(path: str) -> int:
-    """The ledger's last chain_seq, read through one kept read-only connection (an index lookup)."""
-    import apsw
-
-    con = _READERS.get(path)
-    if con is None:
-        con = _READERS[path] = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-    return con.execute("SELECT coalesce(max(chain_seq), 0) FROM egress_log").fetchall()[0][0]
+    with Ledger.open(path, key_dir=key_dir, readonly=True) as led:
+        return led.count()
 
 
 def _helper_cpu_ns(handle) -> int:
@@ -221,7 +215,7 @@ def worker(kind: str, mode: str, port: int) -> None:
         elif mode == "proc":
             sink = handle
             sink.close(30)  # the helper drains and exits
-            extra = {"rows": _last_seq(sink.writer.path), "dropped": sink.dropped_total,
+            extra = {"rows": _ledger_rows(sink.writer.path, sink.writer.key_dir), "dropped": sink.dropped_total,
                      "writer_mode": sink.writer.mode}
         print(json.dumps({"wall": rounds, "cpu": cpu, "caller": caller, **extra}))
 
@@ -330,7 +324,6 @@ def _record(i: int):
 
 def writer_throughput(total: int = 200_000, threads: int = 8, process: bool = False) -> None:
     from interceptor import Sink
-    from ledger.ledger import Ledger
     from ledger.process_writer import ProcessWriter
     from ledger.sink import LedgerWriter
 
@@ -355,8 +348,7 @@ def writer_throughput(total: int = 200_000, threads: int = 8, process: bool = Fa
         sink.flush(120)  # for the writer process too: every event appended by the helper
         dt = time.perf_counter() - t0
         sink.close(120)
-        with Ledger.open(path, key_dir=keys, readonly=True) as led:
-            rows = led.count()
+        rows = _ledger_rows(path, keys)
         print(f"writer{' process' if process else ''}: {per * threads} events from {threads} threads into a "
               f"ledger in {dt:.2f} s = {per * threads / dt:,.0f} events/s sustained, dropped "
               f"{sink.dropped_total}, ledger rows {rows}")

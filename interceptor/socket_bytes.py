@@ -110,12 +110,7 @@ class CountingSocket(socket.socket):
 
     def send(self, *args, **kwargs):
         n = _send(self, *args, **kwargs)
-        rec = _OPEN.get(hash(self))
-        if rec is not None:
-            try:
-                rec.req_bytes += n
-            except Exception as exc:
-                GUARD.fault("capture", exc)
+        _add(self, n, 0)
         return n
 
     def sendall(self, *args, **kwargs):
@@ -156,22 +151,12 @@ class CountingSocket(socket.socket):
 
     def recv(self, *args, **kwargs):
         data = _recv(self, *args, **kwargs)
-        rec = _OPEN.get(hash(self))
-        if rec is not None:
-            try:
-                rec.resp_bytes += len(data)
-            except Exception as exc:
-                GUARD.fault("capture", exc)
+        _add(self, 0, len(data))
         return data
 
     def recv_into(self, *args, **kwargs):
         n = _recv_into(self, *args, **kwargs)
-        rec = _OPEN.get(hash(self))
-        if rec is not None:
-            try:
-                rec.resp_bytes += n
-            except Exception as exc:
-                GUARD.fault("capture", exc)
+        _add(self, 0, n)
         return n
 
     def recvfrom(self, *args, **kwargs):
