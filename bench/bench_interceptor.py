@@ -4,8 +4,10 @@
    bare, with our interceptor (ledger sink, real writer thread), and with OpenTelemetry's
    requests/urllib3 instrumentation exporting to an in-memory exporter. Clients: a
    requests.Session GET, a urllib3 PoolManager GET, a plain http.client GET (OpenTelemetry has
-   no http.client instrumentation). Each (client, mode) runs in a fresh process, twice,
-   interleaved; the figure is the median of the per-round means.
+   no http.client instrumentation). Each (client, mode) runs in a fresh process, REPS times,
+   interleaved; the figure is the median of the per-round means. Two wall clocks: the round's
+   calls as the caller sees them, with the background work (writer thread, writer process,
+   OpenTelemetry's exporter) running alongside; and the round until that work is done too.
 2. Events per second the writer sustains into a ledger from 8 producing threads, without dropping.
 3. Memory with a stalled ledger (locked by another connection): the queue stays bounded and the
    misses are counted.
@@ -23,7 +25,7 @@ import tempfile
 import threading
 import time
 
-CALLS = int(os.environ.get("BENCH_CALLS", "500"))
+CALLS = int(os.environ.get("BENCH_CALLS", "1000"))
 ROUNDS = 11
 WARMUP = 300
 REPS = 3
@@ -188,6 +190,7 @@ def worker(kind: str, mode: str, port: int) -> None:
         for _ in range(WARMUP):
             get()
         rounds = {"bare": [], mode: []}
+        steady = {"bare": [], mode: []}
         cpu = {"bare": [], mode: []}
         caller = {"bare": [], mode: []}
         for r in range(2 * ROUNDS):
@@ -200,13 +203,15 @@ def worker(kind: str, mode: str, port: int) -> None:
             h0 = _helper_cpu_ns(handle) if mode == "proc" else 0
             for _ in range(CALLS):
                 get()
-            th1 = time.thread_time_ns()
+            th1, t1 = time.thread_time_ns(), time.perf_counter_ns()
             if on:  # the round pays for its own background work too, not the bare round after it
                 _flush(mode, handle)
-            caller["bare" if not on else mode].append((th1 - th0) / CALLS / 1000)
-            rounds["bare" if not on else mode].append((time.perf_counter_ns() - t0) / CALLS / 1000)
+            key = "bare" if not on else mode
+            caller[key].append((th1 - th0) / CALLS / 1000)
+            steady[key].append((t1 - t0) / CALLS / 1000)
+            rounds[key].append((time.perf_counter_ns() - t0) / CALLS / 1000)
             helper = _helper_cpu_ns(handle) - h0 if mode == "proc" else 0  # its CPU counts too
-            cpu["bare" if not on else mode].append((time.process_time_ns() - c0 + helper) / CALLS / 1000)
+            cpu[key].append((time.process_time_ns() - c0 + helper) / CALLS / 1000)
         extra = {}
         if mode == "ours":
             sink = handle
@@ -217,7 +222,7 @@ def worker(kind: str, mode: str, port: int) -> None:
             sink.close(30)  # the helper drains and exits
             extra = {"rows": _ledger_rows(sink.writer.path, sink.writer.key_dir), "dropped": sink.dropped_total,
                      "writer_mode": sink.writer.mode}
-        print(json.dumps({"wall": rounds, "cpu": cpu, "caller": caller, **extra}))
+        print(json.dumps({"steady": steady, "wall": rounds, "cpu": cpu, "caller": caller, **extra}))
 
 
 # ---- per-call table ---------------------------------------------------------------------------
@@ -247,6 +252,7 @@ def per_call_table() -> None:
               f"pip install -e '.[bench]')")
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
     otel = _otel_available()
+    steady: dict[tuple[str, str], list[float]] = {}
     wall: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     caller: dict[tuple[str, str], list[float]] = {}
@@ -263,7 +269,7 @@ def per_call_table() -> None:
                     if out.returncode:
                         raise SystemExit(f"worker {kind}/{mode} failed:\n{out.stderr}")
                     data = json.loads(out.stdout.strip().splitlines()[-1])
-                    for table, key in ((wall, "wall"), (cpu, "cpu"), (caller, "caller")):
+                    for table, key in ((steady, "steady"), (wall, "wall"), (cpu, "cpu"), (caller, "caller")):
                         bare, inst = data[key]["bare"], data[key][mode]
                         table.setdefault((kind, "bare", mode), []).extend(bare)
                         table.setdefault((kind, mode), []).extend(i - b for b, i in zip(bare, inst))
@@ -275,13 +281,17 @@ def per_call_table() -> None:
     print(f"per-call cost of a kept-alive loopback GET to a server in another process. Each process "
           f"alternates bare and instrumented rounds ({ROUNDS} + {ROUNDS} rounds x {CALLS} calls, {REPS} processes "
           f"per cell); 'added' is the median over rounds of (instrumented round - the bare round before it). "
-          f"An instrumented round ends only once its background work is done (our writer has written "
-          f"every event to the ledger; with the writer process, that process has appended every event; "
-          f"OpenTelemetry's batch processor has exported every span), so that work is counted in full, "
-          f"even the part a spare core would overlap. 'ours': the ledger written by a thread of the "
-          f"audited process (ledger.sink.LedgerWriter); 'ours, writer process': by a helper process "
-          f"(ledger.process_writer.ProcessWriter), the audited process only relays each record.")
-    for title, table in (("wall clock per call", wall),
+          f"After each instrumented round the background work is finished (our writer has written every event "
+          f"to the ledger; with the writer process, that process has appended every event; OpenTelemetry's "
+          f"batch processor has exported every span) before the next round starts. 'as the caller sees it': "
+          f"the round's calls alone, while that work runs alongside (and slows them where it competes for the "
+          f"GIL or a core); 'all background work awaited': the round's clock stops only once that work is "
+          f"done, so it is counted in full, even the part a spare core would overlap. 'ours': the ledger "
+          f"written by a thread of the audited process (ledger.sink.LedgerWriter); 'ours, writer process': by "
+          f"a helper process (ledger.process_writer.ProcessWriter), the audited process only relays each "
+          f"record.")
+    for title, table in (("wall clock per call as the caller sees it (background work alongside)", steady),
+                         ("wall clock per call, all background work awaited in the round", wall),
                          ("CPU per call (all threads, and the writer process's too)", cpu),
                          ("CPU of the calling thread only (the hot path: capture, no writer work)", caller)):
         print(f"\n{title}")

@@ -339,7 +339,7 @@ def test_a_row_is_the_events_fields_without_the_fingerprint_then_the_digest():
     rec.url_path, rec.query_keys, rec.header_names = "/a b", ["k"], ["X-Key"]
     rec.hash_payload(PAYLOAD)
     event = rec.to_event(None)
-    assert encode_record(rec) == [getattr(event, f) for f in EVENT_FIELDS] + [hashlib.sha256(PAYLOAD).hexdigest()]
+    assert list(encode_record(rec)) == [getattr(event, f) for f in EVENT_FIELDS] + [hashlib.sha256(PAYLOAD).hexdigest()]
 
 
 def test_a_fault_while_the_receiver_stops_still_comes_back_as_a_gap_row(tmp_path):
