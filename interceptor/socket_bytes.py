@@ -25,9 +25,13 @@ Decisions:
   an explicit address (sendto, sendmsg with an address) stays its own event, one per datagram
   (the audit hook's, without size), because each one may go to another host; on a connected TCP
   socket the address is ignored by the kernel, so its bytes count for the connection.
-- Non-blocking: a connect that returns "in progress" is tracked too (asyncio's sockets); the
-  addresses are read at close. A send or recv that raises counts nothing; so does a sendall
-  interrupted by a timeout (its partial count is unknown).
+- Non-blocking: a connect that returns "in progress" is tracked too (asyncio's sockets), with
+  status "in_progress" until its outcome is known: the caller's own read of SO_ERROR (how asyncio
+  and selector loops learn it) settles it, an error as the errno's name (ECONNREFUSED...), success
+  as status "" with the addresses; one still open at close is settled then (bytes moved, or a
+  peer: connected; else SO_ERROR's error, or ENOTCONN with status "in_progress": closed before it
+  connected). A send or recv that raises counts nothing; so does a sendall interrupted by a
+  timeout (its partial count is unknown).
 - fork: a child forgets the parent's open connections (the parent emits them); a child's own are
   flushed at its exit, a multiprocessing child's from its exit finalizers.
 - Fail-open: a fault while counting is swallowed and counted by GUARD; results and exceptions
@@ -38,6 +42,7 @@ Decisions:
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import socket
 import sys
@@ -48,7 +53,10 @@ _ss = socket.socket  # the Python class whose methods (C ones from _socket.socke
 _send, _sendall, _sendto, _sendmsg = _ss.send, _ss.sendall, _ss.sendto, _ss.sendmsg
 _recv, _recv_into, _recvfrom, _recvfrom_into = _ss.recv, _ss.recv_into, _ss.recvfrom, _ss.recvfrom_into
 _recvmsg, _recvmsg_into = _ss.recvmsg, _ss.recvmsg_into
+_getsockopt = _ss.getsockopt
 _finalize = _ss.__del__
+_SOL_SOCKET, _SO_ERROR = socket.SOL_SOCKET, socket.SO_ERROR
+IN_PROGRESS = "in_progress"
 
 # hash(counted socket) -> its connection's Record (dup()s share one). A socket's hash is its
 # identity (socket defines no __hash__), unique among live objects like id(), but id() raises a
@@ -177,6 +185,12 @@ class CountingSocket(socket.socket):
     def recvmsg_into(self, *args, **kwargs):
         result = _recvmsg_into(self, *args, **kwargs)
         _add(self, 0, result[0])
+        return result
+
+    def getsockopt(self, *args, **kwargs):
+        result = _getsockopt(self, *args, **kwargs)
+        if args[:2] == (_SOL_SOCKET, _SO_ERROR) and len(args) == 2:  # how a loop learns a connect's outcome
+            _settle(self, result)
         return result
 
     def sendfile(self, file, offset=0, count=None):
@@ -372,12 +386,50 @@ def _end(sock) -> None:
         rec.netaudit_sockets -= 1
         if rec.netaudit_sockets > 0:
             return
-        if not rec.src_port:  # a non-blocking connect: its addresses are known only now
+        if rec.status == IN_PROGRESS:
+            _settle_at_close(rec, sock)
+        elif not rec.src_port:  # a non-blocking connect: its addresses are known only now
             peer(rec, sock)
     except Exception as exc:
         GUARD.fault("capture", exc)
         return
     emit(rec)
+
+
+def _settle(sock, so_error) -> None:
+    """The program read SO_ERROR of a counted socket: a connect in progress has its outcome."""
+    try:
+        rec = _OPEN.get(hash(sock))
+        if rec is None or rec.status != IN_PROGRESS:
+            return
+        if so_error:
+            rec.status = ""
+            rec.error = errno.errorcode.get(so_error, str(so_error))
+        else:
+            peer(rec, sock)
+            if rec.src_port:  # connected (0 before the handshake ends: still in progress)
+                rec.status = ""
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+
+
+def _settle_at_close(rec, sock) -> None:
+    """A connect still "in progress" when its socket closes: what became of it."""
+    try:
+        sock.getpeername()
+        connected = True
+    except OSError:
+        connected = bool(rec.req_bytes or rec.resp_bytes)  # it moved data, then lost its peer
+    if connected:
+        rec.status = ""
+        peer(rec, sock)
+        return
+    so_error = _getsockopt(sock, _SOL_SOCKET, _SO_ERROR)
+    if so_error:
+        rec.status = ""
+        rec.error = errno.errorcode.get(so_error, str(so_error))
+    else:
+        rec.error = "ENOTCONN"  # closed before it connected: the status stays "in_progress"
 
 
 def flush_open() -> None:

@@ -3,8 +3,8 @@
 - `socket.socket.connect` / `connect_ex` and `socket.create_connection` are wrapped, so a raw
   connection is one event with its outcome: a refused connection is emitted at once, an open one
   when it closes, with the bytes it sent and received (socket_bytes); a non-blocking connect
-  keeps status "in_progress" in that event, even after data flowed, and one that fails later
-  (seen only by the caller, through select and SO_ERROR) carries no error class;
+  is "in_progress" until the caller reads SO_ERROR (asyncio and selector loops do) or the socket
+  closes, and then carries its outcome: connected, or the errno's name (socket_bytes);
 - a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, UDP
   `sendto`/`sendmsg`, name lookups through `getaddrinfo` and friends).
 Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
@@ -97,7 +97,7 @@ def socket_connect_wrapper(self, address):
     except BaseException as exc:
         if rec is not None:
             if isinstance(exc, BlockingIOError):
-                rec.status = "in_progress"  # a non-blocking connect: not a failure
+                rec.status = socket_bytes.IN_PROGRESS  # a non-blocking connect: not a failure
                 _finish_connect(rec, self, connected=False)
             else:
                 fail(rec, exc)
@@ -127,7 +127,7 @@ def socket_connect_ex_wrapper(self, address):
         connected = not result
         try:
             if result in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
-                rec.status = "in_progress"
+                rec.status = socket_bytes.IN_PROGRESS
             elif result:
                 rec.error = errno.errorcode.get(result, str(result))
         except Exception as exc:

@@ -168,6 +168,60 @@ def test_non_blocking_connect_is_counted(captured, count_port):
     (e,) = _socket_events(captured)
     assert (e.req_bytes, e.resp_bytes) == (len(_ask(20, 30)), 30)
     assert e.src_port > 0  # read at close for a connect that was in progress
+    assert (e.status, e.error) == ("", "")  # it connected: no longer "in_progress"
+
+
+def _refused_non_blocking():
+    port = free_port()
+    sock = socket.socket()
+    sock.setblocking(False)
+    assert sock.connect_ex((HOST, port)) in (115, 36, 111, 61)  # EINPROGRESS, or refused at once
+    select.select([], [sock], [], 5)
+    return sock, port
+
+
+def test_non_blocking_connect_takes_the_outcome_the_program_reads_from_so_error(captured):
+    sock, port = _refused_non_blocking()
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in (111, 61)  # what the program sees
+    sock.close()
+    (e,) = _socket_events(captured)
+    assert (e.status, e.error, e.dst_port, e.req_bytes) == ("", "ECONNREFUSED", port, 0)
+
+
+def test_non_blocking_connect_closed_unread_is_settled_at_close(captured):
+    sock, _ = _refused_non_blocking()
+    sock.close()  # nobody asked SO_ERROR: the close does
+    (e,) = _socket_events(captured)
+    assert (e.status, e.error) == ("", "ECONNREFUSED")
+
+
+def test_non_blocking_connect_whose_outcome_we_cannot_know_says_so(captured):
+    sock, _ = _refused_non_blocking()
+    socket.socket.getsockopt(sock, socket.SOL_SOCKET, socket.SO_ERROR)  # the base method: we do not see it
+    sock.close()
+    (e,) = _socket_events(captured)
+    assert (e.status, e.error) == ("in_progress", "ENOTCONN")  # closed before it connected
+
+
+def test_asyncio_connections_carry_their_outcome(captured, count_port):
+    import asyncio
+
+    refused = free_port()
+
+    async def main():
+        reader, writer = await asyncio.open_connection(HOST, count_port)
+        writer.write(_ask(10, 20))
+        assert len(await reader.readexactly(20)) == 20
+        writer.close()
+        await writer.wait_closed()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(HOST, refused)
+
+    asyncio.run(main())
+    ok, failed = sorted(_socket_events(captured), key=lambda e: e.dst_port != count_port)
+    assert (ok.status, ok.error, ok.req_bytes, ok.resp_bytes) == ("", "", len(_ask(10, 20)), 20)
+    assert ok.src_port > 0 and ok.call_site.endswith(":main")
+    assert (failed.status, failed.error, failed.dst_port) == ("", "ECONNREFUSED", refused)
 
 
 def test_connected_udp_is_one_event_and_sendto_one_per_datagram(captured, servers):
