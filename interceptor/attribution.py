@@ -26,7 +26,7 @@ from interceptor.redact import utf8_safe
 # The interceptor modules whose frames sit between the caller and the audited library.
 CAPTURE_MODULES = frozenset({
     "interceptor", "interceptor.capture", "interceptor.http_wrappers", "interceptor.mail_wrappers",
-    "interceptor.socket_hooks", "interceptor.wsgi", "interceptor.guard",
+    "interceptor.socket_hooks", "interceptor.socket_bytes", "interceptor.wsgi", "interceptor.guard",
 })
 OUR_PACKAGES = frozenset({"interceptor", "ledger", "verifier", "mit_network_audit"})
 ODOO_ADDONS = "odoo.addons."

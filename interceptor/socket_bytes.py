@@ -23,8 +23,8 @@ Decisions:
   its raw socket: there the counts are the bytes on the wire, TLS records included.
 - UDP: a connected datagram socket is one event like TCP (send/recv counted). A datagram sent to
   an explicit address (sendto, sendmsg with an address) stays its own event, one per datagram
-  (the audit hook's, without size), because each one may go to another host; on a connected TCP
-  socket the address is ignored by the kernel, so its bytes count for the connection.
+  with its size (socket_hooks' wrappers), because each one may go to another host; on a connected
+  TCP socket the address is ignored by the kernel, so its bytes count for the connection.
 - Non-blocking: a connect that returns "in progress" is tracked too (asyncio's sockets), with
   status "in_progress" until its outcome is known: the caller's own read of SO_ERROR (how asyncio
   and selector loops learn it) settles it, an error as the errno's name (ECONNREFUSED...), success
@@ -135,7 +135,9 @@ class CountingSocket(socket.socket):
     def sendto(self, *args, **kwargs):
         rec = _OPEN.get(hash(self))
         if rec is None or rec.protocol != "tcp" or TLS.busy:
-            return _sendto(self, *args, **kwargs)  # a datagram to an address: the hook's event
+            # a datagram to an address: its own event, by socket_hooks' wrapper (socket.socket's
+            # sendto once installed; looked up now, not saved at import)
+            return _ss.sendto(self, *args, **kwargs)
         TLS.busy = True  # the kernel ignores the address of a connected stream: one connection
         try:
             n = _sendto(self, *args, **kwargs)
@@ -148,7 +150,7 @@ class CountingSocket(socket.socket):
         rec = _OPEN.get(hash(self))
         addressed = (len(args) > 3 and args[3] is not None) or kwargs.get("address") is not None
         if rec is None or (addressed and rec.protocol != "tcp") or TLS.busy:
-            return _sendmsg(self, *args, **kwargs)
+            return _ss.sendmsg(self, *args, **kwargs)  # as sendto: a datagram's own event
         TLS.busy = True
         try:
             n = _sendmsg(self, *args, **kwargs)

@@ -5,8 +5,10 @@
   when it closes, with the bytes it sent and received (socket_bytes); a non-blocking connect
   is "in_progress" until the caller reads SO_ERROR (asyncio and selector loops do) or the socket
   closes, and then carries its outcome: connected, or the errno's name (socket_bytes);
-- a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, UDP
-  `sendto`/`sendmsg`, name lookups through `getaddrinfo` and friends).
+- `sendto` / `sendmsg` to an explicit address (UDP) are wrapped too: one event per datagram, with
+  the bytes the kernel took, or the error;
+- a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, whose
+  datagrams then carry no size; name lookups through `getaddrinfo` and friends).
 Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
 connection that a protocol wrapper describes is not recorded a second time here.
 """
@@ -163,6 +165,40 @@ def socket_create_connection_wrapper(address, *args, **kwargs):
     return sock
 
 
+def _datagram(self, original: str, args, address):
+    """One datagram to an explicit address: one event, with the bytes the kernel took."""
+    if TLS.busy or not _inet(address):
+        return _orig[original](self, *args)
+    rec = None
+    try:
+        rec = _begin_socket(self, address, "sendto", sys._getframe(2))
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+    TLS.busy = True
+    try:
+        n = _orig[original](self, *args)
+    except BaseException as exc:
+        if rec is not None:
+            fail(rec, exc)
+        raise
+    finally:
+        TLS.busy = False
+    if rec is not None:
+        rec.req_bytes = n
+        emit(rec)
+    return n
+
+
+def socket_sendto_wrapper(self, *args):
+    """Wraps socket.socket.sendto(data[, flags], address)."""
+    return _datagram(self, "sendto", args, args[-1] if len(args) in (2, 3) else None)
+
+
+def socket_sendmsg_wrapper(self, *args):
+    """Wraps socket.socket.sendmsg(buffers[, ancdata[, flags[, address]]]): with an address only."""
+    return _datagram(self, "sendmsg", args, args[3] if len(args) == 4 else None)
+
+
 # ---- the audit hook: whatever bypasses the wrappers above ----------------------------------------
 
 def _on_connect(args) -> None:
@@ -221,7 +257,8 @@ def install() -> None:
     global _hook_added
     cls = socket.socket
     if not getattr(cls.__dict__.get("connect"), MARK, False):
-        for name, wrapper in (("connect", socket_connect_wrapper), ("connect_ex", socket_connect_ex_wrapper)):
+        for name, wrapper in (("connect", socket_connect_wrapper), ("connect_ex", socket_connect_ex_wrapper),
+                              ("sendto", socket_sendto_wrapper), ("sendmsg", socket_sendmsg_wrapper)):
             _orig[name] = getattr(cls, name)
             setattr(wrapper, MARK, True)
             setattr(cls, name, wrapper)

@@ -240,6 +240,32 @@ def test_connected_udp_is_one_event_and_sendto_one_per_datagram(captured, server
     assert (events[1].req_bytes, events[1].resp_bytes) == (5, 3)
 
 
+def test_datagrams_to_an_address_are_sized_attributed_and_carry_their_error(captured, servers):
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((HOST, 0))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind((HOST, 0))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert u.sendto(b"1234567", server.getsockname()) == 7
+    assert u.sendto(b"12", 0, server.getsockname()) == 2
+    assert u.sendmsg([b"abc", b"de"], [], 0, server.getsockname()) == 5
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.connect(server.getsockname())  # a counted socket: a datagram to another address is its own event
+    assert c.sendto(b"xyz", other.getsockname()) == 3
+    with pytest.raises(OSError) as raised:
+        u.sendto(b"x" * 70_000, server.getsockname())  # beyond a UDP datagram: EMSGSIZE
+    c.close()
+    events = _socket_events(captured)
+    sends = [e for e in events if e.method == "sendto"]
+    assert [(e.req_bytes, e.dst_port, e.error) for e in sends] == [
+        (7, server.getsockname()[1], ""), (2, server.getsockname()[1], ""), (5, server.getsockname()[1], ""),
+        (3, other.getsockname()[1], ""), (0, server.getsockname()[1], type(raised.value).__name__)]
+    name = "test_datagrams_to_an_address_are_sized_attributed_and_carry_their_error"
+    assert all(e.call_site.endswith(":" + name) and not e.self_egress for e in sends), sends
+    for s in (u, server, other):
+        s.close()
+
+
 def test_refused_connect_is_an_immediate_event(captured):
     port = free_port()
     sock = socket.socket()
