@@ -376,9 +376,13 @@ class ProcessWriter:
         came through `u` (no other helper gets this pid's rows until `u` is settled). Not exact
         (the reason is in each case outside what the ledger records): if the wall clock stepped
         back past an earlier same-pid process's hello to `u`; if `u` refused one of our rows (it
-        is in `u`'s own gap row, which names no sender, and counted here again); and if the
-        ledger file was replaced while `u` ran (the ledger_id differs: our hello is in the old
-        file, so None: the ledger cannot say)."""
+        is in `u`'s own gap row, which names no sender, and counted here again).
+
+        A ledger file replaced while `u` ran (the ledger_id is not the one `u` started on): `u`
+        reopened the path and repeated our hello there (ledger.relay's _rehellos) with what we
+        had relayed until then (carried_events, carried_gaps: in the old file, or in `u`'s gap
+        row): those count as held, since this ledger can no longer hold them and they are not
+        missed either; rows after that hello are counted as above."""
         if not (u.sent or u.gaps):
             return 0, 0
         try:
@@ -388,21 +392,23 @@ class ProcessWriter:
             try:
                 con.setbusytimeout(5000)
                 (ledger_id,), = con.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchall()
-                if u.ledger_id and ledger_id != u.ledger_id:
-                    return None
+                base = u.base_seq if ledger_id == u.ledger_id else 0  # 0: a file `u` opened in place of ours
                 pid = os.getpid()
-                (hello,), = con.execute(
-                    "SELECT min(chain_seq) FROM egress_log WHERE chain_seq > ? AND pid = ? AND ts >= ? "
-                    "AND channel = 'audit' AND method = 'interceptor_installed'", (u.base_seq, pid, u.t0)).fetchall()
-                if hello is None:
+                found = con.execute(
+                    "SELECT chain_seq, url_path FROM egress_log WHERE chain_seq > ? AND pid = ? AND ts >= ? "
+                    "AND channel = 'audit' AND method = 'interceptor_installed' ORDER BY chain_seq LIMIT 1",
+                    (base, pid, u.t0)).fetchall()
+                if not found:
                     return 0, 0
+                (hello, detail), = found
                 (events,), = con.execute(
                     "SELECT count(*) FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel != 'audit'",
                     (hello, pid)).fetchall()
-                gaps = sum(_dropped(detail) for (detail,) in con.execute(
+                gaps = sum(_detail_int(d, "dropped") for (d,) in con.execute(
                     "SELECT url_path FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel = 'audit' "
                     "AND method = 'gap'", (hello, pid)))
-                return events, gaps
+                return (events + _detail_int(detail, "carried_events"),
+                        gaps + _detail_int(detail, "carried_gaps"))
             finally:
                 con.close()
         except Exception:
@@ -498,11 +504,11 @@ class ProcessWriter:
         self._fallback = LedgerWriter(self.path, self.key_dir)
 
 
-def _dropped(detail: str) -> int:
-    """The `dropped=N` of a gap row's detail."""
+def _detail_int(detail: str, name: str) -> int:
+    """The `name=N` of an audit row's detail (a gap row's dropped=N, a hello's carried_events=N), or 0."""
     for part in detail.split(";"):
         key, _, value = part.partition("=")
-        if key == "dropped" and value.isdigit():
+        if key == name and value.isdigit():
             return int(value)
     return 0
 

@@ -70,6 +70,11 @@ class RelayReceiver:
         self._gap = [0, 0, 0, set()]  # dropped, t1, t2, reasons: not yet in the chain
         self._syncs: list[tuple[int, int]] = []  # (pid, token) to answer after the next append
         self.unwritten = 0            # misses still out of the chain when stop() returned (kept: see above)
+        # Per sender pid since its hello: [hello ts, version, events, gap misses] received (each
+        # appended, or counted in our gap row), for the hello repeated in a reopened ledger file
+        # (_check_file); this batch's counts join them once the batch is handled.
+        self._senders: dict[int, list] = {}
+        self._batch: dict[int, list] = {}
         self._carried: list[tuple[str, int]] = []  # (claimed file, count): kept counts now in _gap
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="netaudit-relay", daemon=True)
@@ -183,8 +188,10 @@ class RelayReceiver:
                 rows = self._receive(wait=not stopping)
                 if rows or self._gap[0]:
                     self._append(rows)
+                self._count_batch()
                 self._answer_syncs()
             except Exception as exc:  # never let one fault end the thread: count it, go on
+                self._count_batch()
                 self._reject(f"relay_{type(exc).__name__}")
                 time.sleep(POLL_S)
                 rows = None
@@ -213,10 +220,13 @@ class RelayReceiver:
                 rows.extend(map(fields_values, msg.events))
                 for reason in msg.rejected:
                     self._reject(f"relay_{reason}")
+                self._batch.setdefault(msg.pid, [0, 0])[0] += len(msg.events) + len(msg.rejected)
             elif msg.kind == "hello":
                 d = msg.detail
                 rows.append(self._fact("interceptor_installed", d["ts"], msg.pid,
                                        version=d["version"], pid=msg.pid, via="relay"))
+                self._senders[msg.pid] = [d["ts"], d["version"], 0, 0]  # a new process, if the pid is reused
+                self._batch.pop(msg.pid, None)
             elif msg.kind == "unaudited":
                 d = msg.detail
                 rows.append(self._fact("interceptor_not_installed", d["ts"], msg.pid, pid=msg.pid,
@@ -225,10 +235,29 @@ class RelayReceiver:
                 d = msg.detail
                 rows.append(self._fact("gap", d["t1"], msg.pid, dropped=d["dropped"], until=d["t2"],
                                        reason=d["reason"]))
+                self._batch.setdefault(msg.pid, [0, 0])[1] += d["dropped"]
             elif msg.kind == "sync":  # answered once what came before it is appended
                 self._syncs.append((msg.pid, msg.detail["token"]))
                 break
         return rows
+
+    def _count_batch(self) -> None:
+        batch, self._batch = self._batch, {}
+        for pid, (events, gaps) in batch.items():
+            sender = self._senders.get(pid)
+            if sender is not None:
+                sender[2] += events
+                sender[3] += gaps
+
+    def _rehellos(self) -> list:
+        """Each sender's hello again, for a ledger file opened in place of a replaced one: the
+        sender's own count of what it relayed (ledger.process_writer, for a helper it can no
+        longer reach) is anchored on its hello, which is in the old file. `carried_events` and
+        `carried_gaps` are what it had relayed until then (appended to the old file, or counted
+        in our gap row): no longer in this ledger, and not missed either."""
+        return [self._fact("interceptor_installed", ts, pid, version=version, pid=pid, via="relay",
+                           reopened=1, carried_events=events, carried_gaps=gaps)
+                for pid, (ts, version, events, gaps) in self._senders.items()]
 
     def _answer_syncs(self) -> None:
         folder = os.path.dirname(self.path)
@@ -266,6 +295,8 @@ class RelayReceiver:
             try:
                 self._salt = new.hmac_salt  # a new ledger has its own salt: later fingerprints use it
                 self._file_id = _file_id(new.path)
+                if self._senders:
+                    new.append_values(self._rehellos())
             except BaseException:
                 new.close()
                 raise

@@ -416,3 +416,41 @@ def test_a_reused_pid_is_not_taken_for_the_process_that_had_it_before(tmp_path, 
     gaps = [r["url_path"] for r in rows if r["method"] == "gap"]
     assert len(gaps) == 1 and "dropped=3;" in gaps[0] and "WriterProcessGone" in gaps[0], gaps
     assert verify_ledger(ledger).valid
+
+
+def test_after_the_helper_reopened_a_replaced_ledger_only_what_it_took_with_it_is_counted(
+        tmp_path, servers, process_sink):
+    """The ledger file is replaced (moved away) while the helper runs: it opens a new ledger at the
+    path. When it then dies, the sender must count exactly the rows it took with it: not the rows
+    in the old file, not the row the helper counted itself when it found the file replaced, not
+    the row it appended to the new file."""
+    sink, writer = process_sink
+    for i in range(2):
+        _get(servers.http, f"/old-file-{i}")
+    assert sink.flush(10)
+    os.rename(writer.path, writer.path + ".old")  # e.g. a rotation: the path's file is another one now
+    _get(servers.http, "/found-replaced")  # the helper finds out with this one: a miss, in its own gap row
+    assert sink.flush(10)
+    _get(servers.http, "/new-file")  # appended to the new ledger the helper opened at the path
+    assert sink.flush(10)
+    first = writer.helper_pid
+    os.kill(first, signal.SIGSTOP)
+    for i in range(2):
+        _get(servers.http, f"/held-{i}")  # sent, never appended: the helper is killed
+    assert not sink.flush(1)
+    os.kill(first, signal.SIGKILL)
+    while _alive(first):
+        time.sleep(0.01)
+    deadline = time.monotonic() + 30
+    while not sink.flush(0.5) and time.monotonic() < deadline:
+        pass
+    assert sink.dropped_total == 2  # before: 6, everything it was ever sent (the ledger "could not say")
+    sink.close(30)
+    with Ledger.open(writer.path, key_dir=writer.key_dir, readonly=True) as led:
+        rows = list(led.rows())
+    assert [r["url_path"] for r in rows if r["channel"] == "http"] == ["/new-file"]
+    mine = [r["url_path"] for r in rows if r["method"] == "gap" and r["pid"] == os.getpid()]
+    theirs = [r["url_path"] for r in rows if r["method"] == "gap" and r["pid"] == first]
+    assert len(mine) == 1 and "dropped=2;" in mine[0] and "WriterProcessGone" in mine[0], mine
+    assert len(theirs) == 1 and "dropped=1;" in theirs[0], theirs  # /found-replaced, counted once
+    assert verify_ledger(writer.path).valid
