@@ -123,7 +123,7 @@ def _close_fd(fd: int) -> None:
             pass
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Unreachable:
     """A helper this process can no longer send to (dead, or its socket's path removed), and what
     this process relayed to it: counted against the ledger once it is settled (_settle)."""
@@ -183,6 +183,9 @@ class ProcessWriter:
         self._ledger_id = ""          # the ledger the helper opened (it may reopen a replaced file)
         self._t0 = 0                  # time_ns before this process's first send to the helper
         self._unreachable: list[_Unreachable] = []  # helpers out of reach, not yet counted
+        # The writer thread (a write) and a flushing thread (sync) may both find a helper gone:
+        # it is let go once, and each helper out of reach is counted once.
+        self._settle_lock = threading.Lock()
         self._owner = 0               # pid of the process that started the helper
         self._fallback = None         # ledger.sink.LedgerWriter after a fallback
         self._base_seq = 0            # the ledger's last seq when the helper started
@@ -249,6 +252,7 @@ class ProcessWriter:
         this child too), with a socket and a hello of the child's own."""
         self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = 0  # the child counts its own
         self._t0 = time.time_ns()  # before the child's hello: an earlier process with its pid said its own before
+        self._settle_lock = threading.Lock()  # a parent's thread may have held it at the fork
         unreachable, self._unreachable = self._unreachable, []  # the parent's to count
         for u in unreachable:
             _close_fd(u.pidfd)  # the child's copy
@@ -309,10 +313,12 @@ class ProcessWriter:
             raise
 
     def _gone(self, relay) -> None:
-        if self._relay is relay:
-            self._relay = None
+        with self._settle_lock:
+            first = self._relay is relay  # not already let go by another thread
+            if first:
+                self._relay = None
+                self._let_go()
         relay.close()
-        self._let_go()
         self._settle(0.0)
 
     def _let_go(self) -> None:
@@ -355,12 +361,16 @@ class ProcessWriter:
                     settled = exited or (events >= u.sent and gaps >= u.gaps)
                 if not settled and not (final and time.monotonic() >= deadline):
                     continue
-                self._unreachable.remove(u)
-                u.release()
-                lost = max(0, u.sent - events) + max(0, u.gaps - gaps)
-                lost_total += lost
-                if lost > 0 and self.on_miss is not None:
-                    self.on_miss(u.t1 or time.time_ns(), "WriterProcessGone", n=lost, until=u.t2 or time.time_ns())
+                with self._settle_lock:
+                    if u not in self._unreachable:
+                        continue  # counted by another thread meanwhile
+                    self._unreachable.remove(u)
+                    u.release()
+                    lost = max(0, u.sent - events) + max(0, u.gaps - gaps)
+                    lost_total += lost
+                    if lost > 0 and self.on_miss is not None:
+                        self.on_miss(u.t1 or time.time_ns(), "WriterProcessGone", n=lost,
+                                     until=u.t2 or time.time_ns())
             if not self._unreachable or time.monotonic() >= deadline:
                 break
             time.sleep(0.02)
