@@ -182,8 +182,10 @@ class RelayWriter:
         token = int.from_bytes(os.urandom(8), "big") >> 2
         pid = os.getpid()
         done = os.path.join(os.path.dirname(self.path), f"synced-{pid}-{token}")
-        self._send(_dumps({"v": WIRE_VERSION, "kind": "sync", "pid": pid, "token": token}))
         deadline = time.monotonic() + timeout
+        if not self._send_by(_dumps({"v": WIRE_VERSION, "kind": "sync", "pid": pid, "token": token}),
+                             min(deadline, time.monotonic() + self.send_timeout)):
+            return False  # the receiver's queue stayed full: not sent, so not answered either
         pause = 0.0002
         while not os.path.exists(done):
             if time.monotonic() >= deadline:
@@ -194,6 +196,35 @@ class RelayWriter:
             os.unlink(done)
         except OSError:
             pass
+        return True
+
+    def _send_by(self, data: bytes, deadline: float) -> bool:
+        """Send one datagram, waiting for room in the receiver's queue until `deadline` (monotonic):
+        False if there was none by then. A socket of its own, never blocking: the writer thread
+        may be sending on the shared one meanwhile, whose timeout is not ours to change. What this
+        process sent before the call is in the receiver's queue already, so this datagram comes
+        after it whatever socket it leaves from."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        pause = 0.0002
+        try:
+            sock.setblocking(False)
+            while True:
+                busy, TLS.busy = TLS.busy, True  # our own channel, as in _send
+                try:
+                    sock.sendto(data, self.path)
+                    break
+                except BlockingIOError:  # the queue is full: wait a little, within the deadline
+                    pass
+                finally:
+                    TLS.busy = busy
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.01)
+        finally:
+            sock.close()
+        self.datagrams += 1
         return True
 
     def after_fork(self) -> None:

@@ -24,21 +24,30 @@ Lifetime and fail-open:
   or it died and cannot be started again, the writer falls back to an in-process `LedgerWriter`
   for the rest of the process's life, the batch at hand included: slower, never blind. `mode` and
   `fallback_reason` say which.
-- A helper found gone (a send or a flush fails with ECONNREFUSED/ENOENT): what this process had
-  relayed to it and the ledger does not hold (events and gap counts after this process's hello
-  there) is counted as a miss with the batch at hand; the next write starts a new helper, and
-  the misses come back as a gap row through it (at exit too: the exit flush tries twice).
+- A helper found out of reach (a send or a flush fails with ECONNREFUSED/ENOENT: it died, or a
+  /tmp cleaner removed its folder while it runs): this process lets go of its pipe and, once the
+  helper is settled (the ledger holds all this process relayed to it, or it has exited: an
+  exited helper's appends are all in), counts what the ledger does not hold (events and gap
+  counts after this process's hello there) as a miss. Until then no new helper is started (it
+  would get rows of the same pid and blur the count), up to SETTLE_TIMEOUT_S; the next write
+  then starts one, and the misses come back as a gap row through it (at exit too: the exit
+  flush tries twice). _held says where this count cannot be exact, and why.
+- Fork-safe: a fork (in another thread) while a helper starts never leaves the child holding
+  that helper's pipe (see _START_LOCK).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
+import select
 import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from ledger.errors import LedgerError
@@ -47,6 +56,7 @@ SOCKET_NAME = "w.sock"
 MAX_SOCKET_PATH = 100        # AF_UNIX paths are limited to 108 bytes on Linux
 START_TIMEOUT_S = 20.0       # the helper imports apsw and cryptography and opens the ledger
 CLOSE_TIMEOUT_S = 5.0        # close() waits this long for the helper to exit (never kills it)
+SETTLE_TIMEOUT_S = 5.0       # a helper out of reach gets this long to append what it holds, or exit
 READY = "ready"
 _GONE = (errno.ECONNREFUSED, errno.ENOENT)
 
@@ -56,6 +66,99 @@ def _core_root() -> str:
     import ledger
 
     return os.path.dirname(os.path.dirname(os.path.abspath(ledger.__file__)))
+
+
+# ---- fork safety ---------------------------------------------------------------------------------
+# A helper's lifetime pipe must be held only by processes that know they hold it: a child forked
+# (by another thread) while a helper is being started would otherwise inherit the new pipe with
+# no owner, and keep that helper alive as long as it lives. So the Popen (where the pipe is made)
+# and the moment the started helper becomes the writer's are done under _START_LOCK, which a fork
+# waits for (os.register_at_fork below); a helper between the two is in _STARTING, and a forked
+# child closes its copies of that helper's pipes at once: it never had that helper.
+_START_LOCK = threading.RLock()
+_STARTING: dict[int, tuple] = {}   # id(proc) -> (proc, pidfd), helpers being started here
+
+
+def _before_fork() -> None:
+    _START_LOCK.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _START_LOCK.release()
+
+
+def _after_fork_in_child() -> None:
+    global _START_LOCK
+    _START_LOCK = threading.RLock()  # the parent's holder (the forking thread) is this thread
+    starting = list(_STARTING.values())
+    _STARTING.clear()
+    for proc, pidfd in starting:
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except Exception:
+                pass
+        _close_fd(pidfd)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+def _pidfd_open(pid: int) -> int:
+    """A descriptor that becomes readable when the helper exits (Linux 5.3+), or -1. Opened while
+    the helper is our unreaped child, so it names that process, never a later one with its pid;
+    a forked child inherits it, and so can tell too."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1
+
+
+def _close_fd(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+@dataclasses.dataclass(eq=False)
+class _Unreachable:
+    """A helper this process can no longer send to (dead, or its socket's path removed), and what
+    this process relayed to it: counted against the ledger once it is settled (_settle)."""
+    pid: int
+    proc: subprocess.Popen | None   # in the process that started it (poll() is exact there)
+    pidfd: int
+    folder: str | None
+    base_seq: int
+    ledger_id: str
+    t0: int
+    sent: int
+    gaps: int
+    t1: int
+    t2: int
+
+    def exited(self) -> bool:
+        if self.pidfd >= 0:
+            poll = select.poll()
+            poll.register(self.pidfd, select.POLLIN)
+            return bool(poll.poll(0))
+        if self.proc is not None:
+            return self.proc.poll() is not None
+        try:  # no pidfd (an older kernel) in a forked child: by pid, which a new process may reuse
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return True  # another user's process has that pid now: ours is gone
+        return False
+
+    def release(self) -> None:
+        _close_fd(self.pidfd)
+        self.pidfd = -1
+        if self.proc is not None and self.proc.poll() is not None and self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)  # the helper removes it too, as it exits
 
 
 class ProcessWriter:
@@ -75,7 +178,14 @@ class ProcessWriter:
         self._relay = None            # interceptor.relay.RelayWriter to the helper's socket
         self._proc = None             # the helper, in the process that started it
         self._pipe = None             # write end of the helper's lifetime pipe
+        self._pidfd = -1              # readable once the helper has exited (-1: none)
         self._folder = None
+        self._ledger_id = ""          # the ledger the helper opened (it may reopen a replaced file)
+        self._t0 = 0                  # time_ns before this process's first send to the helper
+        self._unreachable: list[_Unreachable] = []  # helpers out of reach, not yet counted
+        # The writer thread (a write) and a flushing thread (sync) may both find a helper gone:
+        # it is let go once, and each helper out of reach is counted once.
+        self._settle_lock = threading.Lock()
         self._owner = 0               # pid of the process that started the helper
         self._fallback = None         # ledger.sink.LedgerWriter after a fallback
         self._base_seq = 0            # the ledger's last seq when the helper started
@@ -111,16 +221,21 @@ class ProcessWriter:
     def sync(self, timeout: float = 5.0) -> bool:
         """True once the helper has appended everything this process sent it (Sink.flush calls
         this, so a flush means "in the ledger" here as with the in-process writer). A helper found
-        gone counts what it took with it, as a failed write does."""
-        relay = self._relay
-        if relay is None:
-            return True  # nothing in flight: never started, fallen back (synchronous), or closed
-        try:
-            return relay.sync(timeout)
-        except OSError as exc:
-            if exc.errno in _GONE:
-                self._gone(relay)
-            return False
+        gone counts what it took with it, as a failed write does: once it is settled (_settle),
+        within the timeout; until then, or if it lost any, the answer is False (the sink then
+        writes the gap row, and the exit's flush tries again for it)."""
+        deadline = time.monotonic() + timeout
+        relay, ok = self._relay, True  # no relay: never started, fallen back (synchronous), closed, or gone
+        if relay is not None:
+            try:
+                ok = relay.sync(timeout)
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    self._gone(relay)
+                ok = False
+        if self._unreachable:
+            ok = self._settle(max(0.0, deadline - time.monotonic())) == 0 and ok
+        return ok and not self._unreachable
 
     def start(self) -> "ProcessWriter":
         """Start the helper now (e.g. in a server's master process, before it forks workers that
@@ -136,6 +251,11 @@ class ProcessWriter:
         """In a forked child: keep the helper (and the inherited pipe, which keeps it alive for
         this child too), with a socket and a hello of the child's own."""
         self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = 0  # the child counts its own
+        self._t0 = time.time_ns()  # before the child's hello: an earlier process with its pid said its own before
+        self._settle_lock = threading.Lock()  # a parent's thread may have held it at the fork
+        unreachable, self._unreachable = self._unreachable, []  # the parent's to count
+        for u in unreachable:
+            _close_fd(u.pidfd)  # the child's copy
         if self._relay is not None:
             self._relay.after_fork()
         if self._fallback is not None:
@@ -169,6 +289,8 @@ class ProcessWriter:
         if self._fallback is None and self._relay is None:
             if self._closed:  # closed, or exiting: no new helper now
                 raise LedgerError("the ledger writer is closed")
+            if self._unreachable:  # settled first: rows of this pid through a new helper would blur the count
+                self._settle(SETTLE_TIMEOUT_S, final=True)
             try:
                 self._start()
             except Exception as exc:  # whatever the cause, once: from now on, write in process
@@ -191,46 +313,116 @@ class ProcessWriter:
             raise
 
     def _gone(self, relay) -> None:
-        if self._relay is relay:
-            self._relay = None
+        with self._settle_lock:
+            first = self._relay is relay  # not already let go by another thread
+            if first:
+                self._relay = None
+                self._let_go()
         relay.close()
-        self._count_lost()
+        self._settle(0.0)
 
-    def _count_lost(self) -> None:
-        """What this process relayed to a helper that died before appending it is a miss (a gap
-        row). The ledger tells how much of it is there: the events, and the gaps, with this pid
-        after this process's hello to that helper (its interceptor_installed row)."""
-        sent, gaps = self._sent, self._sent_gaps
-        self._sent = self._sent_gaps = 0
-        if not (sent or gaps):
-            return
-        lost = sent + gaps
+    def _let_go(self) -> None:
+        """The helper is out of reach (dead, or its socket's path removed, e.g. by a /tmp cleaner:
+        no process can send to it any more). Close our end of its pipe, so that once it has
+        appended what it holds it exits, and keep what this process sent it, to be counted."""
+        with _START_LOCK:  # a fork sees the helper held, or let go: never an open pipe nobody owns
+            pipe, owner = self._pipe, self._owner == os.getpid()
+            u = _Unreachable(self.helper_pid, self._proc if owner else None, self._pidfd,
+                             self._folder if owner else None, self._base_seq, self._ledger_id, self._t0,
+                             self._sent, self._sent_gaps, self._sent_t1, self._sent_t2)
+            self._proc = self._pipe = self._folder = None
+            self._pidfd, self._owner = -1, 0
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+        self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = 0
+        self._unreachable.append(u)
+
+    def _settle(self, wait: float, final: bool = False) -> int:
+        """Count what each helper out of reach took with it: what this process relayed to it and
+        the ledger does not hold. Exact once settled: the ledger holds all of it (nothing lost), or
+        the helper has exited (its appends are all in, the rest is lost). A helper alive and still
+        behind (it was only unreachable: it is appending what it holds) is waited for up to `wait`
+        seconds, and meanwhile no new helper gets this pid's rows (they would blur the count).
+        `final`: what is still unsettled then is counted now (a helper alive but stuck that long,
+        e.g. stopped: if it appends later, those rows are in the ledger and in the gap row)."""
+        deadline, lost_total = time.monotonic() + wait, 0
+        while self._unreachable:
+            for u in list(self._unreachable):
+                exited = u.exited()  # first: if it has exited, the ledger read next is final
+                held = self._held(u)
+                if held is None:  # the ledger cannot say
+                    events = gaps = 0
+                    settled = exited
+                else:
+                    events, gaps = held
+                    settled = exited or (events >= u.sent and gaps >= u.gaps)
+                if not settled and not (final and time.monotonic() >= deadline):
+                    continue
+                with self._settle_lock:
+                    if u not in self._unreachable:
+                        continue  # counted by another thread meanwhile
+                    self._unreachable.remove(u)
+                    u.release()
+                    lost = max(0, u.sent - events) + max(0, u.gaps - gaps)
+                    lost_total += lost
+                    if lost > 0 and self.on_miss is not None:
+                        self.on_miss(u.t1 or time.time_ns(), "WriterProcessGone", n=lost,
+                                     until=u.t2 or time.time_ns())
+            if not self._unreachable or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        return lost_total
+
+    def _held(self, u: _Unreachable):
+        """(events, gap misses) of this process that the ledger holds through helper `u`, or None.
+
+        Anchored on this process's hello to `u` (its interceptor_installed row: this pid, after
+        the ledger's last row when `u` started, and not older than this process's first send to
+        `u`, u.t0): an earlier process with the same pid said its hello before this process
+        existed, so a reused pid is not mistaken for ours. Every row of this pid after the hello
+        came through `u` (no other helper gets this pid's rows until `u` is settled). Not exact
+        (the reason is in each case outside what the ledger records): if the wall clock stepped
+        back past an earlier same-pid process's hello to `u`; if `u` refused one of our rows (it
+        is in `u`'s own gap row, which names no sender, and counted here again).
+
+        A ledger file replaced while `u` ran (the ledger_id is not the one `u` started on): `u`
+        reopened the path and repeated our hello there (ledger.relay's _rehellos) with what we
+        had relayed until then (carried_events, carried_gaps: in the old file, or in `u`'s gap
+        row): those count as held, since this ledger can no longer hold them and they are not
+        missed either; rows after that hello are counted as above."""
+        if not (u.sent or u.gaps):
+            return 0, 0
         try:
             import apsw
 
             con = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
             try:
                 con.setbusytimeout(5000)
+                (ledger_id,), = con.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchall()
+                base = u.base_seq if ledger_id == u.ledger_id else 0  # 0: a file `u` opened in place of ours
                 pid = os.getpid()
-                (hello,), = con.execute(
-                    "SELECT max(chain_seq) FROM egress_log WHERE chain_seq > ? AND pid = ? "
-                    "AND channel = 'audit' AND method = 'interceptor_installed'", (self._base_seq, pid)).fetchall()
-                if hello is not None:
-                    (events,), = con.execute(
-                        "SELECT count(*) FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel != 'audit'",
-                        (hello, pid)).fetchall()
-                    counted = sum(_dropped(detail) for (detail,) in con.execute(
-                        "SELECT url_path FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel = 'audit' "
-                        "AND method = 'gap'", (hello, pid)))
-                    lost = max(0, sent - events) + max(0, gaps - counted)
+                found = con.execute(
+                    "SELECT chain_seq, url_path FROM egress_log WHERE chain_seq > ? AND pid = ? AND ts >= ? "
+                    "AND channel = 'audit' AND method = 'interceptor_installed' ORDER BY chain_seq LIMIT 1",
+                    (base, pid, u.t0)).fetchall()
+                if not found:
+                    return 0, 0
+                (hello, detail), = found
+                (events,), = con.execute(
+                    "SELECT count(*) FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel != 'audit'",
+                    (hello, pid)).fetchall()
+                gaps = sum(_detail_int(d, "dropped") for (d,) in con.execute(
+                    "SELECT url_path FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel = 'audit' "
+                    "AND method = 'gap'", (hello, pid)))
+                return (events + _detail_int(detail, "carried_events"),
+                        gaps + _detail_int(detail, "carried_gaps"))
             finally:
                 con.close()
         except Exception:
-            pass  # the ledger cannot say: count all that was sent to the dead helper
-        if lost > 0 and self.on_miss is not None:
-            self.on_miss(self._sent_t1 or time.time_ns(), "WriterProcessGone", n=lost,
-                         until=self._sent_t2 or time.time_ns())
-        self._sent_t1 = self._sent_t2 = 0
+            return None
 
     def _start(self):
         from interceptor.relay import RelayWriter
@@ -244,22 +436,28 @@ class ProcessWriter:
         sock = os.path.join(folder, SOCKET_NAME)
         env = {k: v for k, v in os.environ.items() if k != "NETAUDIT_RELAY"}  # not audited itself
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_core_root(), env.get("PYTHONPATH", "")) if p)
-        proc = None
+        proc, pidfd = None, -1
         try:
             if not sys.executable:
                 raise LedgerError("no Python interpreter to run it (sys.executable is empty)")
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ledger.process_writer", sock, self.path, self.key_dir],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                env=env, close_fds=True, start_new_session=True)
+            with _START_LOCK:  # see _STARTING: a fork waits for this, and its child closes these pipes
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "ledger.process_writer", sock, self.path, self.key_dir],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                    env=env, close_fds=True, start_new_session=True)
+                pidfd = _pidfd_open(proc.pid)
+                _STARTING[id(proc)] = (proc, pidfd)
             line = _read_line(proc.stdout, self.start_timeout)
-            word, _, seq = line.partition(" ")
+            word, seq, ledger_id = (line.split(" ") + ["", ""])[:3]
             if word != READY or not seq.isdigit():
                 why = line[len("error: "):] if line.startswith("error: ") else (line[:200] or "no answer")
                 raise LedgerError(f"the ledger writer process did not start: {why}")
             relay = RelayWriter(sock)
         except BaseException as exc:
             if proc is not None:  # whatever it is: its whole session goes, with its pipes
+                with _START_LOCK:
+                    _STARTING.pop(id(proc), None)
+                _close_fd(pidfd)
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except OSError:
@@ -274,25 +472,32 @@ class ProcessWriter:
             if isinstance(exc, Exception) and not isinstance(exc, LedgerError):
                 raise LedgerError(f"cannot start the ledger writer process: {type(exc).__name__}: {exc}") from None
             raise
-        proc.stdout.close()
         relay.on_miss = self._relay_missed
-        self._base_seq, self._sent, self._sent_gaps, self._sent_t1, self._sent_t2 = int(seq), 0, 0, 0, 0
-        self._proc, self._pipe, self._folder, self._owner = proc, proc.stdin, folder, os.getpid()
-        self.helper_pid = proc.pid
-        self._relay = relay
+        with _START_LOCK:  # at once, as a fork sees it: a helper being started (not the child's) or ours
+            _STARTING.pop(id(proc), None)
+            proc.stdout.close()
+            self._base_seq, self._ledger_id = int(seq), ledger_id
+            self._sent, self._sent_gaps, self._sent_t1, self._sent_t2 = 0, 0, 0, 0
+            self._t0 = time.time_ns()  # before our hello to it (sent with our first write)
+            self._proc, self._pipe, self._pidfd, self._folder = proc, proc.stdin, pidfd, folder
+            self._owner = os.getpid()
+            self.helper_pid = proc.pid
+            self._relay = relay
         return relay
 
     def _stop_helper(self, wait: float) -> None:
         """Close our end of the helper's pipe (it drains and exits once no process holds it);
         wait up to `wait` seconds for that. Never kills it: what it holds would be lost."""
-        proc, pipe, folder = self._proc, self._pipe, self._folder
-        self._proc = self._pipe = self._folder = None
-        self._owner = 0
-        if pipe is not None:
-            try:
-                pipe.close()
-            except OSError:
-                pass
+        with _START_LOCK:  # a fork sees the pipe held, or closed: never open with no owner
+            proc, pipe, folder, pidfd = self._proc, self._pipe, self._folder, self._pidfd
+            self._proc = self._pipe = self._folder = None
+            self._pidfd, self._owner = -1, 0
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+        _close_fd(pidfd)
         if proc is not None:
             try:
                 proc.wait(wait) if wait else proc.poll()
@@ -309,11 +514,11 @@ class ProcessWriter:
         self._fallback = LedgerWriter(self.path, self.key_dir)
 
 
-def _dropped(detail: str) -> int:
-    """The `dropped=N` of a gap row's detail."""
+def _detail_int(detail: str, name: str) -> int:
+    """The `name=N` of an audit row's detail (a gap row's dropped=N, a hello's carried_events=N), or 0."""
     for part in detail.split(";"):
         key, _, value = part.partition("=")
-        if key == "dropped" and value.isdigit():
+        if key == name and value.isdigit():
             return int(value)
     return 0
 
@@ -357,7 +562,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
         return 2
     try:
-        print(f"{READY} {led.last()[0]}", flush=True)  # rows after this seq are the helper's
+        print(f"{READY} {led.last()[0]} {led.ledger_id}", flush=True)  # rows after this seq are the helper's
         while os.read(sys.stdin.fileno(), 4096):  # until every holder of the pipe has exited
             pass
     except OSError:  # the starter is gone already (a broken pipe): drain what came, and go

@@ -13,14 +13,28 @@ datagram that fails its checks, is dropped and counted (`rejected`), and the cou
 chain as a gap row (reason `relay_<why>`), so the drop is visible. A batch the ledger refuses is
 retried row by row; the rows it still refuses are counted the same way. `stop()` drains every
 datagram already queued before it returns.
+
+Misses the receiver could not write before it stopped (the ledger's folder was removed and never
+came back) must not vanish with it. They are kept beside the keys, the one place that outlives a
+ledger file and that only the auditor writes: a small file `KEY_DIR/unwritten/ID.gap` (the
+ledger's path, the count, t1, t2, the reasons), and `unwritten` says how many. The next receiver
+that opens a ledger at that path (a later `netaudit run`, or writer process) takes the file and
+writes its count in its first gap row, with `carried_ID` among the reasons; the file is removed
+once that row is in. Taking is a rename to `ID.claimed-PID`, so two receivers never both write
+one count; a claim left by a receiver that died is taken again only if no gap row names its ID.
+`netaudit run` also says so on stderr (its exit code stays the program's: the auditor never
+changes the outcome of what it audits). Why not elsewhere: a side file next to the ledger would
+be gone with its folder; stderr alone is lost for the writer process, whose stderr is closed.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import threading
 import time
+import uuid
 
 from interceptor.relay import MAX_DATAGRAM, MalformedDatagram, decode
 from ledger.errors import LedgerError
@@ -29,6 +43,7 @@ from ledger.ledger import Ledger, audit_event, event_values, fields_values
 POLL_S = 0.2
 BATCH = 512
 RCVBUF = 4 * 1024 * 1024
+UNWRITTEN = "unwritten"       # folder in the key dir: miss counts kept until a ledger holds them
 
 
 def _file_id(path: str):
@@ -54,6 +69,13 @@ class RelayReceiver:
         self._stale = False           # the file was deleted or replaced: open the path again
         self._gap = [0, 0, 0, set()]  # dropped, t1, t2, reasons: not yet in the chain
         self._syncs: list[tuple[int, int]] = []  # (pid, token) to answer after the next append
+        self.unwritten = 0            # misses still out of the chain when stop() returned (kept: see above)
+        # Per sender pid since its hello: [hello ts, version, events, gap misses] received (each
+        # appended, or counted in our gap row), for the hello repeated in a reopened ledger file
+        # (_check_file); this batch's counts join them once the batch is handled.
+        self._senders: dict[int, list] = {}
+        self._batch: dict[int, list] = {}
+        self._carried: list[tuple[str, int]] = []  # (claimed file, count): kept counts now in _gap
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="netaudit-relay", daemon=True)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -66,6 +88,7 @@ class RelayReceiver:
         except BaseException:
             self._sock.close()
             raise
+        self._adopt_unwritten()
 
     def start(self) -> "RelayReceiver":
         self._thread.start()
@@ -76,6 +99,85 @@ class RelayReceiver:
         self._stop.set()
         self._thread.join(timeout)
         self._sock.close()
+        if self._gap[0] and not self._thread.is_alive():
+            self._keep_unwritten()
+
+    # ---- misses kept beside the keys until a ledger holds them ------------------------------
+
+    def _unwritten_dir(self) -> str:
+        return os.path.join(self.ledger.key_dir, UNWRITTEN)
+
+    def _keep_unwritten(self) -> None:
+        """Keep the misses not yet in the chain (see the module's docstring). Counts taken from
+        earlier receivers go back as they were; the rest into a new file."""
+        gap, folder = self._gap, self._unwritten_dir()
+        carried, self._carried = self._carried, []
+        for claimed, _ in carried:  # released: their own files, for the next receiver
+            try:
+                os.rename(claimed, claimed[:claimed.rindex(".")] + ".gap")
+            except OSError:
+                pass
+        rest = gap[0] - sum(n for _, n in carried)
+        self.unwritten = gap[0]
+        if rest <= 0:
+            return
+        record = {"ledger": os.path.abspath(self.ledger.path), "dropped": rest, "t1": gap[1], "t2": gap[2],
+                  "reason": ",".join(sorted(r for r in gap[3] if not r.startswith("carried_")))}
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            name = os.path.join(folder, uuid.uuid4().hex)
+            with open(name + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(name + ".tmp", name + ".gap")  # whole, or not there
+        except OSError:
+            pass  # nowhere to keep it: `unwritten` still says how many (netaudit run prints it)
+
+    def _adopt_unwritten(self) -> None:
+        """Take the kept counts for this ledger's path: they go into the next gap row."""
+        folder, me = self._unwritten_dir(), os.getpid()
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return
+        for name in names:
+            rid, _, state = name.partition(".")
+            if state.startswith("claimed-"):
+                holder = state[len("claimed-"):]
+                if not holder.isdigit() or _alive(int(holder)) or self._holds(rid):
+                    if holder.isdigit() and not _alive(int(holder)):
+                        _unlink(os.path.join(folder, name))  # its receiver wrote it, then died
+                    continue
+            elif state != "gap":
+                continue
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    record = json.load(f)
+                if record["ledger"] != os.path.abspath(self.ledger.path):
+                    continue
+                n, t1, t2 = int(record["dropped"]), int(record["t1"]), int(record["t2"])
+                claimed = os.path.join(folder, f"{rid}.claimed-{me}")
+                os.rename(os.path.join(folder, name), claimed)  # fails if another receiver took it
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            gap = self._gap
+            gap[1] = min(gap[1], t1) if gap[0] else t1
+            gap[2] = max(gap[2], t2)
+            gap[0] += n
+            gap[3].update(r for r in str(record.get("reason", "")).split(",") if r)
+            gap[3].add(f"carried_{rid}")
+            self._carried.append((claimed, n))
+
+    def _holds(self, rid: str) -> bool:
+        """Whether the ledger has a gap row that carried kept count `rid` (a claim whose receiver
+        died after writing it, before removing its file)."""
+        try:
+            return bool(self.ledger.con.execute(
+                "SELECT 1 FROM egress_log WHERE channel = 'audit' AND method = 'gap' AND url_path LIKE ? LIMIT 1",
+                (f"%carried_{rid}%",)).fetchall())
+        except Exception:
+            return True  # cannot tell: leave it, rather than count it twice
 
     # ---- the receiver thread ----------------------------------------------------------------
 
@@ -86,8 +188,10 @@ class RelayReceiver:
                 rows = self._receive(wait=not stopping)
                 if rows or self._gap[0]:
                     self._append(rows)
+                self._count_batch()
                 self._answer_syncs()
             except Exception as exc:  # never let one fault end the thread: count it, go on
+                self._count_batch()
                 self._reject(f"relay_{type(exc).__name__}")
                 time.sleep(POLL_S)
                 rows = None
@@ -116,10 +220,13 @@ class RelayReceiver:
                 rows.extend(map(fields_values, msg.events))
                 for reason in msg.rejected:
                     self._reject(f"relay_{reason}")
+                self._batch.setdefault(msg.pid, [0, 0])[0] += len(msg.events) + len(msg.rejected)
             elif msg.kind == "hello":
                 d = msg.detail
                 rows.append(self._fact("interceptor_installed", d["ts"], msg.pid,
                                        version=d["version"], pid=msg.pid, via="relay"))
+                self._senders[msg.pid] = [d["ts"], d["version"], 0, 0]  # a new process, if the pid is reused
+                self._batch.pop(msg.pid, None)
             elif msg.kind == "unaudited":
                 d = msg.detail
                 rows.append(self._fact("interceptor_not_installed", d["ts"], msg.pid, pid=msg.pid,
@@ -128,10 +235,29 @@ class RelayReceiver:
                 d = msg.detail
                 rows.append(self._fact("gap", d["t1"], msg.pid, dropped=d["dropped"], until=d["t2"],
                                        reason=d["reason"]))
+                self._batch.setdefault(msg.pid, [0, 0])[1] += d["dropped"]
             elif msg.kind == "sync":  # answered once what came before it is appended
                 self._syncs.append((msg.pid, msg.detail["token"]))
                 break
         return rows
+
+    def _count_batch(self) -> None:
+        batch, self._batch = self._batch, {}
+        for pid, (events, gaps) in batch.items():
+            sender = self._senders.get(pid)
+            if sender is not None:
+                sender[2] += events
+                sender[3] += gaps
+
+    def _rehellos(self) -> list:
+        """Each sender's hello again, for a ledger file opened in place of a replaced one: the
+        sender's own count of what it relayed (ledger.process_writer, for a helper it can no
+        longer reach) is anchored on its hello, which is in the old file. `carried_events` and
+        `carried_gaps` are what it had relayed until then (appended to the old file, or counted
+        in our gap row): no longer in this ledger, and not missed either."""
+        return [self._fact("interceptor_installed", ts, pid, version=version, pid=pid, via="relay",
+                           reopened=1, carried_events=events, carried_gaps=gaps)
+                for pid, (ts, version, events, gaps) in self._senders.items()]
 
     def _answer_syncs(self) -> None:
         folder = os.path.dirname(self.path)
@@ -169,6 +295,8 @@ class RelayReceiver:
             try:
                 self._salt = new.hmac_salt  # a new ledger has its own salt: later fingerprints use it
                 self._file_id = _file_id(new.path)
+                if self._senders:
+                    new.append_values(self._rehellos())
             except BaseException:
                 new.close()
                 raise
@@ -177,6 +305,7 @@ class RelayReceiver:
                 led.close()
             except Exception:
                 pass
+            self._adopt_unwritten()
             return
         if _file_id(led.path) != self._file_id:
             self._stale = True
@@ -216,6 +345,26 @@ class RelayReceiver:
             gap[0] -= pending
             if gap[0] == 0:
                 gap[3] = set()
+            carried, self._carried = self._carried, []
+            for claimed, _ in carried:  # in the chain now
+                _unlink(claimed)
         for reason in faults:
             self._reject(reason)
         self.recorded += recorded
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

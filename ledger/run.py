@@ -115,6 +115,18 @@ def _bootstrap_folder() -> str:
     return boot
 
 
+def _say_unwritten(receiver) -> None:
+    """One line on stderr: misses that are not in the chain yet (ledger.relay keeps them beside
+    the keys for the next writer of that ledger). The exit code stays the program's."""
+    import sys
+
+    from ledger.relay import UNWRITTEN
+
+    print(f"netaudit: {receiver.unwritten} record(s) (events, facts) could not be written to {receiver.ledger.path} "
+          f"(its folder is gone); the count is kept in {os.path.join(receiver.ledger.key_dir, UNWRITTEN)} "
+          "and becomes a gap row when a writer opens that ledger again", file=sys.stderr)
+
+
 def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = None) -> int:
     from ledger.relay import RelayReceiver
 
@@ -140,6 +152,8 @@ def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = N
     finally:
         if receiver is not None:
             receiver.stop()  # every datagram the program's processes sent is in the ledger now
+            if receiver.unwritten:  # or counted, but the ledger's folder never came back to hold the count
+                _say_unwritten(receiver)
             if receiver.ledger is not led:  # reopened: the file was deleted or replaced meanwhile
                 receiver.ledger.close()
         led.close()

@@ -260,3 +260,197 @@ def test_events_a_helper_took_with_it_are_a_gap_row_even_when_the_process_just_e
     gaps = [r for r in rows if r["method"] == "gap"]
     assert len(gaps) == 1 and "dropped=3;" in gaps[0]["url_path"], gaps
     assert verify_ledger(ledger).valid
+
+
+FORK_DURING_START_APP = '''\
+import os, sys, threading, time
+from ledger.process_writer import ProcessWriter
+sys.executable = %(slow_python)r  # the helper answers "ready" a second late: the fork lands in its start
+writer = ProcessWriter(%(ledger)r, %(keys)r)
+starter = threading.Thread(target=writer.start)
+starter.start()
+time.sleep(0.4)
+pid = os.fork()  # another thread forks while the helper is being started
+if pid == 0:
+    state = (writer._relay, writer._proc, writer._pipe, writer._owner, writer.helper_pid)
+    writer.start()  # the child starts a helper of its own (it was forked before the parent had one)
+    print("child", state == (None, None, None, 0, 0), writer.mode, writer.helper_pid, flush=True)
+    writer.close()
+    time.sleep(6)  # outlives the parent's wait below: it must not keep the parent's helper alive
+    os._exit(0)
+starter.join()
+helper = writer.helper_pid
+writer.close()  # lets go of the helper and waits up to CLOSE_TIMEOUT_S for it to exit
+try:
+    os.kill(helper, 0)  # reaped by close() if it exited; still there if the child keeps it alive
+    gone = False
+except ProcessLookupError:
+    gone = True
+print("parent", writer.mode, helper, gone, flush=True)
+os.waitpid(pid, 0)
+'''
+
+
+def test_a_fork_while_the_helper_starts_leaves_the_child_no_hold_on_it(tmp_path):
+    """L4: a thread forks while another starts the helper. The child must not inherit the new
+    helper's lifetime pipe (the helper would live as long as the child, owned by no one), and its
+    writer must be in a plain state: no helper, so it starts one of its own."""
+    slow = tmp_path / "slow-python"
+    slow.write_text(f"#!/bin/sh\nsleep 1\nexec {sys.executable} \"$@\"\n")
+    slow.chmod(0o755)
+    script = tmp_path / "fork_app.py"
+    script.write_text(FORK_DURING_START_APP % {"slow_python": str(slow), "ledger": str(tmp_path / "l.sqlite"),
+                                               "keys": str(tmp_path / "keys")})
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lines = {}
+    for line in proc.stdout:
+        who, *rest = line.split()
+        lines[who] = rest
+        if len(lines) == 2:
+            break
+    took = time.monotonic() - t0
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    clean, mode, child_helper = lines["child"]
+    assert clean == "True" and mode == "process"
+    mode, helper, gone = lines["parent"]
+    assert mode == "process" and int(helper) not in (0, int(child_helper))
+    # The parent's close saw its helper exit, though the child was alive for 6 s more.
+    assert gone == "True"
+    assert took < 1 + 5, took
+
+
+def test_a_helper_whose_folder_a_tmp_cleaner_removed_is_not_counted_for_what_it_still_appends(
+        tmp_path, servers, process_sink):
+    """L5: the helper's private folder vanishes (a /tmp cleaner) while it runs, with events in its
+    queue. The sender can no longer reach it and starts another, but the old helper is alive and
+    appends what it holds: those rows must not also be counted in a gap row."""
+    import shutil
+    import threading
+
+    sink, writer = process_sink
+    _get(servers.http, "/before")
+    assert sink.flush(10)
+    first, folder = writer.helper_pid, writer._folder
+    os.kill(first, signal.SIGSTOP)  # busy: three events wait in its queue, sent, not yet appended
+    for i in range(3):
+        _get(servers.http, f"/queued-{i}")
+    assert not sink.flush(1)
+    shutil.rmtree(folder)  # the cleaner: the socket's path is gone, the helper and its queue are not
+    threading.Timer(1.0, os.kill, (first, signal.SIGCONT)).start()  # it resumes a little later
+    _get(servers.http, "/after-cleanup")  # found out of reach: this record is a miss (1)
+    deadline = time.monotonic() + 30
+    while not sink.flush(0.5) and time.monotonic() < deadline:
+        pass
+    assert sink.flush(10)
+    assert writer.helper_pid not in (0, first) and writer.mode == "process"
+    _get(servers.http, "/later")
+    sink.close(30)
+    while _alive(first) and time.monotonic() < deadline:  # the old helper has appended all it will
+        time.sleep(0.02)
+    assert not _alive(first)
+    with Ledger.open(writer.path, key_dir=writer.key_dir, readonly=True) as led:
+        rows = list(led.rows())
+    http = [r["url_path"] for r in rows if r["channel"] == "http"]
+    assert sorted(http) == sorted(["/before", "/queued-0", "/queued-1", "/queued-2", "/later"])
+    gaps = [r["url_path"] for r in rows if r["method"] == "gap"]
+    assert len(gaps) == 1 and "dropped=1;" in gaps[0] and "WriterProcessGone" not in gaps[0], gaps
+    assert sink.dropped_total == 1
+    assert verify_ledger(writer.path).valid
+
+
+PID_REUSE_APP = '''\
+import os, signal, sys, time, urllib.request
+import interceptor
+from ledger.process_writer import ProcessWriter
+writer = ProcessWriter(%(ledger)r, %(keys)r).start()  # shared by the children forked below
+sink = interceptor.Sink(writer, linger_s=0)
+interceptor.install(sink=sink)
+a = os.fork()
+if a == 0:  # A: says hello to the helper, two calls appended, exits
+    for i in range(2):
+        urllib.request.urlopen("http://127.0.0.1:%(port)d/a-%%d" %% i).read()
+    assert interceptor.flush(10)
+    os._exit(0)
+os.waitpid(a, 0)
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:  # our own pid namespace: the next fork gets A's pid
+    f.write(str(a - 1))
+b = os.fork()
+if b == 0:  # B, with A's pid: its hello and three calls sit in the stopped helper's queue, then it dies
+    assert os.getpid() == a
+    os.kill(writer.helper_pid, signal.SIGSTOP)
+    for i in range(3):
+        urllib.request.urlopen("http://127.0.0.1:%(port)d/b-%%d" %% i).read()
+    assert not sink.flush(1)
+    os.kill(writer.helper_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not sink.flush(0.5) and time.monotonic() < deadline:
+        pass
+    print(os.getpid(), sink.dropped_total, flush=True)
+    os._exit(0)
+os.waitpid(b, 0)
+'''
+
+
+def test_a_reused_pid_is_not_taken_for_the_process_that_had_it_before(tmp_path, servers):
+    """A process whose pid an earlier one had (both forked children sharing one helper) counts what
+    the helper took with it against its own hello, not the earlier process's: real pid reuse, in a
+    pid namespace of its own (ns_last_pid)."""
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no pid namespace here: {probe.stderr.decode(errors='replace').strip()}")
+    ledger, keys = str(tmp_path / "l.sqlite"), str(tmp_path / "keys")
+    script = tmp_path / "pid_reuse_app.py"
+    script.write_text(PID_REUSE_APP % {"ledger": ledger, "keys": keys, "port": servers.http})
+    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    pid, dropped = map(int, out.stdout.split())
+    assert dropped == 3  # B's three calls; before: 1 (A's two appended calls were taken for B's)
+    with Ledger.open(ledger, key_dir=keys, readonly=True) as led:
+        rows = list(led.rows())
+    assert sorted(r["url_path"] for r in rows if r["channel"] == "http") == ["/a-0", "/a-1"]
+    assert {r["pid"] for r in rows if r["channel"] == "http"} == {pid}
+    gaps = [r["url_path"] for r in rows if r["method"] == "gap"]
+    assert len(gaps) == 1 and "dropped=3;" in gaps[0] and "WriterProcessGone" in gaps[0], gaps
+    assert verify_ledger(ledger).valid
+
+
+def test_after_the_helper_reopened_a_replaced_ledger_only_what_it_took_with_it_is_counted(
+        tmp_path, servers, process_sink):
+    """The ledger file is replaced (moved away) while the helper runs: it opens a new ledger at the
+    path. When it then dies, the sender must count exactly the rows it took with it: not the rows
+    in the old file, not the row the helper counted itself when it found the file replaced, not
+    the row it appended to the new file."""
+    sink, writer = process_sink
+    for i in range(2):
+        _get(servers.http, f"/old-file-{i}")
+    assert sink.flush(10)
+    os.rename(writer.path, writer.path + ".old")  # e.g. a rotation: the path's file is another one now
+    _get(servers.http, "/found-replaced")  # the helper finds out with this one: a miss, in its own gap row
+    assert sink.flush(10)
+    _get(servers.http, "/new-file")  # appended to the new ledger the helper opened at the path
+    assert sink.flush(10)
+    first = writer.helper_pid
+    os.kill(first, signal.SIGSTOP)
+    for i in range(2):
+        _get(servers.http, f"/held-{i}")  # sent, never appended: the helper is killed
+    assert not sink.flush(1)
+    os.kill(first, signal.SIGKILL)
+    while _alive(first):
+        time.sleep(0.01)
+    deadline = time.monotonic() + 30
+    while not sink.flush(0.5) and time.monotonic() < deadline:
+        pass
+    assert sink.dropped_total == 2  # before: 6, everything it was ever sent (the ledger "could not say")
+    sink.close(30)
+    with Ledger.open(writer.path, key_dir=writer.key_dir, readonly=True) as led:
+        rows = list(led.rows())
+    assert [r["url_path"] for r in rows if r["channel"] == "http"] == ["/new-file"]
+    mine = [r["url_path"] for r in rows if r["method"] == "gap" and r["pid"] == os.getpid()]
+    theirs = [r["url_path"] for r in rows if r["method"] == "gap" and r["pid"] == first]
+    assert len(mine) == 1 and "dropped=2;" in mine[0] and "WriterProcessGone" in mine[0], mine
+    assert len(theirs) == 1 and "dropped=1;" in theirs[0], theirs  # /found-replaced, counted once
+    assert verify_ledger(writer.path).valid

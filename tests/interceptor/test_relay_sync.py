@@ -1,0 +1,68 @@
+"""RelayWriter.sync: a flush's wait is bounded by the flush's own timeout, its send included.
+
+A real AF_UNIX datagram socket whose queue is full (a receiver that stopped reading: stopped,
+busy, or stuck): the sync's datagram cannot be queued, and the flush must still return on time.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+from interceptor.relay import SEND_TIMEOUT_S, RelayWriter
+
+
+def _full_receiver(path: str) -> socket.socket:
+    """A bound socket nobody reads, its queue filled until a send would block."""
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(path)
+    tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tx.setblocking(False)
+    try:
+        while True:
+            tx.sendto(b"x" * 1024, path)
+    except BlockingIOError:
+        pass
+    finally:
+        tx.close()
+    return rx
+
+
+def test_a_sync_to_a_full_queue_returns_within_its_own_timeout(tmp_path):
+    path = str(tmp_path / "r.sock")
+    rx = _full_receiver(path)
+    try:
+        writer = RelayWriter(path)
+        t0 = time.monotonic()
+        assert writer.sync(0.3) is False  # not sent, so not in the ledger: the flush did not finish
+        took = time.monotonic() - t0
+        writer.close()
+    finally:
+        rx.close()
+    assert took < 0.3 + 0.5 < SEND_TIMEOUT_S, took  # before: the send alone waited SEND_TIMEOUT_S
+
+
+def test_a_sync_sent_once_room_comes_is_answered(tmp_path):
+    """A queue that drains within the timeout: the sync goes out and its answer is awaited as before."""
+    path = str(tmp_path / "r.sock")
+    rx = _full_receiver(path)
+    try:
+        writer = RelayWriter(path)
+        def drain_then_answer():
+            time.sleep(0.2)
+            rx.settimeout(2.0)
+            while True:
+                data = rx.recv(65536)
+                if b'"sync"' in data:
+                    break
+            msg = json.loads(data)
+            open(str(tmp_path / f"synced-{msg['pid']}-{msg['token']}"), "w").close()
+
+        t = threading.Thread(target=drain_then_answer)
+        t.start()
+        assert writer.sync(3.0) is True
+        t.join()
+        writer.close()
+    finally:
+        rx.close()

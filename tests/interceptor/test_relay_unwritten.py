@@ -1,0 +1,117 @@
+"""The receiver's misses outlive it when the ledger's folder never comes back before it stops.
+
+Real datagrams to a real receiver, a real ledger whose folder is removed and later made again,
+a real key dir: the miss count must reach the chain (as a gap row of the next receiver that
+opens that ledger), never vanish with the process.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from interceptor.relay import RelayWriter
+from interceptor_fixtures import servers  # noqa: F401  (fixture)
+from ledger.ledger import Ledger
+from ledger.relay import UNWRITTEN, RelayReceiver
+from verifier.verify import verify_ledger
+
+
+def _wait(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cond()
+
+
+def _gone_for_good(tmp_path):
+    """A receiver whose ledger's folder is removed and does not come back before it stops."""
+    folder, keys = tmp_path / "ledgers", str(tmp_path / "keys")
+    folder.mkdir()
+    path = str(folder / "l.sqlite")
+    led = Ledger.open(path, key_dir=keys, create=True)
+    receiver = RelayReceiver(led, str(tmp_path / "r.sock")).start()
+    sender = RelayWriter(receiver.path)
+    sender.write_gap(1, 10, 20, "Injected")  # rows the receiver appends: the sender's hello, its gap
+    assert _wait(lambda: receiver.recorded == 2)
+    shutil.rmtree(folder)  # the ledger's folder is gone (an admin, a cleaner, a lost mount)
+    for _ in range(3):
+        sender.write_gap(1, 30, 40, "Injected")  # rows it cannot append: misses, counted
+    assert _wait(lambda: sum(receiver.rejected.values()) >= 3)
+    receiver.stop()
+    led.close()
+    sender.close()
+    return receiver, path, keys
+
+
+def test_misses_the_receiver_could_not_write_are_kept_beside_the_keys_and_written_at_the_next_open(tmp_path):
+    receiver, path, keys = _gone_for_good(tmp_path)
+    assert receiver.unwritten == 3
+    kept = os.listdir(os.path.join(keys, UNWRITTEN))
+    assert len(kept) == 1 and kept[0].endswith(".gap")  # before: nothing anywhere, the count was lost
+    os.makedirs(os.path.dirname(path))  # the folder comes back; a new receiver opens the ledger there
+    led = Ledger.open(path, key_dir=keys, create=True)
+    second = RelayReceiver(led, str(tmp_path / "r2.sock")).start()
+    assert _wait(lambda: not os.listdir(os.path.join(keys, UNWRITTEN)))
+    second.stop()
+    assert second.unwritten == 0
+    gaps = [r["url_path"] for r in led.rows() if r["method"] == "gap"]
+    led.close()
+    assert len(gaps) == 1 and gaps[0].startswith("dropped=3;"), gaps  # the new ledger's only gap row
+    assert "relay_LedgerError" in gaps[0] and "carried_" in gaps[0]
+    assert verify_ledger(path).valid
+
+
+def test_a_kept_count_is_written_once_though_two_receivers_open_the_ledger(tmp_path):
+    _, path, keys = _gone_for_good(tmp_path)
+    os.makedirs(os.path.dirname(path))
+    leds = [Ledger.open(path, key_dir=keys, create=True) for _ in range(2)]
+    receivers = [RelayReceiver(led, str(tmp_path / f"r{i}.sock")) for i, led in enumerate(leds)]
+    for r in receivers:
+        r.start()
+    for r in receivers:
+        r.stop()
+    gaps = [r["url_path"] for r in leds[0].rows() if r["method"] == "gap"]
+    for led in leds:
+        led.close()
+    assert len(gaps) == 1 and gaps[0].startswith("dropped=3;"), gaps
+    assert not os.listdir(os.path.join(keys, UNWRITTEN))
+
+
+def test_a_kept_count_for_another_ledger_is_left_alone(tmp_path):
+    _, path, keys = _gone_for_good(tmp_path)
+    other = str(tmp_path / "other.sqlite")
+    led = Ledger.open(other, key_dir=keys, create=True)
+    RelayReceiver(led, str(tmp_path / "o.sock")).start().stop()
+    assert not [r for r in led.rows() if r["method"] == "gap"]
+    led.close()
+    assert len(os.listdir(os.path.join(keys, UNWRITTEN))) == 1
+
+
+def test_netaudit_run_says_so_and_keeps_its_exit_code_and_the_next_run_writes_the_gap_row(tmp_path, servers):
+    folder, keys = tmp_path / "ledgers", str(tmp_path / "keys")
+    folder.mkdir()
+    ledger = str(folder / "run.sqlite")
+    program = (f"import shutil, sys, urllib.request; shutil.rmtree({str(folder)!r}); "
+               f"urllib.request.urlopen('http://127.0.0.1:{servers.http}/after-removal').read(); sys.exit(3)")
+
+    def run(code):
+        return subprocess.run([sys.executable, "-m", "ledger.cli", "run", "--ledger", ledger, "--key-dir", keys,
+                               "--", sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=""),
+                              capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+
+    r = run(program)
+    assert r.returncode == 3, r.stderr  # the program's own exit code, whatever the auditor met
+    # two rows it could not write: the program's hello (interceptor_installed) and its call
+    assert "netaudit: 2 record(s) (events, facts) could not be written to" in r.stderr, r.stderr
+    assert len(os.listdir(os.path.join(keys, UNWRITTEN))) == 1
+    folder.mkdir()
+    r = run("pass")
+    assert r.returncode == 0 and "netaudit:" not in r.stderr, r.stderr
+    with Ledger.open(ledger, key_dir=keys, readonly=True) as led:
+        gaps = [x["url_path"] for x in led.rows() if x["method"] == "gap"]
+    assert len(gaps) == 1 and gaps[0].startswith("dropped=2;") and "carried_" in gaps[0], gaps
+    assert not os.listdir(os.path.join(keys, UNWRITTEN))
+    assert verify_ledger(ledger).valid
