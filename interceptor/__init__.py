@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import threading
 
-from interceptor.attribution import StackAttribution
-from interceptor.capture import STATE
-from interceptor.event import AUDIT, EGRESS, INGRESS, NetEvent
-from interceptor.guard import GUARD
-from interceptor.sink import LazyWriter, MemoryWriter, NullWriter, Sink
+from .attribution import StackAttribution
+from .capture import STATE
+from .event import AUDIT, EGRESS, INGRESS, NetEvent
+from .guard import GUARD
+from .sink import LazyWriter, MemoryWriter, NullWriter, Sink
 
 __all__ = ["NetEvent", "EGRESS", "INGRESS", "AUDIT", "install", "installed", "current_sink", "use_sink",
            "use_attribution", "flush", "Sink", "LazyWriter", "MemoryWriter", "NullWriter", "StackAttribution", "GUARD",
@@ -38,13 +38,17 @@ def install(sink=None, attribution=None) -> bool:
 
     `sink` receives records (default: one that discards them); `attribution(frame)` names the
     caller (default: StackAttribution). A second call changes nothing, neither patches twice nor
-    replaces the sink: use `use_sink` for that.
+    replaces the sink: use `use_sink` for that. Nor does a call while another copy of this package
+    is installed (a program that installs its own under `netaudit run`, whose copy has another
+    name): that copy records every call already, and this one stays uninstalled.
     """
     with _install_lock:
         if STATE.installed:
             return False
-        from interceptor import http_wrappers, mail_wrappers, socket_hooks
+        from . import http_wrappers, mail_wrappers, socket_hooks
 
+        if socket_hooks.installed_elsewhere():
+            return False
         STATE.sink = sink if sink is not None else Sink(NullWriter())
         STATE.attribution = attribution if attribution is not None else StackAttribution()
         GUARD.on_miss = _forward_miss

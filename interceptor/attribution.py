@@ -4,7 +4,8 @@ Frames of the interceptor's capture code, of the standard library and of third-p
 are skipped. The first remaining frame names the caller:
 - `odoo.addons.<name>...` gives module `<name>` and the `author` of that addon's `__manifest__.py`,
   read once with `ast.literal_eval` and cached (the addon is never imported);
-- our own packages (interceptor, ledger, verifier, mit_network_audit) give `self_egress=True`;
+- our own packages (interceptor, under whatever name it was imported, ledger, verifier,
+  mit_network_audit) give `self_egress=True`;
 - anything else gives the user's top-level package (a script run as `__main__`: its file's stem).
 `call_site` is "module.path:line:function" of that frame.
 
@@ -21,14 +22,15 @@ import site
 import sys
 import sysconfig
 
-from interceptor.redact import utf8_safe
+from .redact import utf8_safe
 
+# This package's own name, read at import: "interceptor", or the private name `netaudit run` gives
+# its copy (ledger/run.py), where a program's own `interceptor` is not ours.
+PACKAGE = __name__.rpartition(".")[0]
 # The interceptor modules whose frames sit between the caller and the audited library.
-CAPTURE_MODULES = frozenset({
-    "interceptor", "interceptor.capture", "interceptor.http_wrappers", "interceptor.mail_wrappers",
-    "interceptor.socket_hooks", "interceptor.socket_bytes", "interceptor.wsgi", "interceptor.guard",
-})
-OUR_PACKAGES = frozenset({"interceptor", "ledger", "verifier", "mit_network_audit"})
+CAPTURE_MODULES = frozenset({PACKAGE, *(f"{PACKAGE}.{m}" for m in (
+    "capture", "http_wrappers", "mail_wrappers", "socket_hooks", "socket_bytes", "wsgi", "guard"))})
+OUR_PACKAGES = frozenset({PACKAGE, "ledger", "verifier", "mit_network_audit"})
 ODOO_ADDONS = "odoo.addons."
 UNATTRIBUTED = ("", "", "", False)
 

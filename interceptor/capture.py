@@ -26,9 +26,9 @@ import threading
 import time
 from hashlib import sha256
 
-from interceptor.event import EGRESS, NetEvent
-from interceptor.guard import GUARD
-from interceptor.redact import clean_host, clean_name, clean_names, clean_path
+from .event import EGRESS, NetEvent
+from .guard import GUARD
+from .redact import clean_host, clean_name, clean_names, clean_path
 
 FINGERPRINT_HEX = 32  # 128 bits
 

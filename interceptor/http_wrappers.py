@@ -40,9 +40,9 @@ import os
 import sys
 import time
 
-from interceptor import forensic as _fx
-from interceptor.capture import GUARD, STATE, TLS, Record, begin, emit, fail, flush_at_multiprocessing_exit, peer
-from interceptor.redact import query_names, split_url
+from . import forensic as _fx
+from .capture import GUARD, STATE, TLS, Record, begin, emit, fail, flush_at_multiprocessing_exit, peer
+from .redact import query_names, split_url
 
 MARK = "_netaudit_wrapped"     # set on every function we installed (idempotent install)
 HEADERS, SENDING, BODY = 0, 1, 2  # _netaudit_phase: headers being put, inside endheaders, after it

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from interceptor.capture import GUARD, TLS, begin, emit, fail, peer
+from .capture import GUARD, TLS, begin, emit, fail, peer
 
 MARK = "_netaudit_wrapped"
 PEER = "_netaudit_peer"
@@ -118,7 +118,7 @@ def _const(word):
 
 
 def _verb_of(index, name):
-    from interceptor.redact import verb
+    from .redact import verb
     return lambda args, kwargs: verb(_arg(args, kwargs, index, name, ""))
 
 
@@ -229,7 +229,7 @@ def _imap_open_host(obj, args, kwargs):
 
 
 def _imap_command(args, kwargs):
-    from interceptor.redact import verb
+    from .redact import verb
     return verb(args[0] if args else kwargs.get("name", ""))
 
 

@@ -42,9 +42,9 @@ import socket
 import time
 from operator import attrgetter, itemgetter
 
-from interceptor.capture import FINGERPRINT_HEX, TLS
-from interceptor.event import AUDIT, NetEvent
-from interceptor.sink import YIELD_EVERY
+from .capture import FINGERPRINT_HEX, TLS
+from .event import AUDIT, NetEvent
+from .sink import YIELD_EVERY
 
 ENV_RELAY = "NETAUDIT_RELAY"
 WIRE_VERSION = 1
@@ -121,7 +121,7 @@ class RelayWriter:
 
     def _say_hello(self) -> None:
         if not self._hello:
-            from interceptor import VERSION
+            from . import VERSION
 
             self._send(_dumps({"v": WIRE_VERSION, "kind": "hello", "pid": os.getpid(),
                                "ts": time.time_ns(), "version": VERSION}))
@@ -250,12 +250,12 @@ def install_from_env(environ=os.environ) -> bool:
     path = environ.get(ENV_RELAY)
     if not path:
         return False
-    import interceptor
+    from . import Sink, install
 
     writer = RelayWriter(path)
-    sink = interceptor.Sink(writer)
+    sink = Sink(writer)
     writer.on_miss = sink.miss
-    return interceptor.install(sink=sink)
+    return install(sink=sink)
 
 
 # ---- the parent's side --------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import time
 import weakref
 from collections import deque
 
-from interceptor.capture import Record, flush_at_multiprocessing_exit
+from .capture import Record, flush_at_multiprocessing_exit
 
 DEFAULT_MAXSIZE = 10_000
 DEFAULT_BATCH = 512

@@ -47,7 +47,7 @@ import os
 import socket
 import sys
 
-from interceptor.capture import GUARD, TLS, emit, fail, flush_at_multiprocessing_exit, peer
+from .capture import GUARD, TLS, emit, fail, flush_at_multiprocessing_exit, peer
 
 _ss = socket.socket  # the Python class whose methods (C ones from _socket.socket) we call
 _send, _sendall, _sendto, _sendmsg = _ss.send, _ss.sendall, _ss.sendto, _ss.sendmsg

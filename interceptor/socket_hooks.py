@@ -18,8 +18,8 @@ import errno
 import socket
 import sys
 
-from interceptor import socket_bytes
-from interceptor.capture import GUARD, STATE, TLS, begin, emit, fail, peer
+from . import socket_bytes
+from .capture import GUARD, STATE, TLS, begin, emit, fail, peer
 
 MARK = "_netaudit_wrapped"
 _orig: dict[str, object] = {}
@@ -251,6 +251,14 @@ def audit_hook(event, args):
         handler(args)
     except Exception as exc:
         GUARD.fault("capture", exc)
+
+
+def installed_elsewhere() -> bool:
+    """Another copy of this package (`netaudit run` loads one under a private name) has installed
+    its wrappers in this process: they already see every call, and a second set would record each
+    call twice."""
+    connect = socket.socket.__dict__.get("connect")
+    return bool(getattr(connect, MARK, False)) and connect is not socket_connect_wrapper
 
 
 def install() -> None:

@@ -6,9 +6,9 @@ the response has been iterated. The application's own result and exceptions pass
 """
 from __future__ import annotations
 
-from interceptor.capture import GUARD, STATE, Record, emit, fail
-from interceptor.event import INGRESS
-from interceptor.redact import query_names
+from .capture import GUARD, STATE, Record, emit, fail
+from .event import INGRESS
+from .redact import query_names
 
 _SPECIAL_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
 

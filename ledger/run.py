@@ -6,6 +6,14 @@ of the `interceptor` package (standard library only) is put first on PYTHONPATH,
 without our package, apsw or cryptography is audited too. The bootstrap then runs any
 `sitecustomize` the program had before.
 
+The copy is named `_netaudit_interceptor` (PRIVATE_PACKAGE), not `interceptor`: that is a common
+name, and a program's own `interceptor` (a module beside its script, a package on PYTHONPATH or in
+site-packages) must be the one it imports, not ours, found first on the path or already in
+sys.modules. The package imports itself only relatively, and recognises its own frames by the
+name it was imported under (interceptor.attribution.PACKAGE), so the copy audits and attributes
+as the original does. A program that installs our `interceptor` itself gets False from install():
+the copy records every call already (interceptor.socket_hooks.installed_elsewhere).
+
 This process owns the ledger. The children never open it and never see its salt: each sends its
 records over the relay (interceptor.relay), a datagram socket in the bootstrap folder named by
 NETAUDIT_RELAY, and a receiver thread here (ledger.relay) appends them in batches and drains
@@ -31,6 +39,7 @@ from ledger.errors import LedgerError
 from ledger.sink import ENV_KEY_DIR, ENV_LEDGER
 
 RELAY_SOCKET = "relay.sock"
+PRIVATE_PACKAGE = "_netaudit_interceptor"  # the interceptor's copy in the bootstrap folder
 MAX_SOCKET_PATH = 100  # sun_path holds 104 (BSD) or 108 (Linux) bytes
 
 BOOTSTRAP = '''\
@@ -43,7 +52,7 @@ def _netaudit_install():
     if not os.environ.get("NETAUDIT_RELAY"):
         return
     try:
-        from interceptor.relay import install_from_env
+        from _netaudit_interceptor.relay import install_from_env
         install_from_env()
     except Exception as exc:  # fail open: the program runs, and says why it is not audited
         sys.stderr.write("netaudit: interceptor not installed in %s: %s: %s\\n"
@@ -99,7 +108,8 @@ def _prepare(ledger_path: str | None, key_dir: str | None):
 
 
 def _bootstrap_folder() -> str:
-    """A private folder with the sitecustomize and a copy of the interceptor package."""
+    """A private folder with the sitecustomize and a copy of the interceptor package, under its
+    private name."""
     boot = tempfile.mkdtemp(prefix="netaudit-run-")
     if len(os.path.join(boot, RELAY_SOCKET)) > MAX_SOCKET_PATH:  # a long TMPDIR
         os.rmdir(boot)
@@ -107,7 +117,7 @@ def _bootstrap_folder() -> str:
     try:
         with open(os.path.join(boot, "sitecustomize.py"), "w", encoding="utf-8") as f:
             f.write(BOOTSTRAP)
-        shutil.copytree(os.path.dirname(os.path.abspath(interceptor.__file__)), os.path.join(boot, "interceptor"),
+        shutil.copytree(os.path.dirname(os.path.abspath(interceptor.__file__)), os.path.join(boot, PRIVATE_PACKAGE),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     except BaseException:
         shutil.rmtree(boot, ignore_errors=True)

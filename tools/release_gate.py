@@ -256,7 +256,7 @@ class Tree:
 
     def aliases(self, path: str) -> dict[str, str]:
         if path not in self._aliases:
-            self._aliases[path] = import_aliases(self.nodes(path))
+            self._aliases[path] = import_aliases(self.nodes(path), _module_package(path))
         return self._aliases[path]
 
     def parse(self, path: str) -> ast.Module | SyntaxError:
@@ -334,8 +334,10 @@ def load_source(directory: str) -> Tree:
 
 # === Name resolution shared by the AST rules ====================================================
 
-def import_aliases(nodes: Iterable[ast.AST]) -> dict[str, str]:
-    """Local name -> dotted name it stands for, from every import in the module."""
+def import_aliases(nodes: Iterable[ast.AST], package: list[str] | None = None) -> dict[str, str]:
+    """Local name -> dotted name it stands for, from every import in the module. `package` (the
+    module's package, as path parts) resolves relative imports: `from . import socket_bytes` in
+    interceptor/ stands for `interceptor.socket_bytes`, as the absolute import would."""
     aliases: dict[str, str] = {}
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -345,12 +347,15 @@ def import_aliases(nodes: Iterable[ast.AST]) -> dict[str, str]:
                 else:
                     top = a.name.split(".")[0]
                     aliases[top] = top
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        elif isinstance(node, ast.ImportFrom):
+            # as imports_of reads them: above the package root, `from .. import ledger` is `ledger`
+            base = (package or [])[: len(package or []) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
             for a in node.names:
-                if a.name == "*":  # `from socket import *`: kept as "*socket" -> "socket"
-                    aliases[f"*{node.module}"] = node.module
-                else:
-                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                if a.name == "*" and module:  # `from socket import *`: kept as "*socket" -> "socket"
+                    aliases[f"*{module}"] = module
+                elif a.name != "*":
+                    aliases[a.asname or a.name] = f"{module}.{a.name}" if module else a.name
     return aliases
 
 

@@ -32,7 +32,7 @@ APP = '''\
 import importlib.util, subprocess, sys, urllib.request
 missing = [m for m in ("ledger", "apsw", "cryptography") if importlib.util.find_spec(m) is not None]
 assert not missing, "this Python must have only the standard library: %%r" %% missing
-import interceptor
+import _netaudit_interceptor as interceptor  # the bootstrap's private copy (ledger.run.PRIVATE_PACKAGE)
 assert interceptor.installed(), "the bootstrap did not install the interceptor"
 urllib.request.urlopen("http://127.0.0.1:%(port)d/from-app?k=v", data=%(payload)r).read()  # APP-CALL
 subprocess.run([sys.executable, %(grandchild)r], check=True)
@@ -122,7 +122,8 @@ def test_chained_sitecustomize_still_runs(tmp_path, bare_python):
     own = tmp_path / "own"
     own.mkdir()
     (own / "sitecustomize.py").write_text("import builtins\nbuiltins.OWN_SITECUSTOMIZE = True\n")
-    code = "import builtins, interceptor, sys; sys.exit(0 if builtins.OWN_SITECUSTOMIZE and interceptor.installed() else 3)"
+    code = ("import builtins, _netaudit_interceptor as interceptor, sys; "
+            "sys.exit(0 if builtins.OWN_SITECUSTOMIZE and interceptor.installed() else 3)")
     r = _run(tmp_path, bare_python, "-c", code, env=dict(os.environ, PYTHONPATH=str(own)))
     assert r.returncode == 0, r.stderr
 
@@ -229,12 +230,12 @@ def test_a_child_that_cannot_be_audited_is_recorded_as_such(tmp_path, bare_pytho
     """The bootstrap where the interceptor fails to import (as on a Python older than 3.11): the
     program still runs, says so on stderr, and the parent's ledger gets an
     interceptor_not_installed row for that process."""
-    from ledger.run import BOOTSTRAP
+    from ledger.run import BOOTSTRAP, PRIVATE_PACKAGE
 
     boot = tmp_path / "boot"
-    (boot / "interceptor").mkdir(parents=True)
+    (boot / PRIVATE_PACKAGE).mkdir(parents=True)
     (boot / "sitecustomize.py").write_text(BOOTSTRAP)
-    (boot / "interceptor" / "__init__.py").write_text("raise ImportError('planted: cannot run here')\n")
+    (boot / PRIVATE_PACKAGE / "__init__.py").write_text("raise ImportError('planted: cannot run here')\n")
     path = str(tmp_path / "relay.sock")
     led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
     receiver = RelayReceiver(led, path).start()
@@ -255,7 +256,7 @@ def test_a_child_that_cannot_be_audited_is_recorded_as_such(tmp_path, bare_pytho
 
 FORKING_APP = '''\
 import os, urllib.request
-import interceptor
+import _netaudit_interceptor as interceptor
 pid = os.fork()
 urllib.request.urlopen("http://127.0.0.1:%(port)d/" + ("fork-child" if pid == 0 else "fork-parent")).read()
 if pid == 0:

@@ -57,6 +57,28 @@ def test_unlisted_call_through_a_saved_original_fails(plant_wheel, package, code
     assert all(":" + path + ":" in f for f in found), found  # nothing else of ours is flagged
 
 
+# The interceptor imports itself only relatively (so `netaudit run` can load it under a private
+# name): the same indirect calls, written with relative imports, are still the call itself.
+RELATIVE = [
+    (b"from . import socket_bytes as sb\n\n\n"
+     b"def beacon(sock):\n    sb._sendto(sock, b'x', ('example.org', 53))\n", 5, "sb._sendto()"),
+    (b"from . import socket_hooks\n\n\n"
+     b"def phone_home(sock):\n    return socket_hooks._orig['connect'](sock, ('example.org', 80))\n",
+     5, "socket_hooks._orig['connect']()"),
+    (b"from .socket_hooks import _orig as saved\n\n\n"
+     b"def phone_home(sock):\n    return saved['connect'](sock, ('example.org', 80))\n", 5, "saved['connect']()"),
+]
+
+
+@pytest.mark.parametrize("code, line, call", RELATIVE)
+def test_a_saved_original_reached_through_a_relative_import_fails(plant_wheel, code, line, call):
+    path = "interceptor/planted.py"
+    run = run_gate(plant_wheel({path: code}))
+    assert run.rc == 1 and run.failed_rules() == {"no-self-egress"}, run.stdout
+    found = run.failures("no-self-egress")
+    assert any(f":{path}:{line}: {call} calls a saved original" in f for f in found), found
+
+
 def _findings(wheel, wrappers) -> list[str]:
     trees = [release_gate.load_artifact(str(wheel))]
     result = {r.rule: r for r in release_gate.run_gate(trees, wrappers=wrappers)}

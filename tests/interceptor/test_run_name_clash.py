@@ -1,0 +1,204 @@
+"""`netaudit run` and a program with its own `interceptor`: the program imports its own, and is
+still audited (real `netaudit run`, real processes, real local servers, a real ledger).
+
+`interceptor` is a common name. The bootstrap's copy of our package is private
+(ledger.run.PRIVATE_PACKAGE), so a program's `interceptor` module beside its script, package on
+its PYTHONPATH or package in its site-packages is the one it gets. Before, the bootstrap had
+already put ours in sys.modules under that name, and the program got ours: it broke.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from interceptor_fixtures import servers  # noqa: F401  (fixture)
+from ledger.ledger import Ledger
+from ledger.run import BOOTSTRAP, PRIVATE_PACKAGE
+from verifier.verify import verify_ledger
+
+THEIRS = '''\
+"""The program's own `interceptor` (%(kind)s): nothing to do with the network audit."""
+import urllib.request
+
+MARKER = "THEIR-INTERCEPTOR:%(kind)s"
+
+
+def fetch(url):
+    return urllib.request.urlopen(url).read()  # THEIR-CALL
+'''
+
+APP = '''\
+import sys, urllib.request
+import interceptor
+print(interceptor.MARKER, flush=True)
+assert not hasattr(interceptor, "install"), "the program got the auditor's interceptor"
+interceptor.fetch("http://127.0.0.1:%(port)d/from-theirs")  # APP-CALLS-THEIRS
+urllib.request.urlopen("http://127.0.0.1:%(port)d/from-app").read()  # APP-OWN-CALL
+sys.exit(3)
+'''
+
+
+def _line_of(text: str, marker: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if marker in line)
+
+
+def _netaudit(tmp_path, *argv, env=None):
+    """`netaudit run` with the default environment (no PYTHONPATH), from a folder that is not the
+    program's: the program, not netaudit, is the one with an `interceptor` of its own."""
+    cmd = [sys.executable, "-m", "ledger.cli", "run", "--ledger", str(tmp_path / "run.sqlite"),
+           "--key-dir", str(tmp_path / "keys"), "--", *argv]
+    return subprocess.run(cmd, env=env or dict(os.environ, PYTHONPATH=""), capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path))
+
+
+def _rows(tmp_path) -> list[dict]:
+    with Ledger.open(str(tmp_path / "run.sqlite"), key_dir=str(tmp_path / "keys"), readonly=True) as led:
+        return list(led.rows())
+
+
+@pytest.fixture(scope="module")
+def bare_python_with_their_package(tmp_path_factory):
+    """A venv with only the standard library and an `interceptor` package of its own in site-packages."""
+    venv = tmp_path_factory.mktemp("bare-theirs") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=""),
+                             cwd=str(venv)).stdout.strip()
+    (venv / purelib / "interceptor").mkdir()
+    (venv / purelib / "interceptor" / "__init__.py").write_text(THEIRS % {"kind": "site-packages"})
+    return str(python)
+
+
+def _program(tmp_path, port: int, kind: str, python: str) -> tuple[list[str], str]:
+    """(argv for netaudit run, the app's text) for one place of the program's `interceptor`."""
+    prog = tmp_path / "prog"
+    prog.mkdir()
+    app_text = APP % {"port": port}
+    (prog / "app.py").write_text(app_text)
+    if kind == "beside":
+        (prog / "interceptor.py").write_text(THEIRS % {"kind": kind})
+        return [python, str(prog / "app.py")], app_text
+    if kind == "pythonpath":
+        lib = tmp_path / "lib"
+        (lib / "interceptor").mkdir(parents=True)
+        (lib / "interceptor" / "__init__.py").write_text(THEIRS % {"kind": kind})
+        # the program's launcher puts its library first on the PYTHONPATH netaudit run handed it
+        launch = 'PYTHONPATH="$0${PYTHONPATH:+:$PYTHONPATH}" exec "$1" "$2"'
+        return ["sh", "-c", launch, str(lib), python, str(prog / "app.py")], app_text
+    return [python, str(prog / "app.py")], app_text  # site-packages: the venv holds it
+
+
+@pytest.mark.parametrize("kind", ["beside", "pythonpath", "site-packages"])
+def test_a_program_imports_its_own_interceptor_and_is_audited(tmp_path, servers, kind, request):
+    python = request.getfixturevalue("bare_python_with_their_package") if kind == "site-packages" \
+        else sys.executable  # this venv: our own `interceptor` is installed in it, theirs must still win
+    argv, app_text = _program(tmp_path, servers.http, kind, python)
+
+    r = _netaudit(tmp_path, *argv)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.splitlines() == [f"THEIR-INTERCEPTOR:{kind}"], (r.stdout, r.stderr)
+    assert "netaudit:" not in r.stderr and "Error" not in r.stderr, r.stderr
+
+    rows = _rows(tmp_path)
+    http = {x["url_path"]: x for x in rows if x["channel"] == "http"}
+    assert sorted(http) == ["/from-app", "/from-theirs"]
+    app_row, their_row = http["/from-app"], http["/from-theirs"]
+    assert (app_row["module"], app_row["call_site"]) == ("app", f"app:{_line_of(app_text, 'APP-OWN-CALL')}:<module>")
+    if kind == "site-packages":  # an installed library: skipped, its caller is named
+        assert (their_row["module"], their_row["call_site"]) == (
+            "app", f"app:{_line_of(app_text, 'APP-CALLS-THEIRS')}:<module>")
+    else:  # the program's own code, a top-level `interceptor` that is not ours
+        assert (their_row["module"], their_row["call_site"]) == (
+            "interceptor", f"interceptor:{_line_of(THEIRS, 'THEIR-CALL')}:fetch")
+    assert not app_row["self_egress"] and not their_row["self_egress"]
+    assert not any(x["self_egress"] for x in rows)
+    installed = [x for x in rows if x["method"] == "interceptor_installed"]
+    assert [x["pid"] for x in installed] == [app_row["pid"]]
+    assert not any(x["method"] in ("gap", "interceptor_not_installed") for x in rows)
+    assert verify_ledger(str(tmp_path / "run.sqlite")).valid
+
+
+PLANTED = '''\
+import urllib.request
+
+
+def fetch(url):
+    urllib.request.urlopen(url).read()  # PLANTED-CALL
+'''
+
+SELF_APP = '''\
+import importlib.util, sys
+
+
+def load(name):
+    """The same file, as a module of the given name (the name is all attribution reads)."""
+    spec = importlib.util.spec_from_file_location(name, sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+url = "http://127.0.0.1:%(port)d"
+load("%(private)s.planted").fetch(url + "/as-ours")
+load("interceptor.planted").fetch(url + "/as-theirs")
+'''
+
+
+def test_our_private_copy_is_self_egress_and_their_interceptor_is_not(tmp_path, servers):
+    """Under `netaudit run` our code is the private copy: a call from a module of that name is
+    self-egress (an alarm), a call from a module of the program's `interceptor` is the program's."""
+    (tmp_path / "prog").mkdir()
+    (tmp_path / "prog" / "planted.py").write_text(PLANTED)
+    app = tmp_path / "prog" / "self_app.py"
+    app.write_text(SELF_APP % {"port": servers.http, "private": PRIVATE_PACKAGE})
+    r = _netaudit(tmp_path, sys.executable, str(app), str(tmp_path / "prog" / "planted.py"))
+    assert r.returncode == 0, r.stderr
+
+    http = {x["url_path"]: x for x in _rows(tmp_path) if x["channel"] == "http"}
+    assert sorted(http) == ["/as-ours", "/as-theirs"]
+    site = f"{_line_of(PLANTED, 'PLANTED-CALL')}:fetch"
+    ours, theirs = http["/as-ours"], http["/as-theirs"]
+    assert (ours["module"], ours["call_site"], ours["self_egress"]) == (
+        PRIVATE_PACKAGE, f"{PRIVATE_PACKAGE}.planted:{site}", 1)
+    assert (theirs["module"], theirs["call_site"], theirs["self_egress"]) == ("interceptor", f"interceptor.planted:{site}", 0)
+    rep = subprocess.run([sys.executable, "-m", "ledger.cli", "report", "--ledger", str(tmp_path / "run.sqlite"),
+                          "--key-dir", str(tmp_path / "keys")], env=dict(os.environ, PYTHONPATH=""),
+                         capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert rep.returncode == 0 and "Self-egress: 1" in rep.stdout, rep.stdout
+
+
+OWN_AUDIT_APP = '''\
+import urllib.request
+import interceptor  # our package, installed in this venv: the program installs it itself
+
+writer = interceptor.MemoryWriter()
+print("installed:", interceptor.install(sink=interceptor.Sink(writer, linger_s=0)), flush=True)
+urllib.request.urlopen("http://127.0.0.1:%(port)d/self-audited").read()
+interceptor.flush(5)
+print("own sink:", len(writer.events), flush=True)
+'''
+
+
+def test_a_program_that_installs_our_interceptor_itself_is_recorded_once(tmp_path, servers):
+    """The program imports our real `interceptor` (a second copy beside the bootstrap's private
+    one) and installs it: that install changes nothing, and each call is one row, not two."""
+    app = tmp_path / "own_audit.py"
+    app.write_text(OWN_AUDIT_APP % {"port": servers.http})
+    r = _netaudit(tmp_path, sys.executable, str(app))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["installed: False", "own sink: 0"], (r.stdout, r.stderr)
+    rows = _rows(tmp_path)
+    assert [(x["channel"], x["module"], x["self_egress"]) for x in rows if x["url_path"] == "/self-audited"] == [
+        ("http", "own_audit", 0)]
+    assert not any(x["channel"] == "socket" and x["dst_port"] == servers.http for x in rows)
+    assert verify_ledger(str(tmp_path / "run.sqlite")).valid
+
+
+def test_the_bootstrap_imports_the_private_copy_only():
+    """The bootstrap names the copy run.py writes, and never the public name."""
+    assert f"from {PRIVATE_PACKAGE}.relay import install_from_env" in BOOTSTRAP
+    assert "import interceptor" not in BOOTSTRAP and "from interceptor" not in BOOTSTRAP
