@@ -12,7 +12,9 @@ site-packages) must be the one it imports, not ours, found first on the path or 
 sys.modules. The package imports itself only relatively, and recognises its own frames by the
 name it was imported under (interceptor.attribution.PACKAGE), so the copy audits and attributes
 as the original does. A program that installs our `interceptor` itself gets False from install():
-the copy records every call already (interceptor.socket_hooks.installed_elsewhere).
+the copy records every call already (interceptor.socket_hooks.installed_elsewhere). This process
+runs with the program's PYTHONPATH too: ledger/siblings.py keeps it to our own `interceptor`, the
+one copied.
 
 This process owns the ledger. The children never open it and never see its salt: each sends its
 records over the relay (interceptor.relay), a datagram socket in the bootstrap folder named by

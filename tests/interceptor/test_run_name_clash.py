@@ -8,11 +8,15 @@ already put ours in sys.modules under that name, and the program got ours: it br
 """
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+import interceptor
 
 from interceptor_fixtures import servers  # noqa: F401  (fixture)
 from ledger.ledger import Ledger
@@ -73,32 +77,40 @@ def bare_python_with_their_package(tmp_path_factory):
     return str(python)
 
 
-def _program(tmp_path, port: int, kind: str, python: str) -> tuple[list[str], str]:
-    """(argv for netaudit run, the app's text) for one place of the program's `interceptor`."""
+def _program(tmp_path, port: int, kind: str, python: str) -> tuple[list[str], str, str]:
+    """(argv for netaudit run, the app's text, netaudit's PYTHONPATH) for one place of the
+    program's `interceptor`."""
     prog = tmp_path / "prog"
     prog.mkdir()
     app_text = APP % {"port": port}
     (prog / "app.py").write_text(app_text)
+    argv = [python, str(prog / "app.py")]
     if kind == "beside":
         (prog / "interceptor.py").write_text(THEIRS % {"kind": kind})
-        return [python, str(prog / "app.py")], app_text
+        return argv, app_text, ""
+    if kind == "site-packages":
+        return argv, app_text, ""  # the venv holds it
+    lib = tmp_path / "lib"
+    (lib / "interceptor").mkdir(parents=True)
+    (lib / "interceptor" / "__init__.py").write_text(THEIRS % {"kind": kind})
     if kind == "pythonpath":
-        lib = tmp_path / "lib"
-        (lib / "interceptor").mkdir(parents=True)
-        (lib / "interceptor" / "__init__.py").write_text(THEIRS % {"kind": kind})
         # the program's launcher puts its library first on the PYTHONPATH netaudit run handed it
         launch = 'PYTHONPATH="$0${PYTHONPATH:+:$PYTHONPATH}" exec "$1" "$2"'
-        return ["sh", "-c", launch, str(lib), python, str(prog / "app.py")], app_text
-    return [python, str(prog / "app.py")], app_text  # site-packages: the venv holds it
+        return ["sh", "-c", launch, str(lib), *argv], app_text, ""
+    # netaudit-pythonpath: `PYTHONPATH=lib netaudit run -- python app.py`, netaudit sees it too,
+    # with a `verifier` of the program's own beside the `interceptor`
+    (lib / "verifier").mkdir()
+    (lib / "verifier" / "__init__.py").write_text("raise ImportError('the program\'s own verifier')\n")
+    return argv, app_text, str(lib)
 
 
-@pytest.mark.parametrize("kind", ["beside", "pythonpath", "site-packages"])
+@pytest.mark.parametrize("kind", ["beside", "pythonpath", "netaudit-pythonpath", "site-packages"])
 def test_a_program_imports_its_own_interceptor_and_is_audited(tmp_path, servers, kind, request):
     python = request.getfixturevalue("bare_python_with_their_package") if kind == "site-packages" \
         else sys.executable  # this venv: our own `interceptor` is installed in it, theirs must still win
-    argv, app_text = _program(tmp_path, servers.http, kind, python)
+    argv, app_text, pythonpath = _program(tmp_path, servers.http, kind, python)
 
-    r = _netaudit(tmp_path, *argv)
+    r = _netaudit(tmp_path, *argv, env=dict(os.environ, PYTHONPATH=pythonpath))
     assert r.returncode == 3, r.stderr
     assert r.stdout.splitlines() == [f"THEIR-INTERCEPTOR:{kind}"], (r.stdout, r.stderr)
     assert "netaudit:" not in r.stderr and "Error" not in r.stderr, r.stderr
@@ -202,3 +214,15 @@ def test_the_bootstrap_imports_the_private_copy_only():
     """The bootstrap names the copy run.py writes, and never the public name."""
     assert f"from {PRIVATE_PACKAGE}.relay import install_from_env" in BOOTSTRAP
     assert "import interceptor" not in BOOTSTRAP and "from interceptor" not in BOOTSTRAP
+
+
+def test_the_interceptor_imports_itself_only_relatively():
+    """An absolute `from interceptor... import` (lazy ones in functions too) would, in the private
+    copy, reach the program's `interceptor` or none: each import of ours must be relative."""
+    found = []
+    for path in sorted(Path(interceptor.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{path.name}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "interceptor"]
+    assert found == []
