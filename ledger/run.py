@@ -11,8 +11,11 @@ name, and a program's own `interceptor` (a module beside its script, a package o
 site-packages) must be the one it imports, not ours, found first on the path or already in
 sys.modules. The package imports itself only relatively, and recognises its own frames by the
 name it was imported under (interceptor.attribution.PACKAGE), so the copy audits and attributes
-as the original does. A program that installs our `interceptor` itself gets False from install():
-the copy records every call already (interceptor.socket_hooks.installed_elsewhere). This process
+as the original does. A program whose `interceptor` is our package, the same files (Odoo with our
+addon), gets the copy itself when it imports `interceptor`: its install() finds it installed and
+its use_sink() routes the calls, as when the copy had the public name. Any other copy of ours is
+a second package, whose install() returns False: the first one records every call already
+(interceptor.socket_hooks.installed_elsewhere), and a call is never recorded twice. This process
 runs with the program's PYTHONPATH too: ledger/siblings.py keeps it to our own `interceptor`, the
 one copied.
 
@@ -55,7 +58,8 @@ def _netaudit_install():
         return
     try:
         from _netaudit_interceptor.relay import install_from_env
-        install_from_env()
+        if install_from_env():
+            sys.meta_path.insert(0, _NetauditSamePackage())
     except Exception as exc:  # fail open: the program runs, and says why it is not audited
         sys.stderr.write("netaudit: interceptor not installed in %s: %s: %s\\n"
                          % (sys.executable, type(exc).__name__, exc))
@@ -80,6 +84,72 @@ def _netaudit_unaudited(exc):
             relay.close()
     except Exception:
         pass
+
+
+class _NetauditSamePackage:
+    """`import interceptor` where the program's `interceptor` is this very package, file for file
+    (Odoo with our addon, say): the program gets the installed copy, not a second one, so that its
+    install() finds it installed and its use_sink() routes the calls. A namesake (any other
+    `interceptor`) is left to the ordinary import, as are failures here."""
+
+    def find_spec(self, name, path=None, target=None):
+        try:
+            if name == "interceptor":
+                if not self._same_files(self._ordinary_spec(name, target)):
+                    return None
+                return _netaudit_alias_spec(name, "_netaudit_interceptor")
+            if name.startswith("interceptor.") and \\
+                    sys.modules.get("interceptor") is sys.modules.get("_netaudit_interceptor"):
+                return _netaudit_alias_spec(name, "_netaudit_interceptor" + name[len("interceptor"):])
+        except Exception:
+            pass
+        return None
+
+    def _ordinary_spec(self, name, target):
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is not self and find is not None:
+                spec = find(name, None, target)
+                if spec is not None:
+                    return spec
+        return None
+
+    @staticmethod
+    def _same_files(spec):
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        theirs = list(spec.submodule_search_locations)[0]
+        ours = sys.modules["_netaudit_interceptor"].__path__[0]
+        names = sorted(n for n in os.listdir(ours) if n.endswith(".py"))
+        if names != sorted(n for n in os.listdir(theirs) if n.endswith(".py")):
+            return False
+        for n in names:
+            with open(os.path.join(theirs, n), "rb") as a, open(os.path.join(ours, n), "rb") as b:
+                if a.read() != b.read():
+                    return False
+        return True
+
+
+class _NetauditAlias:
+    """Loader of a module that is already loaded under another name; its own spec is kept."""
+
+    def __init__(self, target):
+        self.target = target
+        self.spec = None
+
+    def create_module(self, spec):
+        import importlib
+        module = importlib.import_module(self.target)
+        self.spec = module.__spec__
+        return module
+
+    def exec_module(self, module):
+        module.__spec__ = self.spec
+
+
+def _netaudit_alias_spec(name, target):
+    import importlib.machinery
+    return importlib.machinery.ModuleSpec(name, _NetauditAlias(target), is_package=target.count(".") == 0)
 
 
 def _netaudit_chain():

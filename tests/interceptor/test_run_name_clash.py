@@ -3,13 +3,19 @@ still audited (real `netaudit run`, real processes, real local servers, a real l
 
 `interceptor` is a common name. The bootstrap's copy of our package is private
 (ledger.run.PRIVATE_PACKAGE), so a program's `interceptor` module beside its script, package on
-its PYTHONPATH or package in its site-packages is the one it gets. Before, the bootstrap had
-already put ours in sys.modules under that name, and the program got ours: it broke.
+its PYTHONPATH (the program's, or netaudit's too) or package in its site-packages is the one it
+gets, in its multiprocessing children as well. Before, the bootstrap put ours in sys.modules
+under that name first and the program got ours (it broke), or netaudit itself took the program's
+for ours and the program ran unaudited. Also here: under the private name our code is still
+self-egress and the program's `interceptor` is not, and a program that installs our
+`interceptor` itself is not recorded twice.
 """
 from __future__ import annotations
 
 import ast
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +23,6 @@ from pathlib import Path
 import pytest
 
 import interceptor
-
 from interceptor_fixtures import servers  # noqa: F401  (fixture)
 from ledger.ledger import Ledger
 from ledger.run import BOOTSTRAP, PRIVATE_PACKAGE
@@ -185,35 +190,49 @@ def test_our_private_copy_is_self_egress_and_their_interceptor_is_not(tmp_path, 
 
 OWN_AUDIT_APP = '''\
 import urllib.request
-import interceptor  # our package, installed in this venv: the program installs it itself
+import interceptor  # our package, beside this script: the same files as netaudit run's copy, or changed
 
 writer = interceptor.MemoryWriter()
-print("installed:", interceptor.install(sink=interceptor.Sink(writer, linger_s=0)), flush=True)
+print("install:", interceptor.install(sink=interceptor.Sink(writer, linger_s=0)), flush=True)
+print("installed:", interceptor.installed(), flush=True)
+interceptor.use_sink(interceptor.Sink(writer, linger_s=0))  # as the Odoo addon does: route the calls
 urllib.request.urlopen("http://127.0.0.1:%(port)d/self-audited").read()
 interceptor.flush(5)
-print("own sink:", len(writer.events), flush=True)
+print("own sink:", len([e for e in writer.events if e.channel == "http"]), flush=True)
 '''
 
 
-def test_a_program_that_installs_our_interceptor_itself_is_recorded_once(tmp_path, servers):
-    """The program imports our real `interceptor` (a second copy beside the bootstrap's private
-    one) and installs it: that install changes nothing, and each call is one row, not two."""
-    app = tmp_path / "own_audit.py"
-    app.write_text(OWN_AUDIT_APP % {"port": servers.http})
-    r = _netaudit(tmp_path, sys.executable, str(app))
+@pytest.mark.parametrize("same", [True, False], ids=["same-files", "changed-copy"])
+def test_a_program_that_installs_our_interceptor_itself(tmp_path, servers, same):
+    """The program imports our own `interceptor` and installs it, as the Odoo addon does. The same
+    files as the bootstrap's copy: the program gets that copy, installed, and routes its calls to
+    its own sink (the run's ledger then has none). Changed files: a second copy, which stays
+    uninstalled, and each call is still one row of the run's ledger, never two."""
+    prog = tmp_path / "prog"
+    shutil.copytree(Path(interceptor.__file__).parent, prog / "interceptor",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if not same:
+        with open(prog / "interceptor" / "event.py", "a", encoding="utf-8") as f:
+            f.write("# a changed copy\n")
+    (prog / "own_audit.py").write_text(OWN_AUDIT_APP % {"port": servers.http})
+    r = _netaudit(tmp_path, sys.executable, str(prog / "own_audit.py"))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["installed: False", "own sink: 0"], (r.stdout, r.stderr)
-    rows = _rows(tmp_path)
-    assert [(x["channel"], x["module"], x["self_egress"]) for x in rows if x["url_path"] == "/self-audited"] == [
-        ("http", "own_audit", 0)]
-    assert not any(x["channel"] == "socket" and x["dst_port"] == servers.http for x in rows)
+    assert r.stdout.splitlines() == (["install: False", "installed: True", "own sink: 1"] if same else
+                                     ["install: False", "installed: False", "own sink: 0"]), (r.stdout, r.stderr)
+    rows = [(x["channel"], x["module"], x["self_egress"]) for x in _rows(tmp_path) if x["url_path"] == "/self-audited"]
+    assert rows == ([] if same else [("http", "own_audit", 0)])
     assert verify_ledger(str(tmp_path / "run.sqlite")).valid
 
 
 def test_the_bootstrap_imports_the_private_copy_only():
-    """The bootstrap names the copy run.py writes, and never the public name."""
-    assert f"from {PRIVATE_PACKAGE}.relay import install_from_env" in BOOTSTRAP
-    assert "import interceptor" not in BOOTSTRAP and "from interceptor" not in BOOTSTRAP
+    """The bootstrap imports the copy run.py writes, by the name it writes it under, and never
+    the public name (which it only maps to that copy when the program's is the same files)."""
+    imported = [(n.module if isinstance(n, ast.ImportFrom) else a.name)
+                for n in ast.walk(ast.parse(BOOTSTRAP)) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names]
+    assert f"{PRIVATE_PACKAGE}.relay" in imported
+    assert not [m for m in imported if m.split(".")[0] == "interceptor"]
+    assert set(re.findall(r"_netaudit_\w*interceptor", BOOTSTRAP)) == {PRIVATE_PACKAGE}
 
 
 def test_the_interceptor_imports_itself_only_relatively():
@@ -226,3 +245,59 @@ def test_the_interceptor_imports_itself_only_relatively():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             found += [f"{path.name}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "interceptor"]
     assert found == []
+
+
+MP_APP = '''\
+import multiprocessing, socket, sys, urllib.request
+import interceptor  # the program's own, beside it
+URL = "http://127.0.0.1:%(port)d"
+
+
+def child(conn):
+    sock = conn.recv()  # a counted socket, sent by multiprocessing's own reducer
+    sock.sendall(b"GET /mp-socket HTTP/1.0\\r\\n\\r\\n")
+    sock.recv(100)
+    sock.close()
+    interceptor.fetch(URL + "/mp-child")  # ends with os._exit: flushed by multiprocessing's finalizers
+
+
+if __name__ == "__main__":
+    method = sys.argv[1]
+    print(interceptor.MARKER, method, flush=True)
+    ctx = multiprocessing.get_context(method)
+    parent_end, child_end = ctx.Pipe()
+    p = ctx.Process(target=child, args=(child_end,))
+    p.start()
+    sock = socket.create_connection(("127.0.0.1", %(port)d))
+    parent_end.send(sock)
+    sock.close()
+    p.join(60)
+    print("child", p.pid, flush=True)
+    sys.exit(p.exitcode)
+'''
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_children_with_their_interceptor_are_audited(tmp_path, servers, method):
+    """fork and spawn children of a program with its own `interceptor`: they import theirs, and
+    their calls (one through a socket the parent passed with multiprocessing's reducer) are rows
+    of the child's pid, attributed to the program."""
+    if method == "fork" and not hasattr(os, "fork"):
+        pytest.skip("needs os.fork")
+    prog = tmp_path / "prog"
+    prog.mkdir()
+    (prog / "interceptor.py").write_text(THEIRS % {"kind": "beside"})
+    (prog / "mp_app.py").write_text(MP_APP % {"port": servers.http})
+    r = _netaudit(tmp_path, sys.executable, str(prog / "mp_app.py"), method)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == f"THEIR-INTERCEPTOR:beside {method}", r.stdout
+    child_pid = int(out[-1].split()[1])
+    rows = _rows(tmp_path)
+    mp_child = [x for x in rows if x["url_path"] == "/mp-child"]
+    assert [(x["pid"], x["module"], x["self_egress"]) for x in mp_child] == [(child_pid, "interceptor", 0)]
+    raw = [x for x in rows if x["channel"] == "socket" and x["dst_port"] == servers.http]
+    assert raw and all(not x["self_egress"] for x in raw)
+    assert not any(x["self_egress"] for x in rows)
+    assert not any(x["method"] in ("gap", "interceptor_not_installed") for x in rows)
+    assert verify_ledger(str(tmp_path / "run.sqlite")).valid
