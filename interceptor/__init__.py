@@ -39,8 +39,8 @@ def install(sink=None, attribution=None) -> bool:
     `sink` receives records (default: one that discards them); `attribution(frame)` names the
     caller (default: StackAttribution). A second call changes nothing, neither patches twice nor
     replaces the sink: use `use_sink` for that. Nor does a call while another copy of this package
-    is installed (a program that installs its own under `netaudit run`, whose copy has another
-    name): that copy records every call already, and this one stays uninstalled.
+    is installed (under `netaudit run`, the bootstrap's, when the program imports a changed copy
+    of ours): that copy records every call already, and this one stays uninstalled.
     """
     with _install_lock:
         if STATE.installed:

@@ -55,8 +55,8 @@ def _line_of(text: str, marker: str) -> int:
 
 
 def _netaudit(tmp_path, *argv, env=None):
-    """`netaudit run` with the default environment (no PYTHONPATH), from a folder that is not the
-    program's: the program, not netaudit, is the one with an `interceptor` of its own."""
+    """`netaudit run` (no PYTHONPATH unless `env` gives one), from a folder that is not the
+    program's: `python -m` would put the current folder first on netaudit's own path."""
     cmd = [sys.executable, "-m", "ledger.cli", "run", "--ledger", str(tmp_path / "run.sqlite"),
            "--key-dir", str(tmp_path / "keys"), "--", *argv]
     return subprocess.run(cmd, env=env or dict(os.environ, PYTHONPATH=""), capture_output=True, text=True,
@@ -105,7 +105,7 @@ def _program(tmp_path, port: int, kind: str, python: str) -> tuple[list[str], st
     # netaudit-pythonpath: `PYTHONPATH=lib netaudit run -- python app.py`, netaudit sees it too,
     # with a `verifier` of the program's own beside the `interceptor`
     (lib / "verifier").mkdir()
-    (lib / "verifier" / "__init__.py").write_text("raise ImportError('the program\'s own verifier')\n")
+    (lib / "verifier" / "__init__.py").write_text('raise ImportError("the program\'s own verifier")\n')
     return argv, app_text, str(lib)
 
 
@@ -238,13 +238,18 @@ def test_the_bootstrap_imports_the_private_copy_only():
 def test_the_interceptor_imports_itself_only_relatively():
     """An absolute `from interceptor... import` (lazy ones in functions too) would, in the private
     copy, reach the program's `interceptor` or none: each import of ours must be relative."""
-    found = []
-    for path in sorted(Path(interceptor.__file__).parent.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-            found += [f"{path.name}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "interceptor"]
+    found = [f"{path.name}:{line}: {name}" for path in sorted(Path(interceptor.__file__).parent.glob("*.py"))
+             for line, name in _absolute_imports(ast.parse(path.read_text(encoding="utf-8")))
+             if name.split(".")[0] == "interceptor"]
     assert found == []
+
+
+def _absolute_imports(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            yield node.lineno, node.module or ""
 
 
 MP_APP = '''\
@@ -258,7 +263,7 @@ def child(conn):
     sock.sendall(b"GET /mp-socket HTTP/1.0\\r\\n\\r\\n")
     sock.recv(100)
     sock.close()
-    interceptor.fetch(URL + "/mp-child")  # ends with os._exit: flushed by multiprocessing's finalizers
+    interceptor.fetch(URL + "/mp-child")  # a fork child ends with os._exit: multiprocessing's finalizers flush
 
 
 if __name__ == "__main__":
@@ -279,9 +284,10 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_multiprocessing_children_with_their_interceptor_are_audited(tmp_path, servers, method):
-    """fork and spawn children of a program with its own `interceptor`: they import theirs, and
-    their calls (one through a socket the parent passed with multiprocessing's reducer) are rows
-    of the child's pid, attributed to the program."""
+    """fork and spawn children of a program with its own `interceptor`: theirs is imported, the
+    parent's counted socket still goes to the child with multiprocessing's reducer (registered for
+    the counting class by the private copy), and the child's call is a row of its pid attributed
+    to the program."""
     if method == "fork" and not hasattr(os, "fork"):
         pytest.skip("needs os.fork")
     prog = tmp_path / "prog"
