@@ -216,6 +216,9 @@ class RelayReceiver:
             except MalformedDatagram as exc:
                 self._reject(f"relay_{exc.reason}")
                 continue
+            except Exception as exc:  # a fault of decode's own: it costs this datagram, not the rows before it
+                self._reject(f"relay_{type(exc).__name__}")
+                continue
             if msg.kind == "events":
                 rows.extend(map(fields_values, msg.events))
                 for reason in msg.rejected:

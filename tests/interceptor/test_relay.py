@@ -364,14 +364,17 @@ def test_a_fault_while_the_receiver_stops_still_comes_back_as_a_gap_row(tmp_path
 
 # ---- the receiver's fast path (bulk checks) against the field-by-field checks -----------------
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from interceptor.relay import MalformedDatagram, _event, _event_checked, _plain  # noqa: E402
 
-_ANY = st.one_of(st.integers(min_value=-(2 ** 64), max_value=2 ** 64), st.floats(allow_nan=True),
-                 st.text(max_size=20), st.booleans(), st.none(),
-                 st.lists(st.one_of(st.text(max_size=5), st.integers()), max_size=3))
+_ANY = st.one_of(st.integers(), st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 63, -(2 ** 63) - 1]),
+                 st.floats(allow_nan=True), st.text(max_size=20), st.booleans(), st.none(),
+                 st.lists(st.one_of(st.text(max_size=5), st.integers()), max_size=3),
+                 st.lists(st.just("n"), min_size=1023, max_size=1026),                 # about the names' bound
+                 st.lists(st.sampled_from(["ok", "bad\ud800", "x" * 8193]), max_size=3),  # surrogates, long names
+                 st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
 
 
 def _good_row(i: int) -> list:
@@ -395,20 +398,44 @@ def _outcome(fn, row):
 
 
 @settings(max_examples=300, deadline=None)
+@example(i=1, at=EVENT_FIELDS.index("duration_ms"), value=10 ** 400, surrogate=False, long_text=False,
+         through_json=True)  # float() of it overflows: a refusal, not an OverflowError
 @given(i=st.integers(0, 10 ** 6), at=st.integers(0, len(EVENT_FIELDS)), value=_ANY,
-       surrogate=st.booleans(), long_text=st.booleans())
+       surrogate=st.booleans(), long_text=st.booleans(), through_json=st.booleans())
 def test_the_fast_path_accepts_only_what_the_field_checks_accept_and_builds_the_same_event(
-        i, at, value, surrogate, long_text):
+        i, at, value, surrogate, long_text, through_json):
     row = _good_row(i)
     row[at] = value
     if surrogate:
         row[5] = "GET\ud800"  # method: a lone surrogate the ledger could not store
     if long_text:
         row[7] = "/" + "p" * 9000
+    if through_json:  # as the receiver gets it
+        row = json.loads(json.dumps(row))
     checked = _outcome(_event_checked, row)
     assert _outcome(_event, row) == checked
     if _plain(row):  # the bulk field checks never let through a field the others refuse
         assert isinstance(checked, NetEvent) or checked in ("bad_digest", "audit_row")  # checked after both
+
+
+def test_a_row_no_check_can_read_costs_only_its_datagram_not_the_rows_received_before_it(tmp_path):
+    """An int of 400 digits where a float belongs (JSON carries it; float() overflows): that
+    datagram is refused and counted, and the good datagrams queued before and after it are all
+    appended (the receiver used to drop the whole batch it was collecting, counting one)."""
+    led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
+    receiver = RelayReceiver(led, str(tmp_path / "relay.sock"))  # bound, not yet receiving: all queue up
+    head = b'{"v":1,"kind":"events","pid":7,"events":'
+    rows = [_good_row(i) for i in range(7)]
+    rows[5][EVENT_FIELDS.index("duration_ms")] = 10 ** 400
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for row in rows:
+            s.sendto(head + json.dumps([row]).encode() + b"}", receiver.path)
+    receiver.start()
+    receiver.stop()
+    recorded = [r["url_path"] for r in led.rows() if r["channel"] == "http"]
+    led.close()
+    assert recorded == [f"/v1/{i}" for i in (0, 1, 2, 3, 4, 6)]
+    assert receiver.rejected == {"relay_bad_float": 1}
 
 
 def test_rows_our_writer_sends_take_the_fast_path():
