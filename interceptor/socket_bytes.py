@@ -28,9 +28,11 @@ Decisions:
 - Non-blocking: a connect that returns "in progress" is tracked too (asyncio's sockets), with
   status "in_progress" until its outcome is known: the caller's own read of SO_ERROR (how asyncio
   and selector loops learn it) settles it, an error as the errno's name (ECONNREFUSED...), success
-  as status "" with the addresses; one still open at close is settled then (bytes moved, or a
-  peer: connected; else SO_ERROR's error, or ENOTCONN with status "in_progress": closed before it
-  connected). A send or recv that raises counts nothing; so does a sendall interrupted by a
+  as status "" with the addresses, and so does a second connect/connect_ex on the same socket (a
+  polling program: the same attempt, not a new event); one still open at close is settled then
+  (bytes moved, or a peer: connected; else SO_ERROR's error, or ENOTCONN with status
+  "in_progress": closed before it connected). A detached one, or one still open at exit, keeps
+  "in_progress" (its SO_ERROR is not ours to read: reading clears it). A send or recv that raises counts nothing; so does a sendall interrupted by a
   timeout (its partial count is unknown).
 - fork: a child forgets the parent's open connections (the parent emits them); a child's own are
   flushed at its exit, a multiprocessing child's from its exit finalizers.
@@ -96,14 +98,14 @@ def _ending(base):
 
     def _real_close(self, _close=base._real_close):
         try:
-            _end(self)
+            _end(self, closing=True)
         except Exception:
             pass
         _close(self)
 
     def __del__(self, _finalize=_finalize):
         try:
-            _end(self)
+            _end(self, closing=True)
         except Exception:
             pass
         _finalize(self)
@@ -379,8 +381,9 @@ def _register_reducers() -> None:
         GUARD.fault("capture", exc)
 
 
-def _end(sock) -> None:
-    """The socket closes (or is detached, or collected): emit its connection once. Never raises."""
+def _end(sock, closing: bool = False) -> None:
+    """The socket closes (`closing`), or is detached, or connected again: emit its connection
+    once. Never raises; a fault while settling still emits the event."""
     try:
         rec = _OPEN.pop(hash(sock), None)
         if rec is None:
@@ -388,13 +391,16 @@ def _end(sock) -> None:
         rec.netaudit_sockets -= 1
         if rec.netaudit_sockets > 0:
             return
-        if rec.status == IN_PROGRESS:
-            _settle_at_close(rec, sock)
-        elif not rec.src_port:  # a non-blocking connect: its addresses are known only now
-            peer(rec, sock)
     except Exception as exc:
         GUARD.fault("capture", exc)
         return
+    try:
+        if rec.status == IN_PROGRESS:
+            _settle_at_end(rec, sock, closing)
+        elif not rec.src_port:  # a non-blocking connect: its addresses are known only now
+            peer(rec, sock)
+    except Exception as exc:
+        GUARD.fault("capture", exc, rec.ts)
     emit(rec)
 
 
@@ -415,8 +421,10 @@ def _settle(sock, so_error) -> None:
         GUARD.fault("capture", exc)
 
 
-def _settle_at_close(rec, sock) -> None:
-    """A connect still "in progress" when its socket closes: what became of it."""
+def _settle_at_end(rec, sock, closing: bool) -> None:
+    """A connect still "in progress" when its socket ends: what became of it. Only a socket that
+    closes has its SO_ERROR read (reading clears it): a detached descriptor lives on, and its
+    program may still ask."""
     try:
         sock.getpeername()
         connected = True
@@ -426,12 +434,31 @@ def _settle_at_close(rec, sock) -> None:
         rec.status = ""
         peer(rec, sock)
         return
-    so_error = _getsockopt(sock, _SOL_SOCKET, _SO_ERROR)
+    if not closing:
+        return  # detached: the outcome is the new owner's to learn; the event says "in_progress"
+    try:
+        so_error = _getsockopt(sock, _SOL_SOCKET, _SO_ERROR)
+    except OSError:
+        so_error = 0  # the descriptor was closed behind the socket's back
     if so_error:
         rec.status = ""
         rec.error = errno.errorcode.get(so_error, str(so_error))
     else:
         rec.error = "ENOTCONN"  # closed before it connected: the status stays "in_progress"
+
+
+def pending_connect(sock):
+    """The record of a connect still in progress on this counted socket, or None."""
+    rec = _OPEN.get(hash(sock)) if type(sock) in _COUNTED else None
+    return rec if rec is not None and rec.status == IN_PROGRESS else None
+
+
+def connect_again(sock, err: int) -> None:
+    """connect/connect_ex called again on a socket whose connect is in progress (a polling
+    program): the same attempt, not a new one. `err` is what the call said (0, or its errno)."""
+    if err in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+        return  # still in progress
+    _settle(sock, 0 if err == errno.EISCONN else err)
 
 
 def flush_open() -> None:

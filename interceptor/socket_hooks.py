@@ -10,10 +10,14 @@
 - a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, whose
   datagrams then carry no size; name lookups through `getaddrinfo` and friends).
 Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
-connection that a protocol wrapper describes is not recorded a second time here.
+connection that a protocol wrapper describes is not recorded a second time here. Only IPv4 and
+IPv6 sockets are network egress: AF_UNIX, AF_NETLINK, AF_PACKET... are not recorded. A call that
+fails on its arguments before anything is sent (TypeError, ValueError, OverflowError) is no event;
+a datagram "to an address" on a connected stream goes to the peer, and is recorded so.
 """
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 import sys
@@ -59,6 +63,19 @@ def _inet(address) -> bool:
     return type(address) is tuple and len(address) >= 2 and isinstance(address[1], int)
 
 
+_FAMILY = _socket.socket.family.__get__  # the C getters: socket.family's enum conversion costs 0.5 us
+_TYPE = _socket.socket.type.__get__
+_IP = frozenset({socket.AF_INET, socket.AF_INET6})
+
+
+def _ip(sock) -> bool:
+    """An IPv4/IPv6 socket (AF_NETLINK, AF_PACKET, Bluetooth... addresses are tuples too)."""
+    try:
+        return _FAMILY(sock) in _IP
+    except Exception:
+        return True  # not a _socket.socket: let the address decide, as before
+
+
 def _finish_connect(rec, sock, connected: bool = True) -> None:
     """The connection is up (or in progress): count its bytes until it closes, or emit it now."""
     try:
@@ -88,10 +105,27 @@ def _try_begin_connect(sock, address, frame):
         return None
 
 
+def _connect_again(self, original: str, address):
+    """connect/connect_ex on a socket whose connect is in progress: that attempt's outcome."""
+    TLS.busy = True
+    try:
+        result = _orig[original](self, address)
+    except OSError as exc:
+        if exc.errno and not isinstance(exc, BlockingIOError):
+            socket_bytes.connect_again(self, exc.errno)
+        raise
+    finally:
+        TLS.busy = False
+    socket_bytes.connect_again(self, result or 0)
+    return result
+
+
 def socket_connect_wrapper(self, address):
     """Wraps socket.socket.connect: one event per connection attempt, with its outcome."""
-    if TLS.busy or not _inet(address):
+    if TLS.busy or not _inet(address) or not _ip(self):
         return _orig["connect"](self, address)
+    if socket_bytes.pending_connect(self) is not None:
+        return _connect_again(self, "connect", address)
     rec = _try_begin_connect(self, address, sys._getframe(1))
     TLS.busy = True
     try:
@@ -113,8 +147,10 @@ def socket_connect_wrapper(self, address):
 
 def socket_connect_ex_wrapper(self, address):
     """Wraps socket.socket.connect_ex: like connect, the error is the returned errno's name."""
-    if TLS.busy or not _inet(address):
+    if TLS.busy or not _inet(address) or not _ip(self):
         return _orig["connect_ex"](self, address)
+    if socket_bytes.pending_connect(self) is not None:
+        return _connect_again(self, "connect_ex", address)
     rec = _try_begin_connect(self, address, sys._getframe(1))
     TLS.busy = True
     try:
@@ -165,12 +201,20 @@ def socket_create_connection_wrapper(address, *args, **kwargs):
     return sock
 
 
+_ARGUMENT_ERRORS = (TypeError, ValueError, OverflowError)  # refused before anything is sent
+
+
 def _datagram(self, original: str, args, address):
     """One datagram to an explicit address: one event, with the bytes the kernel took."""
-    if TLS.busy or not _inet(address):
+    if TLS.busy or not _inet(address) or not _ip(self):
         return _orig[original](self, *args)
     rec = None
     try:
+        if _TYPE(self) == socket.SOCK_STREAM:  # a connected stream: the kernel ignores the address
+            try:
+                address = self.getpeername()
+            except OSError:
+                pass
         rec = _begin_socket(self, address, "sendto", sys._getframe(2))
     except Exception as exc:
         GUARD.fault("capture", exc)
@@ -178,7 +222,7 @@ def _datagram(self, original: str, args, address):
     try:
         n = _orig[original](self, *args)
     except BaseException as exc:
-        if rec is not None:
+        if rec is not None and not isinstance(exc, _ARGUMENT_ERRORS):
             fail(rec, exc)
         raise
     finally:
@@ -189,27 +233,31 @@ def _datagram(self, original: str, args, address):
     return n
 
 
-def socket_sendto_wrapper(self, *args):
+def socket_sendto_wrapper(self, *args, **kwargs):
     """Wraps socket.socket.sendto(data[, flags], address)."""
+    if kwargs:  # the C method takes none: its own TypeError
+        return _orig["sendto"](self, *args, **kwargs)
     return _datagram(self, "sendto", args, args[-1] if len(args) in (2, 3) else None)
 
 
-def socket_sendmsg_wrapper(self, *args):
+def socket_sendmsg_wrapper(self, *args, **kwargs):
     """Wraps socket.socket.sendmsg(buffers[, ancdata[, flags[, address]]]): with an address only."""
-    return _datagram(self, "sendmsg", args, args[3] if len(args) == 4 else None)
+    if len(args) != 4 or kwargs:
+        return _orig["sendmsg"](self, *args, **kwargs)
+    return _datagram(self, "sendmsg", args, args[3])
 
 
 # ---- the audit hook: whatever bypasses the wrappers above ----------------------------------------
 
 def _on_connect(args) -> None:
     sock, address = args
-    if _inet(address):
+    if _inet(address) and _ip(sock):
         emit(_begin_socket(sock, address, "connect", sys._getframe(2)))
 
 
 def _on_sendto(args) -> None:
     sock, address = args
-    if _inet(address):
+    if _inet(address) and _ip(sock):
         emit(_begin_socket(sock, address, "sendto", sys._getframe(2)))
 
 

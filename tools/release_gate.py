@@ -68,7 +68,10 @@ EGRESS_WRAPPERS: tuple[tuple[str, str], ...] = (
     ("interceptor/socket_hooks.py", "socket_connect_wrapper"),
     ("interceptor/socket_hooks.py", "socket_connect_ex_wrapper"),
     ("interceptor/socket_hooks.py", "socket_create_connection_wrapper"),
+    ("interceptor/socket_hooks.py", "_connect_again"),           # a connect in progress, asked again
     ("interceptor/socket_hooks.py", "_datagram"),                # sendto / sendmsg to an address
+    ("interceptor/socket_hooks.py", "socket_sendto_wrapper"),    # their arguments the C method refuses
+    ("interceptor/socket_hooks.py", "socket_sendmsg_wrapper"),   # sendmsg without an address: no event
     ("interceptor/socket_bytes.py", "CountingSocket.sendto"),    # a counted socket's own sendto
     ("interceptor/socket_bytes.py", "CountingSocket.sendmsg"),   # and sendmsg, run once
     ("interceptor/mail_wrappers.py", "_make_wrapper.protocol_call_wrapper"),
