@@ -326,17 +326,11 @@ class ProcessWriter:
         no process can send to it any more). Close our end of its pipe, so that once it has
         appended what it holds it exits, and keep what this process sent it, to be counted."""
         with _START_LOCK:  # a fork sees the helper held, or let go: never an open pipe nobody owns
-            pipe, owner = self._pipe, self._owner == os.getpid()
+            owner = self._owner == os.getpid()
             u = _Unreachable(self.helper_pid, self._proc if owner else None, self._pidfd,
                              self._folder if owner else None, self._base_seq, self._ledger_id, self._t0,
                              self._sent, self._sent_gaps, self._sent_t1, self._sent_t2)
-            self._proc = self._pipe = self._folder = None
-            self._pidfd, self._owner = -1, 0
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
+            self._release()
         self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = 0
         self._unreachable.append(u)
 
@@ -485,18 +479,24 @@ class ProcessWriter:
             self._relay = relay
         return relay
 
+    def _release(self) -> tuple:
+        """Forget the helper and close our end of its pipe (under _START_LOCK); returns its
+        (process, pidfd, folder), which the caller may still wait on, close or remove."""
+        proc, pipe, pidfd, folder = self._proc, self._pipe, self._pidfd, self._folder
+        self._proc = self._pipe = self._folder = None
+        self._pidfd, self._owner = -1, 0
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        return proc, pidfd, folder
+
     def _stop_helper(self, wait: float) -> None:
         """Close our end of the helper's pipe (it drains and exits once no process holds it);
         wait up to `wait` seconds for that. Never kills it: what it holds would be lost."""
         with _START_LOCK:  # a fork sees the pipe held, or closed: never open with no owner
-            proc, pipe, folder, pidfd = self._proc, self._pipe, self._folder, self._pidfd
-            self._proc = self._pipe = self._folder = None
-            self._pidfd, self._owner = -1, 0
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
+            proc, pidfd, folder = self._release()
         _close_fd(pidfd)
         if proc is not None:
             try:

@@ -6,6 +6,10 @@ conftest.py here would shadow tests/conftest.py, which other test packages impor
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import interceptor
@@ -66,3 +70,21 @@ def ledger_sink(tmp_path, servers):
     for sink, previous in reversed(made):
         interceptor.use_sink(previous)
         sink.close(2)
+
+
+def netaudit_run(tmp_path, *argv, env=None):
+    """`netaudit run` into tmp_path's ledger (no PYTHONPATH unless `env` gives one), from tmp_path,
+    a folder that is not the program's: `python -m` puts the current folder first on netaudit's
+    own path."""
+    cmd = [sys.executable, "-m", "ledger.cli", "run", "--ledger", str(tmp_path / "run.sqlite"),
+           "--key-dir", str(tmp_path / "keys"), "--", *argv]
+    return subprocess.run(cmd, env=env or dict(os.environ, PYTHONPATH=""), capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path))
+
+
+def run_rows(tmp_path) -> list[dict]:
+    """The rows of the ledger netaudit_run wrote."""
+    from ledger.ledger import Ledger
+
+    with Ledger.open(str(tmp_path / "run.sqlite"), key_dir=str(tmp_path / "keys"), readonly=True) as led:
+        return list(led.rows())

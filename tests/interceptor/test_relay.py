@@ -21,7 +21,7 @@ import interceptor
 from interceptor import Sink
 from interceptor.event import NetEvent
 from interceptor.relay import EVENT_FIELDS, MAX_DATAGRAM, RelayWriter
-from interceptor_fixtures import ledger_sink, servers  # noqa: F401  (fixtures)
+from interceptor_fixtures import ledger_sink, netaudit_run, run_rows, servers  # noqa: F401  (fixtures)
 from ledger.ledger import Ledger
 from ledger.relay import RelayReceiver
 from verifier.verify import verify_ledger
@@ -61,18 +61,6 @@ def _line_of(text: str, marker: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if marker in line)
 
 
-def _run(tmp_path, *argv, env=None):
-    cmd = [sys.executable, "-m", "ledger.cli", "run", "--ledger", str(tmp_path / "run.sqlite"),
-           "--key-dir", str(tmp_path / "keys"), "--", *argv]
-    return subprocess.run(cmd, env=env or dict(os.environ, PYTHONPATH=""), capture_output=True, text=True,
-                          timeout=120, cwd=str(tmp_path))
-
-
-def _rows(tmp_path) -> list[dict]:
-    with Ledger.open(str(tmp_path / "run.sqlite"), key_dir=str(tmp_path / "keys"), readonly=True) as led:
-        return list(led.rows())
-
-
 def test_stdlib_only_child_and_grandchild_are_audited(tmp_path, servers, bare_python, ledger_sink):
     grandchild = tmp_path / "grandchild.py"
     grandchild.write_text(GRANDCHILD % {"port": servers.http})
@@ -80,11 +68,11 @@ def test_stdlib_only_child_and_grandchild_are_audited(tmp_path, servers, bare_py
     app = tmp_path / "app.py"
     app.write_text(app_text)
 
-    r = _run(tmp_path, bare_python, str(app))
+    r = netaudit_run(tmp_path, bare_python, str(app))
     assert r.returncode == 5, r.stderr
     assert "netaudit:" not in r.stderr and "Error" not in r.stderr, r.stderr
 
-    rows = _rows(tmp_path)
+    rows = run_rows(tmp_path)
     http = {x["url_path"]: x for x in rows if x["channel"] == "http"}
     assert sorted(http) == ["/from-app", "/from-grandchild"]
     app_row, gc_row = http["/from-app"], http["/from-grandchild"]
@@ -112,9 +100,9 @@ def test_stdlib_only_child_and_grandchild_are_audited(tmp_path, servers, bare_py
 
 
 def test_exit_codes_and_signals_propagate(tmp_path, bare_python):
-    assert _run(tmp_path, bare_python, "-c", "import sys; sys.exit(0)").returncode == 0
-    assert _run(tmp_path, bare_python, "-c", "raise SystemExit(42)").returncode == 42
-    r = _run(tmp_path, bare_python, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    assert netaudit_run(tmp_path, bare_python, "-c", "import sys; sys.exit(0)").returncode == 0
+    assert netaudit_run(tmp_path, bare_python, "-c", "raise SystemExit(42)").returncode == 42
+    r = netaudit_run(tmp_path, bare_python, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
     assert r.returncode == 128 + 15, r.stderr
 
 
@@ -124,7 +112,7 @@ def test_chained_sitecustomize_still_runs(tmp_path, bare_python):
     (own / "sitecustomize.py").write_text("import builtins\nbuiltins.OWN_SITECUSTOMIZE = True\n")
     code = ("import builtins, _netaudit_interceptor as interceptor, sys; "
             "sys.exit(0 if builtins.OWN_SITECUSTOMIZE and interceptor.installed() else 3)")
-    r = _run(tmp_path, bare_python, "-c", code, env=dict(os.environ, PYTHONPATH=str(own)))
+    r = netaudit_run(tmp_path, bare_python, "-c", code, env=dict(os.environ, PYTHONPATH=str(own)))
     assert r.returncode == 0, r.stderr
 
 
@@ -270,9 +258,9 @@ raise SystemExit(os.waitstatus_to_exitcode(status))
 def test_forked_child_relays_with_its_own_pid(tmp_path, servers, bare_python):
     app = tmp_path / "forker.py"
     app.write_text(FORKING_APP % {"port": servers.http})
-    r = _run(tmp_path, bare_python, str(app))
+    r = netaudit_run(tmp_path, bare_python, str(app))
     assert r.returncode == 0, r.stderr
-    rows = _rows(tmp_path)
+    rows = run_rows(tmp_path)
     by_path = {x["url_path"]: x["pid"] for x in rows if x["channel"] == "http"}
     assert sorted(by_path) == ["/fork-child", "/fork-parent"]
     installed = {x["pid"] for x in rows if x["method"] == "interceptor_installed"}

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 import interceptor
-from interceptor_fixtures import servers  # noqa: F401  (fixture)
-from ledger.ledger import Ledger
+from interceptor_fixtures import netaudit_run, run_rows, servers  # noqa: F401  (servers: a fixture)
 from ledger.run import BOOTSTRAP, PRIVATE_PACKAGE
 from verifier.verify import verify_ledger
 
@@ -52,20 +51,6 @@ sys.exit(3)
 
 def _line_of(text: str, marker: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if marker in line)
-
-
-def _netaudit(tmp_path, *argv, env=None):
-    """`netaudit run` (no PYTHONPATH unless `env` gives one), from a folder that is not the
-    program's: `python -m` would put the current folder first on netaudit's own path."""
-    cmd = [sys.executable, "-m", "ledger.cli", "run", "--ledger", str(tmp_path / "run.sqlite"),
-           "--key-dir", str(tmp_path / "keys"), "--", *argv]
-    return subprocess.run(cmd, env=env or dict(os.environ, PYTHONPATH=""), capture_output=True, text=True,
-                          timeout=120, cwd=str(tmp_path))
-
-
-def _rows(tmp_path) -> list[dict]:
-    with Ledger.open(str(tmp_path / "run.sqlite"), key_dir=str(tmp_path / "keys"), readonly=True) as led:
-        return list(led.rows())
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +100,12 @@ def test_a_program_imports_its_own_interceptor_and_is_audited(tmp_path, servers,
         else sys.executable  # this venv: our own `interceptor` is installed in it, theirs must still win
     argv, app_text, pythonpath = _program(tmp_path, servers.http, kind, python)
 
-    r = _netaudit(tmp_path, *argv, env=dict(os.environ, PYTHONPATH=pythonpath))
+    r = netaudit_run(tmp_path, *argv, env=dict(os.environ, PYTHONPATH=pythonpath))
     assert r.returncode == 3, r.stderr
     assert r.stdout.splitlines() == [f"THEIR-INTERCEPTOR:{kind}"], (r.stdout, r.stderr)
     assert "netaudit:" not in r.stderr and "Error" not in r.stderr, r.stderr
 
-    rows = _rows(tmp_path)
+    rows = run_rows(tmp_path)
     http = {x["url_path"]: x for x in rows if x["channel"] == "http"}
     assert sorted(http) == ["/from-app", "/from-theirs"]
     app_row, their_row = http["/from-app"], http["/from-theirs"]
@@ -172,10 +157,10 @@ def test_our_private_copy_is_self_egress_and_their_interceptor_is_not(tmp_path, 
     (tmp_path / "prog" / "planted.py").write_text(PLANTED)
     app = tmp_path / "prog" / "self_app.py"
     app.write_text(SELF_APP % {"port": servers.http, "private": PRIVATE_PACKAGE})
-    r = _netaudit(tmp_path, sys.executable, str(app), str(tmp_path / "prog" / "planted.py"))
+    r = netaudit_run(tmp_path, sys.executable, str(app), str(tmp_path / "prog" / "planted.py"))
     assert r.returncode == 0, r.stderr
 
-    http = {x["url_path"]: x for x in _rows(tmp_path) if x["channel"] == "http"}
+    http = {x["url_path"]: x for x in run_rows(tmp_path) if x["channel"] == "http"}
     assert sorted(http) == ["/as-ours", "/as-theirs"]
     site = f"{_line_of(PLANTED, 'PLANTED-CALL')}:fetch"
     ours, theirs = http["/as-ours"], http["/as-theirs"]
@@ -215,11 +200,11 @@ def test_a_program_that_installs_our_interceptor_itself(tmp_path, servers, same)
         with open(prog / "interceptor" / "event.py", "a", encoding="utf-8") as f:
             f.write("# a changed copy\n")
     (prog / "own_audit.py").write_text(OWN_AUDIT_APP % {"port": servers.http})
-    r = _netaudit(tmp_path, sys.executable, str(prog / "own_audit.py"))
+    r = netaudit_run(tmp_path, sys.executable, str(prog / "own_audit.py"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == (["install: False", "installed: True", "own sink: 1"] if same else
                                      ["install: False", "installed: False", "own sink: 0"]), (r.stdout, r.stderr)
-    rows = [(x["channel"], x["module"], x["self_egress"]) for x in _rows(tmp_path) if x["url_path"] == "/self-audited"]
+    rows = [(x["channel"], x["module"], x["self_egress"]) for x in run_rows(tmp_path) if x["url_path"] == "/self-audited"]
     assert rows == ([] if same else [("http", "own_audit", 0)])
     assert verify_ledger(str(tmp_path / "run.sqlite")).valid
 
@@ -294,12 +279,12 @@ def test_multiprocessing_children_with_their_interceptor_are_audited(tmp_path, s
     prog.mkdir()
     (prog / "interceptor.py").write_text(THEIRS % {"kind": "beside"})
     (prog / "mp_app.py").write_text(MP_APP % {"port": servers.http})
-    r = _netaudit(tmp_path, sys.executable, str(prog / "mp_app.py"), method)
+    r = netaudit_run(tmp_path, sys.executable, str(prog / "mp_app.py"), method)
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
     assert out[0] == f"THEIR-INTERCEPTOR:beside {method}", r.stdout
     child_pid = int(out[-1].split()[1])
-    rows = _rows(tmp_path)
+    rows = run_rows(tmp_path)
     mp_child = [x for x in rows if x["url_path"] == "/mp-child"]
     assert [(x["pid"], x["module"], x["self_egress"]) for x in mp_child] == [(child_pid, "interceptor", 0)]
     raw = [x for x in rows if x["channel"] == "socket" and x["dst_port"] == servers.http]
