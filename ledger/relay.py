@@ -36,9 +36,13 @@ import threading
 import time
 import uuid
 
+from interceptor.event import AUDIT
 from interceptor.relay import MAX_DATAGRAM, MalformedDatagram, decode
 from ledger.errors import LedgerError
 from ledger.ledger import Ledger, audit_event, event_values, fields_values
+from verifier.format import COLUMNS
+
+_COLUMN_NAMES = [name for name, _ in COLUMNS]
 
 POLL_S = 0.2
 BATCH = 512
@@ -285,6 +289,24 @@ class RelayReceiver:
         gap[2] = now
         gap[3].add(reason)
 
+    def _reject_rows(self, reason: str, rows) -> None:
+        """Rows that could not be appended become misses. A sender's gap row stands for the
+        `dropped` events it counts, with their span and reasons, not for one row."""
+        plain = 0
+        for row in rows:
+            counted = _sender_gap(row)
+            if counted is None:
+                plain += 1
+                continue
+            dropped, t1, t2, reasons = counted
+            if dropped > 0:
+                self._reject(reason, dropped)
+                gap = self._gap
+                gap[1], gap[2] = min(gap[1], t1), max(gap[2], t2)
+                gap[3].update(reasons)
+        if plain:
+            self._reject(reason, plain)
+
     def _check_file(self) -> None:
         """Raise if the ledger's file is no longer the one we opened: a deleted or replaced file
         would swallow rows unseen. As ledger.sink.LedgerWriter does, the rows at hand are then
@@ -319,8 +341,7 @@ class RelayReceiver:
         try:
             self._check_file()
         except Exception as exc:  # these rows are misses: they come back in the gap row
-            if rows:
-                self._reject(f"relay_{type(exc).__name__}", len(rows))
+            self._reject_rows(f"relay_{type(exc).__name__}", rows)
             return
         gap = self._gap
         pending = gap[0]
@@ -338,7 +359,7 @@ class RelayReceiver:
                     self.ledger.append_values([row])
                 except Exception as exc:
                     if not (pending and i == 0):
-                        faults.append(f"relay_{type(exc).__name__}")
+                        faults.append((f"relay_{type(exc).__name__}", row))
                     continue
                 if pending and i == 0:
                     gap_written = True
@@ -351,9 +372,26 @@ class RelayReceiver:
             carried, self._carried = self._carried, []
             for claimed, _ in carried:  # in the chain now
                 _unlink(claimed)
-        for reason in faults:
-            self._reject(reason)
+        for reason, row in faults:
+            self._reject_rows(reason, [row])
         self.recorded += recorded
+
+
+_TS, _CHANNEL, _METHOD, _DETAIL = (_COLUMN_NAMES.index(c) for c in ("ts", "channel", "method", "url_path"))
+
+
+def _sender_gap(row):
+    """(dropped, t1, t2, reasons) of a sender's gap row (an admin fact "gap" in column values),
+    else None."""
+    if row[_CHANNEL] != AUDIT or row[_METHOD] != "gap":
+        return None
+    try:
+        detail = dict(part.split("=", 1) for part in row[_DETAIL].split(";") if "=" in part)
+        dropped = int(detail.get("dropped", "1"))
+        until = int(detail.get("until", row[_TS]))
+    except (ValueError, TypeError):
+        return (1, row[_TS], row[_TS], set())
+    return dropped, row[_TS], max(until, row[_TS]), {r for r in detail.get("reason", "").split(",") if r}
 
 
 def _alive(pid: int) -> bool:

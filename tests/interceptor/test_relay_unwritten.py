@@ -37,9 +37,9 @@ def _gone_for_good(tmp_path):
     sender.write_gap(1, 10, 20, "Injected")  # rows the receiver appends: the sender's hello, its gap
     assert _wait(lambda: receiver.recorded == 2)
     shutil.rmtree(folder)  # the ledger's folder is gone (an admin, a cleaner, a lost mount)
-    for _ in range(3):
-        sender.write_gap(1, 30, 40, "Injected")  # rows it cannot append: misses, counted
-    assert _wait(lambda: sum(receiver.rejected.values()) >= 3)
+    for dropped in (1, 2, 3):  # rows it cannot append: misses, each gap row for the events it counts
+        sender.write_gap(dropped, 30 + dropped, 40 + dropped, "Injected")
+    assert _wait(lambda: sum(receiver.rejected.values()) >= 6)
     receiver.stop()
     led.close()
     sender.close()
@@ -48,7 +48,7 @@ def _gone_for_good(tmp_path):
 
 def test_misses_the_receiver_could_not_write_are_kept_beside_the_keys_and_written_at_the_next_open(tmp_path):
     receiver, path, keys = _gone_for_good(tmp_path)
-    assert receiver.unwritten == 3
+    assert receiver.unwritten == 6  # 1 + 2 + 3 dropped events, not 3 rows
     kept = os.listdir(os.path.join(keys, UNWRITTEN))
     assert len(kept) == 1 and kept[0].endswith(".gap")  # before: nothing anywhere, the count was lost
     os.makedirs(os.path.dirname(path))  # the folder comes back; a new receiver opens the ledger there
@@ -59,7 +59,8 @@ def test_misses_the_receiver_could_not_write_are_kept_beside_the_keys_and_writte
     assert second.unwritten == 0
     gaps = [r["url_path"] for r in led.rows() if r["method"] == "gap"]
     led.close()
-    assert len(gaps) == 1 and gaps[0].startswith("dropped=3;"), gaps  # the new ledger's only gap row
+    assert len(gaps) == 1 and gaps[0].startswith("dropped=6;"), gaps  # the new ledger's only gap row
+    assert "Injected" in gaps[0]  # the sender's own reason travels with its count
     assert "relay_LedgerError" in gaps[0] and "carried_" in gaps[0]
     assert verify_ledger(path).valid
 
@@ -76,7 +77,7 @@ def test_a_kept_count_is_written_once_though_two_receivers_open_the_ledger(tmp_p
     gaps = [r["url_path"] for r in leds[0].rows() if r["method"] == "gap"]
     for led in leds:
         led.close()
-    assert len(gaps) == 1 and gaps[0].startswith("dropped=3;"), gaps
+    assert len(gaps) == 1 and gaps[0].startswith("dropped=6;"), gaps
     assert not os.listdir(os.path.join(keys, UNWRITTEN))
 
 
