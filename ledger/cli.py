@@ -7,6 +7,10 @@ import json
 import os
 import sys
 
+from ledger.siblings import pin
+
+pin()  # netaudit's own process: our interceptor and verifier, not a namesake on the program's PYTHONPATH
+
 
 def _ledger_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ledger", metavar="PATH",

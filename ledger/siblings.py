@@ -7,6 +7,8 @@ run, and `netaudit run` copy into its bootstrap, someone else's code. So before 
 imports them, each name that would resolve to another folder than the one beside this package is
 imported from beside it. Where it resolves there anyway (the usual case), or is already imported,
 nothing is done. A namesake of `ledger` itself is out of reach: it is found before any of this runs.
+Only netaudit's own command line (ledger/cli.py) calls pin(): in a program that imports the ledger
+(the Odoo addon does), the program's own `verifier` or `interceptor` must stay the program's.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ def pin() -> None:
     for name in OURS:
         if name in sys.modules:
             continue
+        if name == "interceptor" and "_netaudit_interceptor" in sys.modules:
+            continue  # inside `netaudit run`: its bootstrap's finder decides what `interceptor` is
         try:
             ours = importlib.machinery.PathFinder.find_spec(name, [HOME])
             if ours is None or ours.loader is None:

@@ -292,3 +292,14 @@ def test_multiprocessing_children_with_their_interceptor_are_audited(tmp_path, s
     assert not any(x["self_egress"] for x in rows)
     assert not any(x["method"] in ("gap", "interceptor_not_installed") for x in rows)
     assert verify_ledger(str(tmp_path / "run.sqlite")).valid
+
+
+def test_a_program_that_imports_our_ledger_keeps_its_own_verifier(tmp_path):
+    """The Odoo addon imports ledger.process_writer in the audited process; the program's own
+    `verifier` (beside its script) must stay the program's: only netaudit's own command line pins
+    ours (review 16, M1: importing the ledger pinned it, and the program got our verifier)."""
+    (tmp_path / "verifier.py").write_text("def check(x):\n    return 'THEIR-VERIFIER:%d' % x\n")
+    (tmp_path / "app.py").write_text("import ledger.process_writer\nimport verifier\nprint(verifier.check(1))\n")
+    r = subprocess.run([sys.executable, str(tmp_path / "app.py")], capture_output=True, text=True, timeout=60,
+                       cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=""))
+    assert (r.returncode, r.stdout.strip()) == (0, "THEIR-VERIFIER:1"), r.stderr
