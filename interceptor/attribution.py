@@ -55,6 +55,19 @@ def library_prefixes() -> tuple[str, ...]:
     return tuple(sorted(p.rstrip(os.sep) + os.sep for p in paths))
 
 
+def _beside_ours(parts: list[str], file) -> bool:
+    """True when module `parts` (ledger..., verifier..., mit_network_audit...) is ours, not a
+    program's namesake ("ledger" is a common name): its top-level folder sits beside our ledger
+    and verifier, as they are installed together. Once per module (the caller caches)."""
+    if not isinstance(file, str) or file.startswith("<"):
+        return True  # no file to tell by (frozen, or built in): the name decides, as before
+    root = os.path.realpath(file)
+    for _ in range(len(parts) + (os.path.basename(root) == "__init__.py")):
+        root = os.path.dirname(root)
+    return (os.path.isfile(os.path.join(root, "ledger", "ledger.py"))
+            and os.path.isfile(os.path.join(root, "verifier", "format.py")))
+
+
 # Odoo's own default for a manifest without 'author' (odoo/modules/module.py, _DEFAULT_MANIFEST):
 # the stock addons (mail, base, ...) rely on it, so their rows name "Odoo S.A." as Odoo does.
 ODOO_DEFAULT_AUTHOR = "Odoo S.A."
@@ -131,9 +144,9 @@ class StackAttribution:
             return (addon, self._author(addon, g.get("__file__")), name, False)
         if top == "odoo":
             return _SKIP  # the framework itself: keep walking to the addon that asked
-        if top in OUR_PACKAGES:
-            return (top, "", name, True)
         file = g.get("__file__")
+        if top in OUR_PACKAGES and (top in (PACKAGE, "mit_network_audit") or _beside_ours(parts, file)):
+            return (top, "", name, True)
         if not file:
             if name == "__main__":  # interactive or -c
                 return ("__main__", "", "__main__", False)

@@ -122,3 +122,35 @@ def test_manifest_without_author_gets_odoos_default(tmp_path):
     assert read_author(str(tmp_path / "__manifest__.py")) == "Odoo S.A."
     (tmp_path / "__manifest__.py").write_text("not a dict at all (")
     assert read_author(str(tmp_path / "__manifest__.py")) == ""
+
+
+OWN_LEDGER_APP = """
+import json, sys
+import interceptor
+from interceptor import MemoryWriter, Sink
+writer = MemoryWriter()
+sink = Sink(writer, linger_s=0)
+interceptor.install(sink=sink)
+import ledger.books  # the program's own `ledger` package (an accounting app), not ours
+ledger.books.sync(int(sys.argv[1]))
+sink.flush(5)
+print(json.dumps([(e.module, e.call_site, e.self_egress) for e in writer.events if e.channel == "http"]))
+"""
+
+
+def test_a_program_package_named_like_ours_is_not_self_egress(tmp_path, servers):
+    """"ledger" is a common name: a program's own `ledger` package is the program's, and its
+    calls are no alarm (review 16, M5: they were marked self-egress by name)."""
+    import json
+    import os
+    import subprocess
+
+    (tmp_path / "ledger").mkdir()
+    (tmp_path / "ledger" / "__init__.py").write_text("")
+    (tmp_path / "ledger" / "books.py").write_text(textwrap.dedent(CALLER).replace("def fetch", "def sync"))
+    (tmp_path / "app.py").write_text(OWN_LEDGER_APP)
+    r = subprocess.run([sys.executable, str(tmp_path / "app.py"), str(servers.http)], capture_output=True,
+                       text=True, timeout=60, cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=""))
+    assert r.returncode == 0, r.stderr
+    [(module, call_site, self_egress)] = json.loads(r.stdout)
+    assert (module, self_egress) == ("ledger", False) and call_site.startswith("ledger.books:")
