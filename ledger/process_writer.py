@@ -138,6 +138,8 @@ class _Unreachable:
     gaps: int
     t1: int
     t2: int
+    relay: object = None   # the relay it was sent through: a send still in flight is credited here
+    inflight: int = 0      # sends to it not yet returned: it is not settled before they have
 
     def exited(self) -> bool:
         if self.pidfd >= 0:
@@ -192,6 +194,7 @@ class ProcessWriter:
         self._sent = 0                # events this process relayed to that helper
         self._sent_gaps = 0           # and misses, in gap messages
         self._sent_t1 = self._sent_t2 = 0
+        self._inflight = 0            # sends to it not yet returned (see _credit)
         self._relay_missed_n = 0
         self._closed = False
 
@@ -201,22 +204,53 @@ class ProcessWriter:
         relay = self._relay_or_fallback()
         if relay is None:
             return self._fallback.write_records(records)
-        self._relay_missed_n = 0
-        self._sending(relay, relay.write_records, records)
-        sent = len(records) - self._relay_missed_n  # a tail the relay could not send is a miss already
-        if sent > 0:
-            self._sent += sent
-            self._sent_t1 = self._sent_t1 or records[0].ts
-            self._sent_t2 = max(self._sent_t2, records[-1].ts)
+        self._relay_missed_n, sent = 0, 0
+        self._in_flight(relay)
+        try:
+            self._sending(relay, relay.write_records, records)
+            sent = len(records) - self._relay_missed_n  # a tail the relay could not send is a miss already
+        finally:  # sent or not (a raise: the sink counts the batch), the send is no longer in flight
+            self._credit(relay, sent, 0, records[0].ts, records[-1].ts)
 
     def write_gap(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None:
         relay = self._relay_or_fallback()
         if relay is None:
             return self._fallback.write_gap(dropped, t1_ns, t2_ns, reason)
-        self._sending(relay, relay.write_gap, dropped, t1_ns, t2_ns, reason)
-        self._sent_gaps += dropped
-        self._sent_t1 = self._sent_t1 or t1_ns
-        self._sent_t2 = max(self._sent_t2, t2_ns)
+        sent = 0
+        self._in_flight(relay)
+        try:
+            self._sending(relay, relay.write_gap, dropped, t1_ns, t2_ns, reason)
+            sent = dropped
+        finally:
+            self._credit(relay, 0, sent, t1_ns, t2_ns)
+
+    def _in_flight(self, relay) -> None:
+        with self._settle_lock:
+            if self._relay is relay:
+                self._inflight += 1
+
+    def _credit(self, relay, events: int, gaps: int, t1: int, t2: int) -> None:
+        """A send to `relay` returned: count what it relayed for the helper it went to. Another
+        thread (a flush finding the helper gone) may have let that helper go meanwhile: then the
+        count goes to its _Unreachable, which is not settled while a send is in flight."""
+        with self._settle_lock:
+            if self._relay is relay:
+                self._inflight = max(0, self._inflight - 1)
+                if events or gaps:
+                    self._sent += events
+                    self._sent_gaps += gaps
+                    self._sent_t1 = self._sent_t1 or t1
+                    self._sent_t2 = max(self._sent_t2, t2)
+                return
+            for u in self._unreachable:
+                if u.relay is relay:
+                    u.inflight = max(0, u.inflight - 1)
+                    if events or gaps:
+                        u.sent += events
+                        u.gaps += gaps
+                        u.t1 = u.t1 or t1
+                        u.t2 = max(u.t2, t2)
+                    return
 
     def sync(self, timeout: float = 5.0) -> bool:
         """True once the helper has appended everything this process sent it (Sink.flush calls
@@ -250,7 +284,7 @@ class ProcessWriter:
     def after_fork(self) -> None:
         """In a forked child: keep the helper (and the inherited pipe, which keeps it alive for
         this child too), with a socket and a hello of the child's own."""
-        self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = 0  # the child counts its own
+        self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = self._inflight = 0  # the child counts its own
         self._t0 = time.time_ns()  # before the child's hello: an earlier process with its pid said its own before
         self._settle_lock = threading.Lock()  # a parent's thread may have held it at the fork
         unreachable, self._unreachable = self._unreachable, []  # the parent's to count
@@ -317,11 +351,11 @@ class ProcessWriter:
             first = self._relay is relay  # not already let go by another thread
             if first:
                 self._relay = None
-                self._let_go()
+                self._let_go(relay)
         relay.close()
         self._settle(0.0)
 
-    def _let_go(self) -> None:
+    def _let_go(self, relay) -> None:
         """The helper is out of reach (dead, or its socket's path removed, e.g. by a /tmp cleaner:
         no process can send to it any more). Close our end of its pipe, so that once it has
         appended what it holds it exits, and keep what this process sent it, to be counted."""
@@ -329,9 +363,10 @@ class ProcessWriter:
             owner = self._owner == os.getpid()
             u = _Unreachable(self.helper_pid, self._proc if owner else None, self._pidfd,
                              self._folder if owner else None, self._base_seq, self._ledger_id, self._t0,
-                             self._sent, self._sent_gaps, self._sent_t1, self._sent_t2)
+                             self._sent, self._sent_gaps, self._sent_t1, self._sent_t2,
+                             relay, self._inflight)
             self._release()
-        self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = 0
+        self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = self._inflight = 0
         self._unreachable.append(u)
 
     def _settle(self, wait: float, final: bool = False) -> int:
@@ -353,6 +388,7 @@ class ProcessWriter:
                 else:
                     events, gaps = held
                     settled = exited or (events >= u.sent and gaps >= u.gaps)
+                settled = settled and u.inflight == 0  # a send still in flight adds to u.sent
                 if not settled and not (final and time.monotonic() >= deadline):
                     continue
                 with self._settle_lock:
@@ -471,7 +507,7 @@ class ProcessWriter:
             _STARTING.pop(id(proc), None)
             proc.stdout.close()
             self._base_seq, self._ledger_id = int(seq), ledger_id
-            self._sent, self._sent_gaps, self._sent_t1, self._sent_t2 = 0, 0, 0, 0
+            self._sent, self._sent_gaps, self._sent_t1, self._sent_t2, self._inflight = 0, 0, 0, 0, 0
             self._t0 = time.time_ns()  # before our hello to it (sent with our first write)
             self._proc, self._pipe, self._pidfd, self._folder = proc, proc.stdin, pidfd, folder
             self._owner = os.getpid()

@@ -454,3 +454,35 @@ def test_after_the_helper_reopened_a_replaced_ledger_only_what_it_took_with_it_i
     assert len(mine) == 1 and "dropped=2;" in mine[0] and "WriterProcessGone" in mine[0], mine
     assert len(theirs) == 1 and "dropped=1;" in theirs[0], theirs  # /found-replaced, counted once
     assert verify_ledger(writer.path).valid
+
+
+def test_a_batch_in_flight_when_another_thread_finds_the_helper_gone_is_counted_with_it(tmp_path):
+    """The writer thread's send returns (the batch is in the dead helper's queue, never appended)
+    while a flushing thread has just found the helper gone and let it go (review 16, M4: the batch
+    was counted for no helper, and lost silently). Mock, said so: the relay is a stand-in whose
+    send lets the other thread in at the exact moment; the helper is a real process that exited."""
+    import threading
+    import types
+
+    pw = ProcessWriter(str(tmp_path / "nowhere" / "l.sqlite"), str(tmp_path / "keys"))
+    misses = []
+    pw.on_miss = lambda ts, reason, n=1, until=0: misses.append((reason, n))
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)  # the helper's process: gone
+
+    class InFlight:
+        def write_records(self, records):  # the datagram left; the flusher finds the helper gone first
+            t = threading.Thread(target=pw._gone, args=(self,))
+            t.start()
+            t.join()
+
+        def close(self):
+            pass
+
+    pw._relay, pw.helper_pid, pw._sent = InFlight(), dead, 5  # 5 events sent earlier, never appended
+    pw.write_records([types.SimpleNamespace(ts=i + 1) for i in range(3)])  # 3 more, to the same helper
+    pw._settle(1.0)
+    assert sum(n for _, n in misses) == 8 and {r for r, _ in misses} == {"WriterProcessGone"}, misses
+    assert pw._sent == 0 and not pw._unreachable
