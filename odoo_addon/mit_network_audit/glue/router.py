@@ -118,6 +118,11 @@ def install() -> "DatabaseRouter":
             return current
         # Someone installed it first (e.g. `netaudit run`): route Odoo's calls from now on.
         interceptor.use_sink(router)
+        if not interceptor.installed():
+            # Another copy of the interceptor records this process (netaudit run's, of another
+            # version than Odoo's): this one captures nothing, and its sink would stay empty.
+            raise RuntimeError("another copy of the interceptor records this process's calls (netaudit "
+                               "run's, of another version?): they go to its ledger, not to the databases'")
     _start_configured(router)
     from . import ingress
 

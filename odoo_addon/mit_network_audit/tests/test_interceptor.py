@@ -82,6 +82,33 @@ class TestInterceptorInOdoo(TransactionCase):
         self.assertTrue(interceptor.installed())
         self.assertIsInstance(interceptor.current_sink(), DatabaseRouter)
 
+    def test_a_copy_of_the_interceptor_that_captures_nothing_is_not_reported_installed(self):
+        """Under `netaudit run` with another interceptor version than Odoo's, the bootstrap's copy
+        records the process and Odoo's copy stays uninstalled: post_load must say so, not report
+        a router that will never receive a call (review 16, M3). Mock, said so: the other copy
+        cannot be installed inside this test process, so install()/installed() answer as its
+        presence makes them answer."""
+        from ..glue import router
+
+        saved = dict(hooks._STATE)
+        previous = interceptor.current_sink()
+        try:
+            hooks._STATE.update(installed=False, router=None, error=None)
+            with patch.object(interceptor, "install", return_value=False), \
+                    patch.object(interceptor, "installed", return_value=False), \
+                    patch.object(interceptor, "current_sink", return_value=None), \
+                    patch.object(router, "_start_configured") as started, \
+                    mute_logger("odoo.addons.mit_network_audit.glue.hooks"):
+                hooks.post_load()
+            status = hooks.status()
+            self.assertFalse(status["installed"], status)
+            self.assertIn("another copy of the interceptor", status["error"])
+            started.assert_not_called()
+        finally:
+            hooks._STATE.clear()
+            hooks._STATE.update(saved)
+            interceptor.use_sink(previous)
+
     def test_stock_module_call_is_attributed_to_it(self):
         url = f"http://127.0.0.1:{self.port}/publisher-warranty/"
         with patch.dict(config.options, {"publisher_warranty_url": url}), \
