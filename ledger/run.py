@@ -120,10 +120,16 @@ class _NetauditSamePackage:
             return False
         theirs = list(spec.submodule_search_locations)[0]
         ours = sys.modules["_netaudit_interceptor"].__path__[0]
-        names = sorted(n for n in os.listdir(ours) if n.endswith(".py"))
-        if names != sorted(n for n in os.listdir(theirs) if n.endswith(".py")):
+
+        def entries(folder):  # every file and folder but compiled ones: the copy has .py files only
+            return sorted(n for n in os.listdir(folder) if n != "__pycache__" and not n.endswith((".pyc", ".pyo")))
+
+        names = entries(ours)
+        if names != entries(theirs):  # a subpackage or data file of theirs would be missing from ours
             return False
         for n in names:
+            if not os.path.isfile(os.path.join(theirs, n)):
+                return False
             with open(os.path.join(theirs, n), "rb") as a, open(os.path.join(ours, n), "rb") as b:
                 if a.read() != b.read():
                     return False

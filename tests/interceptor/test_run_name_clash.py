@@ -209,6 +209,19 @@ def test_a_program_that_installs_our_interceptor_itself(tmp_path, servers, same)
     assert verify_ledger(str(tmp_path / "run.sqlite")).valid
 
 
+def test_our_files_plus_a_subpackage_of_theirs_is_their_package(tmp_path, servers):
+    """Our .py files, and a subpackage ours does not have: not our package (review 16, L1: it was
+    taken for ours, and `import interceptor.contrib` failed under netaudit run)."""
+    prog = tmp_path / "prog"
+    shutil.copytree(Path(interceptor.__file__).parent, prog / "interceptor",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (prog / "interceptor" / "contrib").mkdir()
+    (prog / "interceptor" / "contrib" / "__init__.py").write_text("MARK = 'THEIR-CONTRIB'\n")
+    (prog / "app.py").write_text("import interceptor.contrib\nprint(interceptor.contrib.MARK)\n")
+    r = netaudit_run(tmp_path, sys.executable, str(prog / "app.py"))
+    assert (r.returncode, r.stdout.strip()) == (0, "THEIR-CONTRIB"), r.stderr
+
+
 def test_the_bootstrap_imports_the_private_copy_only():
     """The bootstrap imports the copy run.py writes, by the name it writes it under, and never
     the public name (which it only maps to that copy when the program's is the same files)."""
