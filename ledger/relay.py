@@ -74,6 +74,8 @@ class RelayReceiver:
         self._gap = [0, 0, 0, set()]  # dropped, t1, t2, reasons: not yet in the chain
         self._syncs: list[tuple[int, int]] = []  # (pid, token) to answer after the next append
         self.unwritten = 0            # misses still out of the chain when stop() returned (kept: see above)
+        self.unwritten_kept = ""      # the folder that keeps their count, or "" when it could not be kept
+        self.unwritten_error = ""     # why it could not
         # Per sender pid since its hello: [hello ts, version, events, gap misses] received (each
         # appended, or counted in our gap row), for the hello repeated in a reopened ledger file
         # (_check_file); this batch's counts join them once the batch is handled.
@@ -123,7 +125,9 @@ class RelayReceiver:
                 pass
         rest = gap[0] - sum(n for _, n in carried)
         self.unwritten = gap[0]
+        self.unwritten_kept = ""
         if rest <= 0:
+            self.unwritten_kept = folder
             return
         record = {"ledger": os.path.abspath(self.ledger.path), "dropped": rest, "t1": gap[1], "t2": gap[2],
                   "reason": ",".join(sorted(r for r in gap[3] if not r.startswith("carried_")))}
@@ -135,8 +139,13 @@ class RelayReceiver:
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(name + ".tmp", name + ".gap")  # whole, or not there
-        except OSError:
-            pass  # nowhere to keep it: `unwritten` still says how many (netaudit run prints it)
+            self.unwritten_kept = folder
+        except OSError as exc:  # nowhere to keep it: `unwritten` still says how many (netaudit run prints it)
+            self.unwritten_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+            try:
+                os.unlink(name + ".tmp")
+            except (OSError, NameError):
+                pass
 
     def _adopt_unwritten(self) -> None:
         """Take the kept counts for this ledger's path: they go into the next gap row."""

@@ -208,11 +208,13 @@ def _say_unwritten(receiver) -> None:
     the keys for the next writer of that ledger). The exit code stays the program's."""
     import sys
 
-    from ledger.relay import UNWRITTEN
-
-    print(f"netaudit: {receiver.unwritten} record(s) (events, facts) could not be written to {receiver.ledger.path} "
-          f"(its folder is gone); the count is kept in {os.path.join(receiver.ledger.key_dir, UNWRITTEN)} "
-          "and becomes a gap row when a writer opens that ledger again", file=sys.stderr)
+    head = f"netaudit: {receiver.unwritten} record(s) (events, facts) could not be written to {receiver.ledger.path}"
+    if receiver.unwritten_kept:
+        print(f"{head}; the count is kept in {receiver.unwritten_kept} and becomes a gap row when a writer "
+              "opens that ledger again", file=sys.stderr)
+    else:
+        print(f"{head}, and their count could not be kept either ({receiver.unwritten_error or 'unknown'}): "
+              "this line is the only record of them", file=sys.stderr)
 
 
 def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = None) -> int:

@@ -116,3 +116,28 @@ def test_netaudit_run_says_so_and_keeps_its_exit_code_and_the_next_run_writes_th
     assert len(gaps) == 1 and gaps[0].startswith("dropped=2;") and "carried_" in gaps[0], gaps
     assert not os.listdir(os.path.join(keys, UNWRITTEN))
     assert verify_ledger(ledger).valid
+
+
+def test_a_count_that_cannot_be_kept_is_said_so_not_claimed_kept(tmp_path, capsys):
+    """Review 16, L2: the stderr line said "kept" even when keeping failed (a full disk, say; here a
+    file stands where the folder must go)."""
+    from ledger.run import _say_unwritten
+
+    folder, keys = tmp_path / "ledgers", tmp_path / "keys"
+    folder.mkdir()
+    led = Ledger.open(str(folder / "l.sqlite"), key_dir=str(keys), create=True)
+    receiver = RelayReceiver(led, str(tmp_path / "r.sock")).start()
+    sender = RelayWriter(receiver.path)
+    sender.write_gap(1, 10, 20, "Injected")
+    assert _wait(lambda: receiver.recorded == 2)
+    shutil.rmtree(folder)
+    (keys / UNWRITTEN).write_text("not a folder")
+    sender.write_gap(4, 30, 40, "Injected")
+    assert _wait(lambda: sum(receiver.rejected.values()) >= 4)
+    receiver.stop()
+    led.close()
+    sender.close()
+    assert (receiver.unwritten, receiver.unwritten_kept) == (4, "") and receiver.unwritten_error
+    _say_unwritten(receiver)
+    err = capsys.readouterr().err
+    assert "netaudit: 4 record(s)" in err and "could not be kept either" in err and "kept in" not in err, err
