@@ -204,30 +204,32 @@ class ProcessWriter:
         relay = self._relay_or_fallback()
         if relay is None:
             return self._fallback.write_records(records)
-        self._relay_missed_n, sent = 0, 0
-        self._in_flight(relay)
-        try:
-            self._sending(relay, relay.write_records, records)
-            sent = len(records) - self._relay_missed_n  # a tail the relay could not send is a miss already
-        finally:  # sent or not (a raise: the sink counts the batch), the send is no longer in flight
-            self._credit(relay, sent, 0, records[0].ts, records[-1].ts)
+        self._relay_missed_n = 0
+        self._send_counted(relay, relay.write_records, (records,),  # a tail not sent is a miss already:
+                           lambda: (len(records) - self._relay_missed_n, 0, records[0].ts, records[-1].ts))
 
     def write_gap(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> None:
         relay = self._relay_or_fallback()
         if relay is None:
             return self._fallback.write_gap(dropped, t1_ns, t2_ns, reason)
-        sent = 0
-        self._in_flight(relay)
-        try:
-            self._sending(relay, relay.write_gap, dropped, t1_ns, t2_ns, reason)
-            sent = dropped
-        finally:
-            self._credit(relay, 0, sent, t1_ns, t2_ns)
+        self._send_counted(relay, relay.write_gap, (dropped, t1_ns, t2_ns, reason),
+                           lambda: (0, dropped, t1_ns, t2_ns))
 
-    def _in_flight(self, relay) -> None:
+    def _send_counted(self, relay, send, args, counts) -> None:
+        """Send through `relay`, in flight meanwhile; then credit counts() (events, gaps, t1, t2)
+        to the helper it went to. A send that raises relayed nothing (the sink counts the batch);
+        it ends its flight before a helper found gone is let go, so that one settles at once."""
         with self._settle_lock:
             if self._relay is relay:
                 self._inflight += 1
+        try:
+            send(*args)
+        except BaseException as exc:
+            self._credit(relay, 0, 0, 0, 0)
+            if isinstance(exc, OSError) and exc.errno in _GONE:  # the helper is gone: the next write starts another
+                self._gone(relay)
+            raise
+        self._credit(relay, *counts())
 
     def _credit(self, relay, events: int, gaps: int, t1: int, t2: int) -> None:
         """A send to `relay` returned: count what it relayed for the helper it went to. Another
@@ -337,14 +339,6 @@ class ProcessWriter:
             self.on_miss(ts, reason, n=n, until=until)
         else:
             raise OSError(f"{reason}: {n} record(s) not relayed")
-
-    def _sending(self, relay, send, *args) -> None:
-        try:
-            send(*args)
-        except OSError as exc:
-            if exc.errno in _GONE:  # the helper is gone: the next write starts another
-                self._gone(relay)
-            raise
 
     def _gone(self, relay) -> None:
         with self._settle_lock:

@@ -169,7 +169,7 @@ def test_a_helper_that_dies_is_replaced_and_every_lost_event_comes_back_as_a_gap
         rows = list(led.rows())
     assert [r["url_path"] for r in rows if r["channel"] == "http"] == ["/before", "/after"]
     gaps = [r for r in rows if r["method"] == "gap"]
-    assert len(gaps) == 1 and "dropped=5;" in gaps[0]["url_path"]  # 1 + 2 + 2: the injected 2 once
+    assert len(gaps) == 1 and "dropped=5;" in gaps[0]["url_path"], [g["url_path"] for g in gaps]  # 1 + 2 + 2: the injected 2 once
     assert "WriterProcessGone" in gaps[0]["url_path"]
     assert verify_ledger(writer.path).valid
 
