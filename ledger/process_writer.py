@@ -123,6 +123,24 @@ def _close_fd(fd: int) -> None:
             pass
 
 
+@dataclasses.dataclass
+class _Sent:
+    """What this process relayed to one helper: counted against the ledger if the helper is lost."""
+    events: int = 0
+    gaps: int = 0          # misses, in gap messages
+    t1: int = 0
+    t2: int = 0
+    inflight: int = 0      # sends not yet returned: the helper is not settled before they have
+
+    def returned(self, events: int, gaps: int, t1: int, t2: int) -> None:
+        self.inflight = max(0, self.inflight - 1)
+        if events or gaps:
+            self.events += events
+            self.gaps += gaps
+            self.t1 = self.t1 or t1
+            self.t2 = max(self.t2, t2)
+
+
 @dataclasses.dataclass(eq=False)
 class _Unreachable:
     """A helper this process can no longer send to (dead, or its socket's path removed), and what
@@ -134,12 +152,8 @@ class _Unreachable:
     base_seq: int
     ledger_id: str
     t0: int
-    sent: int
-    gaps: int
-    t1: int
-    t2: int
-    relay: object = None   # the relay it was sent through: a send still in flight is credited here
-    inflight: int = 0      # sends to it not yet returned: it is not settled before they have
+    sent: _Sent
+    relay: object          # the relay it was sent through: a send still in flight is credited here
 
     def exited(self) -> bool:
         if self.pidfd >= 0:
@@ -191,10 +205,7 @@ class ProcessWriter:
         self._owner = 0               # pid of the process that started the helper
         self._fallback = None         # ledger.sink.LedgerWriter after a fallback
         self._base_seq = 0            # the ledger's last seq when the helper started
-        self._sent = 0                # events this process relayed to that helper
-        self._sent_gaps = 0           # and misses, in gap messages
-        self._sent_t1 = self._sent_t2 = 0
-        self._inflight = 0            # sends to it not yet returned (see _credit)
+        self._sent = _Sent()          # what this process relayed to that helper
         self._relay_missed_n = 0
         self._closed = False
 
@@ -221,7 +232,7 @@ class ProcessWriter:
         it ends its flight before a helper found gone is let go, so that one settles at once."""
         with self._settle_lock:
             if self._relay is relay:
-                self._inflight += 1
+                self._sent.inflight += 1
         try:
             send(*args)
         except BaseException as exc:
@@ -237,21 +248,11 @@ class ProcessWriter:
         count goes to its _Unreachable, which is not settled while a send is in flight."""
         with self._settle_lock:
             if self._relay is relay:
-                self._inflight = max(0, self._inflight - 1)
-                if events or gaps:
-                    self._sent += events
-                    self._sent_gaps += gaps
-                    self._sent_t1 = self._sent_t1 or t1
-                    self._sent_t2 = max(self._sent_t2, t2)
+                self._sent.returned(events, gaps, t1, t2)
                 return
             for u in self._unreachable:
                 if u.relay is relay:
-                    u.inflight = max(0, u.inflight - 1)
-                    if events or gaps:
-                        u.sent += events
-                        u.gaps += gaps
-                        u.t1 = u.t1 or t1
-                        u.t2 = max(u.t2, t2)
+                    u.sent.returned(events, gaps, t1, t2)
                     return
 
     def sync(self, timeout: float = 5.0) -> bool:
@@ -286,7 +287,7 @@ class ProcessWriter:
     def after_fork(self) -> None:
         """In a forked child: keep the helper (and the inherited pipe, which keeps it alive for
         this child too), with a socket and a hello of the child's own."""
-        self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = self._inflight = 0  # the child counts its own
+        self._sent = _Sent()  # the child counts its own
         self._t0 = time.time_ns()  # before the child's hello: an earlier process with its pid said its own before
         self._settle_lock = threading.Lock()  # a parent's thread may have held it at the fork
         unreachable, self._unreachable = self._unreachable, []  # the parent's to count
@@ -357,10 +358,9 @@ class ProcessWriter:
             owner = self._owner == os.getpid()
             u = _Unreachable(self.helper_pid, self._proc if owner else None, self._pidfd,
                              self._folder if owner else None, self._base_seq, self._ledger_id, self._t0,
-                             self._sent, self._sent_gaps, self._sent_t1, self._sent_t2,
-                             relay, self._inflight)
+                             self._sent, relay)
             self._release()
-        self._sent = self._sent_gaps = self._sent_t1 = self._sent_t2 = self._inflight = 0
+        self._sent = _Sent()
         self._unreachable.append(u)
 
     def _settle(self, wait: float, final: bool = False) -> int:
@@ -381,8 +381,8 @@ class ProcessWriter:
                     settled = exited
                 else:
                     events, gaps = held
-                    settled = exited or (events >= u.sent and gaps >= u.gaps)
-                settled = settled and u.inflight == 0  # a send still in flight adds to u.sent
+                    settled = exited or (events >= u.sent.events and gaps >= u.sent.gaps)
+                settled = settled and u.sent.inflight == 0  # a send still in flight adds to u.sent
                 if not settled and not (final and time.monotonic() >= deadline):
                     continue
                 with self._settle_lock:
@@ -390,11 +390,11 @@ class ProcessWriter:
                         continue  # counted by another thread meanwhile
                     self._unreachable.remove(u)
                     u.release()
-                    lost = max(0, u.sent - events) + max(0, u.gaps - gaps)
+                    lost = max(0, u.sent.events - events) + max(0, u.sent.gaps - gaps)
                     lost_total += lost
                     if lost > 0 and self.on_miss is not None:
-                        self.on_miss(u.t1 or time.time_ns(), "WriterProcessGone", n=lost,
-                                     until=u.t2 or time.time_ns())
+                        self.on_miss(u.sent.t1 or time.time_ns(), "WriterProcessGone", n=lost,
+                                     until=u.sent.t2 or time.time_ns())
             if not self._unreachable or time.monotonic() >= deadline:
                 break
             time.sleep(0.02)
@@ -417,7 +417,7 @@ class ProcessWriter:
         had relayed until then (carried_events, carried_gaps: in the old file, or in `u`'s gap
         row): those count as held, since this ledger can no longer hold them and they are not
         missed either; rows after that hello are counted as above."""
-        if not (u.sent or u.gaps):
+        if not (u.sent.events or u.sent.gaps):
             return 0, 0
         try:
             import apsw
@@ -501,7 +501,7 @@ class ProcessWriter:
             _STARTING.pop(id(proc), None)
             proc.stdout.close()
             self._base_seq, self._ledger_id = int(seq), ledger_id
-            self._sent, self._sent_gaps, self._sent_t1, self._sent_t2, self._inflight = 0, 0, 0, 0, 0
+            self._sent = _Sent()
             self._t0 = time.time_ns()  # before our hello to it (sent with our first write)
             self._proc, self._pipe, self._pidfd, self._folder = proc, proc.stdin, pidfd, folder
             self._owner = os.getpid()

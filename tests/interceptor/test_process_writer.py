@@ -481,8 +481,9 @@ def test_a_batch_in_flight_when_another_thread_finds_the_helper_gone_is_counted_
         def close(self):
             pass
 
-    pw._relay, pw.helper_pid, pw._sent = InFlight(), dead, 5  # 5 events sent earlier, never appended
+    pw._relay, pw.helper_pid = InFlight(), dead
+    pw._sent.events = 5  # 5 events sent earlier, never appended
     pw.write_records([types.SimpleNamespace(ts=i + 1) for i in range(3)])  # 3 more, to the same helper
     pw._settle(1.0)
     assert sum(n for _, n in misses) == 8 and {r for r, _ in misses} == {"WriterProcessGone"}, misses
-    assert pw._sent == 0 and not pw._unreachable
+    assert pw._sent.events == 0 and not pw._unreachable
