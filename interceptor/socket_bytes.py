@@ -32,8 +32,9 @@ Decisions:
   polling program: the same attempt, not a new event); one still open at close is settled then
   (bytes moved, or a peer: connected; else SO_ERROR's error, or ENOTCONN with status
   "in_progress": closed before it connected). A detached one, or one still open at exit, keeps
-  "in_progress" (its SO_ERROR is not ours to read: reading clears it). A send or recv that raises counts nothing; so does a sendall interrupted by a
-  timeout (its partial count is unknown).
+  "in_progress" (its SO_ERROR is not ours to read: reading clears it). A send or recv that
+  raises counts nothing; so does a sendall interrupted by a timeout (its partial count is
+  unknown).
 - fork: a child forgets the parent's open connections (the parent emits them); a child's own are
   flushed at its exit, a multiprocessing child's from its exit finalizers.
 - Fail-open: a fault while counting is swallowed and counted by GUARD; results and exceptions
@@ -404,6 +405,17 @@ def _end(sock, closing: bool = False) -> None:
     emit(rec)
 
 
+def errno_name(err: int) -> str:
+    """A connect's error as the event keeps it: the errno's name (ECONNREFUSED), or its number."""
+    return errno.errorcode.get(err, str(err))
+
+
+def _refused(rec, err: int) -> None:
+    """A connect in progress failed: no longer in progress, and the errno's name as the error."""
+    rec.status = ""
+    rec.error = errno_name(err)
+
+
 def _settle(sock, so_error) -> None:
     """The program read SO_ERROR of a counted socket: a connect in progress has its outcome."""
     try:
@@ -411,8 +423,7 @@ def _settle(sock, so_error) -> None:
         if rec is None or rec.status != IN_PROGRESS:
             return
         if so_error:
-            rec.status = ""
-            rec.error = errno.errorcode.get(so_error, str(so_error))
+            _refused(rec, so_error)
         else:
             peer(rec, sock)
             if rec.src_port:  # connected (0 before the handshake ends: still in progress)
@@ -441,8 +452,7 @@ def _settle_at_end(rec, sock, closing: bool) -> None:
     except OSError:
         so_error = 0  # the descriptor was closed behind the socket's back
     if so_error:
-        rec.status = ""
-        rec.error = errno.errorcode.get(so_error, str(so_error))
+        _refused(rec, so_error)
     else:
         rec.error = "ENOTCONN"  # closed before it connected: the status stays "in_progress"
 

@@ -68,12 +68,15 @@ _TYPE = _socket.socket.type.__get__
 _IP = frozenset({socket.AF_INET, socket.AF_INET6})
 
 
-def _ip(sock) -> bool:
-    """An IPv4/IPv6 socket (AF_NETLINK, AF_PACKET, Bluetooth... addresses are tuples too)."""
+def _egress(sock, address) -> bool:
+    """A (host, port, ...) address on an IPv4/IPv6 socket: network egress (AF_NETLINK, AF_PACKET,
+    Bluetooth... addresses are tuples too)."""
+    if not _inet(address):
+        return False
     try:
         return _FAMILY(sock) in _IP
     except Exception:
-        return True  # not a _socket.socket: let the address decide, as before
+        return True  # not a _socket.socket: the address decides, as before
 
 
 def _finish_connect(rec, sock, connected: bool = True) -> None:
@@ -122,7 +125,7 @@ def _connect_again(self, original: str, address):
 
 def socket_connect_wrapper(self, address):
     """Wraps socket.socket.connect: one event per connection attempt, with its outcome."""
-    if TLS.busy or not _inet(address) or not _ip(self):
+    if TLS.busy or not _egress(self, address):
         return _orig["connect"](self, address)
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect", address)
@@ -147,7 +150,7 @@ def socket_connect_wrapper(self, address):
 
 def socket_connect_ex_wrapper(self, address):
     """Wraps socket.socket.connect_ex: like connect, the error is the returned errno's name."""
-    if TLS.busy or not _inet(address) or not _ip(self):
+    if TLS.busy or not _egress(self, address):
         return _orig["connect_ex"](self, address)
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect_ex", address)
@@ -167,7 +170,7 @@ def socket_connect_ex_wrapper(self, address):
             if result in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
                 rec.status = socket_bytes.IN_PROGRESS
             elif result:
-                rec.error = errno.errorcode.get(result, str(result))
+                rec.error = socket_bytes.errno_name(result)
         except Exception as exc:
             GUARD.fault("capture", exc, rec.ts)
         if rec.error:
@@ -206,7 +209,7 @@ _ARGUMENT_ERRORS = (TypeError, ValueError, OverflowError)  # refused before anyt
 
 def _datagram(self, original: str, args, address):
     """One datagram to an explicit address: one event, with the bytes the kernel took."""
-    if TLS.busy or not _inet(address) or not _ip(self):
+    if TLS.busy or not _egress(self, address):
         return _orig[original](self, *args)
     rec = None
     try:
@@ -251,13 +254,13 @@ def socket_sendmsg_wrapper(self, *args, **kwargs):
 
 def _on_connect(args) -> None:
     sock, address = args
-    if _inet(address) and _ip(sock):
+    if _egress(sock, address):
         emit(_begin_socket(sock, address, "connect", sys._getframe(2)))
 
 
 def _on_sendto(args) -> None:
     sock, address = args
-    if _inet(address) and _ip(sock):
+    if _egress(sock, address):
         emit(_begin_socket(sock, address, "sendto", sys._getframe(2)))
 
 

@@ -125,6 +125,11 @@ def audit_event(fact: str, ts: int, **detail) -> NetEvent:
                     method=fact, url_path=text, pid=os.getpid())
 
 
+def audit_detail(text: str) -> dict[str, str]:
+    """An admin fact's detail as audit_event wrote it: "k=v;k=v" -> {k: v}."""
+    return dict(part.partition("=")[::2] for part in text.split(";") if "=" in part)
+
+
 @dataclass
 class VacuumResult:
     deleted: int

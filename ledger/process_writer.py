@@ -546,11 +546,10 @@ class ProcessWriter:
 
 def _detail_int(detail: str, name: str) -> int:
     """The `name=N` of an audit row's detail (a gap row's dropped=N, a hello's carried_events=N), or 0."""
-    for part in detail.split(";"):
-        key, _, value = part.partition("=")
-        if key == name and value.isdigit():
-            return int(value)
-    return 0
+    from ledger.ledger import audit_detail
+
+    value = audit_detail(detail).get(name, "")
+    return int(value) if value.isdigit() else 0
 
 
 def _read_line(stream, timeout: float) -> str:

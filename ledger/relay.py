@@ -39,7 +39,7 @@ import uuid
 from interceptor.event import AUDIT
 from interceptor.relay import MAX_DATAGRAM, MalformedDatagram, decode
 from ledger.errors import LedgerError
-from ledger.ledger import Ledger, audit_event, event_values, fields_values
+from ledger.ledger import Ledger, audit_detail, audit_event, event_values, fields_values
 from verifier.format import COLUMNS
 
 _COLUMN_NAMES = [name for name, _ in COLUMNS]
@@ -395,7 +395,7 @@ def _sender_gap(row):
     if row[_CHANNEL] != AUDIT or row[_METHOD] != "gap":
         return None
     try:
-        detail = dict(part.split("=", 1) for part in row[_DETAIL].split(";") if "=" in part)
+        detail = audit_detail(row[_DETAIL])
         dropped = int(detail.get("dropped", "1"))
         until = int(detail.get("until", row[_TS]))
     except (ValueError, TypeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from interceptor.event import AUDIT
+from ledger.ledger import audit_detail
 
 
 @dataclass
@@ -41,10 +42,9 @@ def summarize(ledger) -> Summary:
     facts = dict(con.execute("SELECT method, count(*) FROM egress_log WHERE channel = ? GROUP BY method", (AUDIT,)))
     dropped = 0
     for (detail,) in con.execute("SELECT url_path FROM egress_log WHERE channel = ? AND method = 'gap'", (AUDIT,)):
-        for part in detail.split(";"):
-            k, _, v = part.partition("=")
-            if k == "dropped" and v.isdigit():
-                dropped += int(v)
+        value = audit_detail(detail).get("dropped", "")
+        if value.isdigit():
+            dropped += int(value)
     rows = ledger.count()
     return Summary(rows, modules, sum(m.self_egress for m in modules.values()), dropped, facts)
 
