@@ -328,7 +328,7 @@ def _record(i: int):
     r.status, r.resp_bytes, r.dst_ip, r.src_ip, r.src_port = 201, 2048, "127.0.0.1", "127.0.0.1", 40000
     r.hash_payload(b'{"order": %d}' % i)
     r.module, r.call_site = "sale", "odoo.addons.sale.models.sale_order:812:_push"
-    r.duration_ms = 12.5
+    r.duration_ns = 12_500_000
     return r
 
 

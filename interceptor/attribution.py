@@ -11,8 +11,9 @@ are skipped. The first remaining frame names the caller:
 
 Frames are classified by their module's `__name__` (from `f_globals`, which costs no audit event,
 unlike `f_code`), and each module is classified once. The attributed frame's call_site is cached
-by code object and instruction offset (the code object is held by the cache, so its id is not
-reused while cached), so a repeated call pays one `f_code` read and a dict lookup.
+by instruction offset, then code object (compared by identity; the cache holds it), so a repeated
+call pays one `f_code` read and a dict lookup. Not by `id(code)`: builtins.id raises an audit
+event, which runs every audit hook of the process, ours included.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ UNATTRIBUTED = ("", "", "", False)
 
 _SKIP = None
 _MISSING = object()
-_LASTI_BITS = 32     # call-site cache key: id(code) << 32 | f_lasti
 _SITES_MAX = 4096    # call sites cached; the cache starts over when full
 
 
@@ -94,7 +94,8 @@ class StackAttribution:
         self._libs = library_prefixes() if library_dirs is None else library_dirs
         self._modules: dict[str | None, tuple | None] = {}
         self._authors: dict[str, str] = {}
-        self._sites: dict[int, tuple] = {}
+        self._sites: dict[int, tuple] = {}   # f_lasti -> (code, label, site, code, label, site, ...)
+        self._n_sites = 0
 
     def __call__(self, frame) -> tuple[str, str, str, bool]:
         modules = self._modules
@@ -109,25 +110,29 @@ class StackAttribution:
                     info = (utf8_safe(info[0]), utf8_safe(info[1]), utf8_safe(info[2]), info[3])
                 modules[name] = info
             if info is not _SKIP:
-                # call_site, cached per code object and instruction offset: the same call is made
+                # call_site, cached per instruction offset and code object: the same call is made
                 # again and again, and this spares the line-table scan and the formatting
                 code = f.f_code
-                key = (id(code) << _LASTI_BITS) | f.f_lasti  # f_lasti < 2**_LASTI_BITS: one int
-                entry = self._sites.get(key)
-                if entry is not None and entry[0] is code and entry[1] is info[2]:
-                    return info[0], info[1], entry[2], info[3]
-                return info[0], info[1], self._call_site(f, code, key, info[2]), info[3]
+                lasti = f.f_lasti
+                entry = self._sites.get(lasti)
+                if entry is not None:  # the code objects whose call sites at this offset are known
+                    label = info[2]
+                    for i in range(0, len(entry), 3):
+                        if entry[i] is code and entry[i + 1] is label:
+                            return info[0], info[1], entry[i + 2], info[3]
+                return info[0], info[1], self._call_site(f, code, lasti, info[2]), info[3]
             f = f.f_back
         return UNATTRIBUTED
 
-    def _call_site(self, f, code, key: int, label: str) -> str:
+    def _call_site(self, f, code, lasti: int, label: str) -> str:
         """"label:line:function" of frame f, computed once per code object and instruction offset."""
         site = f"{label}:{f.f_lineno}:{utf8_safe(code.co_name)}"
-        if f.f_lasti >> _LASTI_BITS == 0:
-            sites = self._sites
-            if len(sites) >= _SITES_MAX:
-                sites.clear()
-            sites[key] = (code, label, site)  # holds the code object: its id cannot be reused meanwhile
+        sites = self._sites
+        if self._n_sites >= _SITES_MAX:
+            sites.clear()
+            self._n_sites = 0
+        sites[lasti] = sites.get(lasti, ()) + (code, label, site)  # holds the code object: compared by identity
+        self._n_sites += 1
         return site
 
     # ---- classifying a module, once -------------------------------------------------------------

@@ -70,7 +70,7 @@ class Record:
     so starting a record costs a handful of stores on the audited thread.
     """
 
-    duration_ms = 0.0
+    duration_ns = 0      # wall time of the call; the NetEvent's duration_ms is this / 1e6
     direction = EGRESS
     url_path = ""
     query_keys = ()
@@ -118,7 +118,7 @@ class Record:
             fp = hmac.digest(salt, self.hasher.digest(), "sha256").hex()[:FINGERPRINT_HEX]
         src_ip, dst_ip = self.src_ip, self.dst_ip
         return (
-            self.ts, float(self.duration_ms), self.direction, self.channel, self.protocol,
+            self.ts, self.duration_ns / 1e6, self.direction, self.channel, self.protocol,
             _cleaned("m", self.method), _cleaned("h", self.host or ""), clean_path(self.url_path or ""),
             _cleaned("q", tuple(self.query_keys)) if self.query_keys else (),
             src_ip if isinstance(src_ip, str) else "", int(self.src_port or 0),
@@ -166,7 +166,7 @@ def emit(rec: Record, sink=None) -> None:
         if rec.done:
             return
         rec.done = True
-        rec.duration_ms = max(0, time.time_ns() - rec.ts) / 1e6
+        rec.duration_ns = max(0, time.time_ns() - rec.ts)
         (sink or STATE.sink).submit(rec)
     except Exception as exc:
         GUARD.fault("record", exc, rec.ts)

@@ -30,7 +30,7 @@ and requests too, whether they read through `HTTPResponse.read` or parse the chu
 from `fp`), or at the latest when the counter is garbage-collected, when the connection sends its
 next request, or at interpreter exit (`_flush_held`, registered after the sink's own exit flush, so
 it runs first; in a multiprocessing child, from its exit finalizers, before the sink's).
-`duration_ms` is still the time to the response head, as for every other request.
+Its duration is still the time to the response head, as for every other request.
 """
 from __future__ import annotations
 
@@ -310,7 +310,7 @@ def http_getresponse_wrapper(self):
         if length is not None:
             rec.resp_bytes = length
         elif not response.isclosed():  # chunked or close-delimited: count the body as it is read
-            rec.duration_ms = max(0, _time_ns() - rec.ts) / 1e6
+            rec.duration_ns = max(0, _time_ns() - rec.ts)
             self._netaudit_body = response.fp = _BodyCounter(response.fp, rec, response.chunked)
             held = True
         if not rec.dst_ip:

@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 
 import interceptor
-from interceptor.relay import ENV_RELAY
+from interceptor.relay import ENV_RELAY, WIRE_VERSION
 from ledger.errors import LedgerError
 from ledger.sink import ENV_KEY_DIR, ENV_LEDGER
 
@@ -52,6 +52,7 @@ BOOTSTRAP = '''\
 import os
 import sys
 
+_NETAUDIT_WIRE_VERSION = @WIRE_VERSION@  # interceptor.relay's, for the one message sent without it
 
 def _netaudit_install():
     if not os.environ.get("NETAUDIT_RELAY"):
@@ -73,7 +74,8 @@ def _netaudit_unaudited(exc):
     import socket
     import time
     try:
-        msg = json.dumps({"v": 1, "kind": "unaudited", "pid": os.getpid(), "ts": int(time.time() * 1e9),
+        msg = json.dumps({"v": _NETAUDIT_WIRE_VERSION, "kind": "unaudited", "pid": os.getpid(),
+                          "ts": int(time.time() * 1e9),
                           "python": "%d.%d.%d" % tuple(sys.version_info[:3]),
                           "reason": type(exc).__name__})
         relay = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -172,7 +174,7 @@ def _netaudit_chain():
 
 _netaudit_install()
 _netaudit_chain()
-'''
+'''.replace("@WIRE_VERSION@", str(WIRE_VERSION))
 
 
 def _prepare(ledger_path: str | None, key_dir: str | None):

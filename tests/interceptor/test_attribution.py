@@ -72,6 +72,21 @@ def test_manifest_read_once_and_never_executed(addon_tree, tmp_path, servers):
     assert caller  # imported fine
 
 
+def test_calls_at_the_same_offset_of_different_functions_keep_their_own_call_sites(addon_tree):
+    """The call-site cache is keyed by instruction offset, then code object: two functions whose
+    calls sit at the same offset (same bytecode) must each keep their own line and name."""
+    d = addon_tree("twin_mod", "{'author': 'Twins'}\n")
+    (d / "models" / "twins.py").write_text(
+        "import sys\n\n\ndef first():\n    return sys._getframe(0)\n\n\ndef second():\n    return sys._getframe(0)\n")
+    importlib.invalidate_caches()
+    from odoo.addons.twin_mod.models import twins
+
+    assert twins.first().f_lasti == twins.second().f_lasti  # the premise: one offset, two code objects
+    attribution = StackAttribution()
+    sites = [attribution(f())[2] for f in (twins.first, twins.second) * 3]
+    assert sites == ["odoo.addons.twin_mod.models.twins:5:first", "odoo.addons.twin_mod.models.twins:9:second"] * 3
+
+
 def test_our_own_packages_are_self_egress(addon_tree, captured, servers):
     addon_tree("mit_network_audit", "{'author': 'MIT Network Audit'}")
     importlib.invalidate_caches()

@@ -6,6 +6,7 @@ back) and the receiver's side (malformed datagrams) are exercised with real sock
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import pytest
 import interceptor
 from interceptor import Sink
 from interceptor.event import NetEvent
-from interceptor.relay import EVENT_FIELDS, MAX_DATAGRAM, RelayWriter
+from interceptor.relay import EVENT_FIELDS, MAX_DATAGRAM, SHAPE_FIELDS, VARYING_FIELDS, WIRE_VERSION, RelayWriter
 from interceptor_fixtures import ledger_sink, netaudit_run, run_rows, servers  # noqa: F401  (fixtures)
 from ledger.ledger import Ledger
 from ledger.relay import RelayReceiver
@@ -55,6 +56,18 @@ def bare_python(tmp_path_factory):
                            env=dict(os.environ, PYTHONPATH=""))
     assert probe.returncode != 0, "the throwaway venv can import apsw: the test would prove nothing"
     return str(python)
+
+
+def _wire(events, digests=None) -> dict:
+    """An events message's "shapes" and "events" for NetEvents, each with a shape of its own (as
+    a sender other than our RelayWriter might frame them); `digests`: each row's payload digest."""
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
+
+    shapes = [[plain(getattr(e, f)) for f in SHAPE_FIELDS] for e in events]
+    rows = [[i, *(round(e.duration_ms * 1e6) if f == "duration_ms" else getattr(e, f) for f in VARYING_FIELDS),
+             (digests or {}).get(i, "")] for i, e in enumerate(events)]  # the duration in nanoseconds
+    return {"shapes": shapes, "events": rows}
 
 
 def _line_of(text: str, marker: str) -> int:
@@ -168,32 +181,30 @@ def test_malformed_datagrams_are_dropped_counted_and_the_rest_recorded(tmp_path,
             interceptor.use_sink(previous)
             sink.close(2)
         # then junk, straight to the socket
-        base = {"v": 1, "kind": "events", "pid": 7}
+        base = {"v": WIRE_VERSION, "kind": "events", "pid": 7}
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MAX_DATAGRAM)
             for bad in [
                 b"\xff\xfenot json",
                 b"[1, 2, 3]",
                 json.dumps({"v": 99, "kind": "events", "pid": 7, "events": []}).encode(),
-                json.dumps({**base, "events": [["too", "short"]]}).encode(),
+                json.dumps({**base, "shapes": [], "events": [["too", "short"]]}).encode(),
                 json.dumps({**base, "kind": "gap", "dropped": "many", "t1": 0, "t2": 0, "reason": ""}).encode(),
-                b'{"v":1,"kind":"hello","pid":7,"ts":1,"version":"\\ud800"}',   # a lone surrogate
+                b'{"v":%d,"kind":"hello","pid":7,"ts":1,"version":"\\ud800"}' % WIRE_VERSION,  # a lone surrogate
                 json.dumps({**base, "pid": 2 ** 70, "events": []}).encode(),
-                b'{"v":1,"kind":"events","pid":7,"events":[' + b" " * MAX_DATAGRAM + b"]}",  # oversized
+                b'{"v":%d,"kind":"events","pid":7,"events":[' % WIRE_VERSION + b" " * MAX_DATAGRAM + b"]}",  # oversized
             ]:
                 s.sendto(bad, path)
         # a forged admin fact in an events message is refused as well
         fact = NetEvent(ts=1, duration_ms=0.0, direction="egress", channel="audit", protocol="",
                         method="head_signed")
-        forged = [list(v) if isinstance(v, tuple) else v for v in (getattr(fact, f) for f in EVENT_FIELDS)]
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(json.dumps({**base, "events": [forged + [""]]}).encode(), path)
+            s.sendto(json.dumps({**base, **_wire([fact])}).encode(), path)
             # one bad row costs only itself, not the good row beside it
             good = NetEvent(ts=time.time_ns(), duration_ms=1.0, direction="egress", channel="http",
                             protocol="http", method="GET", host="127.0.0.1", url_path="/mixed-good", pid=7)
-            good_row = [list(v) if isinstance(v, tuple) else v for v in (getattr(good, f) for f in EVENT_FIELDS)]
-            bad_row = [*good_row[:-2], 2 ** 70, False]  # pid beyond SQLite's integers
-            s.sendto(json.dumps({**base, "events": [bad_row + [""], good_row + [""]]}).encode(), path)
+            bad = dataclasses.replace(good, pid=2 ** 70, url_path="/mixed-bad")  # pid beyond SQLite's integers
+            s.sendto(json.dumps({**base, **_wire([bad, good])}).encode(), path)
         # and a valid message after all of it is still recorded
         writer = RelayWriter(path)
         writer.write_gap(3, 10, 20, "QueueFull")
@@ -320,15 +331,83 @@ def test_an_oversized_row_in_a_batch_that_cannot_be_sent_is_counted_once(tmp_pat
         sink.close(0.5)
 
 
-def test_a_row_is_the_events_fields_without_the_fingerprint_then_the_digest():
-    from interceptor.capture import Record
-    from interceptor.relay import encode_record
+def _frame(records, shapes=None) -> bytes:
+    """One events datagram, framed as RelayWriter.write_records frames it."""
+    from interceptor.relay import Shapes
 
-    rec = Record("http", "https", "POST", "user:pw@api.example", 443)
-    rec.url_path, rec.query_keys, rec.header_names = "/a b", ["k"], ["X-Key"]
-    rec.hash_payload(PAYLOAD)
-    event = rec.to_event(None)
-    assert list(encode_record(rec)) == [getattr(event, f) for f in EVENT_FIELDS] + [hashlib.sha256(PAYLOAD).hexdigest()]
+    return b'{"v":%d,"kind":"events","pid":7,' % WIRE_VERSION + (shapes or Shapes()).frame(records)
+
+
+def _odd_records() -> list:
+    """Records as the wrappers leave them, odd values included: an int status, a None port, a path
+    with a space, a lone surrogate in a header name, no payload, names as lists."""
+    from interceptor.capture import Record
+
+    a = Record("http", "https", "POST", "user:pw@api.example", 443)
+    a.url_path, a.query_keys, a.header_names, a.status = "/a b", ["k", "k2"], ["X-Key"], 201
+    a.hash_payload(PAYLOAD)
+    b = Record("socket", "tcp", "connect", "db.example", None)
+    b.error, b.src_port, b.header_names, b.duration_ns = "ConnectionRefusedError", None, ["Bad\udcff"], 3
+    c = Record("smtp", "smtps", "MAIL", "mail.example", 465)
+    c.status, c.resp_bytes, c.module, c.author, c.self_egress = "250", None, "sale", "Odoo S.A.", 1
+    return [a, b, c, a]
+
+
+def test_a_framed_record_reads_back_as_the_event_the_in_process_writer_would_write():
+    """The sender's split (shape, varying fields, digest) and the receiver's merge give back exactly
+    Record.to_event(salt): the relayed ledger row is the one an in-process writer would write."""
+    from interceptor.relay import Shapes, decode
+
+    salt, shapes = b"relay-test-salt", Shapes()
+    records = _odd_records()
+    for _ in range(2):  # the second time from the writer's memory of the shapes
+        msg = decode(_frame(records, shapes), salt)
+        assert list(msg.events) == [r.to_event(salt) for r in records] and not msg.rejected
+        assert len(json.loads(_frame(records, shapes))["shapes"]) == 3  # one per distinct shape, per datagram
+
+
+def test_the_varying_fields_are_cleaned_as_record_fields_cleans_them():
+    from interceptor.relay import varying
+
+    for rec in _odd_records():
+        event = rec.to_event(None)
+        values = list(varying(rec))
+        values[VARYING_FIELDS.index("duration_ms")] /= 1e6  # sent in nanoseconds
+        assert tuple(values) == tuple(getattr(event, f) for f in VARYING_FIELDS)
+
+
+def test_a_shape_that_cannot_be_hashed_is_still_sent():
+    from interceptor.capture import Record
+    from interceptor.relay import decode
+
+    rec = Record("http", "http", "GET", "h.example", 80)
+    rec.src_ip = ["not", "hashable"]  # Record.fields keeps only a str here
+    (event,) = decode(_frame([rec]), b"salt").events
+    assert event == rec.to_event(b"salt") and event.src_ip == ""
+
+
+def test_each_datagram_carries_the_shapes_its_rows_use(tmp_path):
+    """Many records of two shapes, split over several datagrams: each datagram reads alone."""
+    from interceptor.capture import Record
+    from interceptor.relay import CHUNK, decode
+
+    sent = []
+
+    class Keep(RelayWriter):
+        def _send(self, data):
+            sent.append(data)
+
+    records = []
+    for i in range(3 * CHUNK):
+        r = Record("http", "https", "GET", f"h{i % 2}.example", 443)
+        r.ts, r.url_path = 1_764_806_400_000_000_000 + i, f"/item/{i}"
+        records.append(r)
+    Keep(str(tmp_path / "unused.sock")).write_records(records)
+    events = []
+    for data in sent[1:]:  # after the hello
+        assert len(json.loads(data)["shapes"]) == 2
+        events += decode(data, b"salt").events
+    assert events == [r.to_event(b"salt") for r in records]
 
 
 def test_a_fault_while_the_receiver_stops_still_comes_back_as_a_gap_row(tmp_path):
@@ -355,7 +434,7 @@ def test_a_fault_while_the_receiver_stops_still_comes_back_as_a_gap_row(tmp_path
 from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from interceptor.relay import MalformedDatagram, _event, _event_checked, _plain  # noqa: E402
+from interceptor.relay import MalformedDatagram, _event, _event_checked, _plain, _shapes  # noqa: E402
 
 _ANY = st.one_of(st.integers(), st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 63, -(2 ** 63) - 1]),
                  st.floats(allow_nan=True), st.text(max_size=20), st.booleans(), st.none(),
@@ -363,47 +442,63 @@ _ANY = st.one_of(st.integers(), st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 6
                  st.lists(st.just("n"), min_size=1023, max_size=1026),                 # about the names' bound
                  st.lists(st.sampled_from(["ok", "bad\ud800", "x" * 8193]), max_size=3),  # surrogates, long names
                  st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+_ROW_LEN = len(VARYING_FIELDS) + 2
 
 
-def _good_row(i: int) -> list:
-    """A ROW as our RelayWriter sends it (through JSON), from a filled-in record."""
+def _good_record(i: int):
     from interceptor.capture import Record
-    from interceptor.relay import encode_record
 
     r = Record("http", "https", "POST", "api.example.com", 443)
     r.ts, r.url_path, r.query_keys, r.header_names = 1_764_806_400_000_000_000 + i, f"/v1/{i}", ["page"], ["Host"]
     r.status, r.resp_bytes, r.dst_ip, r.src_ip, r.src_port = 201, 2048, "127.0.0.1", "127.0.0.1", 40000
     r.hash_payload(b"payload %d" % i)
-    r.module, r.call_site, r.duration_ms = "sale", "odoo.addons.sale.models.sale_order:812:_push", 12.5
-    return json.loads(json.dumps(encode_record(r)))
+    r.module, r.call_site, r.duration_ns = "sale", "odoo.addons.sale.models.sale_order:812:_push", 12_500_000
+    return r
 
 
-def _outcome(fn, row):
+def _good(i: int) -> tuple[list, list]:
+    """A SHAPE and a ROW as our RelayWriter sends them, through JSON as the receiver gets them."""
+    msg = json.loads(_frame([_good_record(i)]))
+    return msg["shapes"], msg["events"][0]
+
+
+def _outcome(fn, row, shapes):
     try:
-        return fn(row, b"salt")
+        return fn(row, _shapes(shapes), b"salt")
     except MalformedDatagram as exc:
         return exc.reason
 
 
-@settings(max_examples=300, deadline=None)
-@example(i=1, at=EVENT_FIELDS.index("duration_ms"), value=10 ** 400, surrogate=False, long_text=False,
-         through_json=True)  # float() of it overflows: a refusal, not an OverflowError
-@given(i=st.integers(0, 10 ** 6), at=st.integers(0, len(EVENT_FIELDS)), value=_ANY,
+@settings(max_examples=400, deadline=None)
+@example(i=1, at=1 + VARYING_FIELDS.index("duration_ms"), value=10 ** 400, surrogate=False, long_text=False,
+         through_json=True)  # beyond SQLite's integers (and float() of it would overflow): a refusal
+@given(i=st.integers(0, 10 ** 6), at=st.integers(0, _ROW_LEN + len(SHAPE_FIELDS)), value=_ANY,
        surrogate=st.booleans(), long_text=st.booleans(), through_json=st.booleans())
 def test_the_fast_path_accepts_only_what_the_field_checks_accept_and_builds_the_same_event(
         i, at, value, surrogate, long_text, through_json):
-    row = _good_row(i)
-    row[at] = value
+    """One value of a good ROW (`at` < its length) or of its SHAPE (past it) replaced by anything."""
+    shapes, row = _good(i)
+    if at < _ROW_LEN:
+        row[at] = value
+    elif at - _ROW_LEN < len(SHAPE_FIELDS):
+        shapes[0][at - _ROW_LEN] = value
     if surrogate:
-        row[5] = "GET\ud800"  # method: a lone surrogate the ledger could not store
+        shapes[0][SHAPE_FIELDS.index("method")] = "GET\ud800"  # a lone surrogate the ledger could not store
+        row[1 + VARYING_FIELDS.index("error")] = "E\ud800"
     if long_text:
-        row[7] = "/" + "p" * 9000
+        row[1 + VARYING_FIELDS.index("url_path")] = "/" + "p" * 9000
     if through_json:  # as the receiver gets it
-        row = json.loads(json.dumps(row))
-    checked = _outcome(_event_checked, row)
-    assert _outcome(_event, row) == checked
+        row, shapes = json.loads(json.dumps(row)), json.loads(json.dumps(shapes))
+    checked = _outcome(_event_checked, row, shapes)
+    assert _outcome(_event, row, shapes) == checked
     if _plain(row):  # the bulk field checks never let through a field the others refuse
-        assert isinstance(checked, NetEvent) or checked in ("bad_digest", "audit_row")  # checked after both
+        assert isinstance(checked, NetEvent) or checked in ("bad_digest", "bad_shape_index") \
+            or at >= _ROW_LEN or surrogate  # a refused shape: checked after the row
+    from interceptor.relay import decode
+
+    datagram = json.dumps({"v": WIRE_VERSION, "kind": "events", "pid": 7, "shapes": shapes, "events": [row]})
+    msg = decode(datagram.encode(), b"salt")  # never raises for a bad row or shape: it names it
+    assert list(msg.events) + list(msg.rejected) == [checked]
 
 
 def test_a_row_no_check_can_read_costs_only_its_datagram_not_the_rows_received_before_it(tmp_path):
@@ -412,27 +507,42 @@ def test_a_row_no_check_can_read_costs_only_its_datagram_not_the_rows_received_b
     appended (the receiver used to drop the whole batch it was collecting, counting one)."""
     led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
     receiver = RelayReceiver(led, str(tmp_path / "relay.sock"))  # bound, not yet receiving: all queue up
-    head = b'{"v":1,"kind":"events","pid":7,"events":'
-    rows = [_good_row(i) for i in range(7)]
-    rows[5][EVENT_FIELDS.index("duration_ms")] = 10 ** 400
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        for row in rows:
-            s.sendto(head + json.dumps([row]).encode() + b"}", receiver.path)
+        for i in range(7):
+            msg = json.loads(_frame([_good_record(i)]))
+            if i == 5:
+                msg["events"][0][1 + VARYING_FIELDS.index("ts")] = 10 ** 400
+            s.sendto(json.dumps(msg).encode(), receiver.path)
     receiver.start()
     receiver.stop()
     recorded = [r["url_path"] for r in led.rows() if r["channel"] == "http"]
     led.close()
     assert recorded == [f"/v1/{i}" for i in (0, 1, 2, 3, 4, 6)]
-    assert receiver.rejected == {"relay_bad_float": 1}
+    assert receiver.rejected == {"relay_bad_int": 1}
 
 
 def test_rows_our_writer_sends_take_the_fast_path():
-    row = _good_row(7)
-    assert _plain(row) and _event(row, b"salt") == _event_checked(row, b"salt")
+    shapes, row = _good(7)
+    assert _plain(row) and _outcome(_event, row, shapes) == _outcome(_event_checked, row, shapes)
+    assert _outcome(_event, row, shapes) == _good_record(7).to_event(b"salt")
 
 
 def test_a_digest_of_white_space_is_no_digest():
     """bytes.fromhex skips white space: 64 spaces must not pass as the digest of b""."""
-    row = _good_row(3)
+    shapes, row = _good(3)
     row[-1] = " " * 64
-    assert _outcome(_event, row) == _outcome(_event_checked, row) == "bad_digest"
+    assert _outcome(_event, row, shapes) == _outcome(_event_checked, row, shapes) == "bad_digest"
+
+
+def test_a_refused_shape_costs_only_the_rows_that_use_it():
+    from interceptor.relay import decode
+
+    msg = json.loads(_frame([_good_record(1), _good_record(2)]))
+    assert len(msg["shapes"]) == 1
+    msg["shapes"].append([*msg["shapes"][0]])
+    msg["shapes"][1][SHAPE_FIELDS.index("channel")] = "audit"  # an admin fact: the parent's to write
+    msg["events"][1][0] = 1
+    msg["events"].append([7, *msg["events"][0][1:]])  # a shape index beyond the list
+    out = decode(json.dumps(msg).encode(), b"salt")
+    assert [e.url_path for e in out.events] == ["/v1/1"]
+    assert sorted(out.rejected) == ["audit_row", "bad_shape_index"]

@@ -18,7 +18,7 @@ def _record(i: int, text: str = "") -> Record:
     rec.resp_bytes = 2048
     rec.hash_payload(b"payload-%d" % i)
     rec.module, rec.author, rec.call_site = "sale", "Odoo S.A.", "odoo/addons/sale/models/x.py:12:_push"
-    rec.duration_ms = -0.0 if i % 2 else 12.5  # -0.0 must be written as SQLite reads it back: +0.0
+    rec.duration_ns = 0 if i % 2 else 12_500_001
     rec.self_egress = bool(i % 3 == 0)
     return rec
 
