@@ -36,7 +36,6 @@ ODOO_ADDONS = "odoo.addons."
 UNATTRIBUTED = ("", "", "", False)
 
 _SKIP = None
-_MISSING = object()
 _SITES_MAX = 4096    # call sites cached; the cache starts over when full
 
 
@@ -102,13 +101,10 @@ class StackAttribution:
         f = frame
         while f is not None:
             g = f.f_globals
-            name = g.get("__name__")
-            info = modules.get(name, _MISSING)
-            if info is _MISSING:
-                info = self._classify(name, g)
-                if info is not _SKIP:
-                    info = (utf8_safe(info[0]), utf8_safe(info[1]), utf8_safe(info[2]), info[3])
-                modules[name] = info
+            try:  # subscripts, not .get(): no method call per frame (a try costs nothing in 3.11)
+                info = modules[g["__name__"]]
+            except (KeyError, TypeError):
+                info = self._module(g)
             if info is not _SKIP:
                 # call_site, cached per instruction offset and code object: the same call is made
                 # again and again, and this spares the line-table scan and the formatting
@@ -123,6 +119,18 @@ class StackAttribution:
                 return info[0], info[1], self._call_site(f, code, lasti, info[2]), info[3]
             f = f.f_back
         return UNATTRIBUTED
+
+    def _module(self, g) -> tuple | None:
+        """Classify a module seen for the first time, once. Globals without a str `__name__`
+        (exec'd code, a name replaced by an object) are skipped, as built-in code is."""
+        name = g.get("__name__")
+        if not isinstance(name, str):
+            return _SKIP
+        info = self._classify(name, g)
+        if info is not _SKIP:
+            info = (utf8_safe(info[0]), utf8_safe(info[1]), utf8_safe(info[2]), info[3])
+        self._modules[name] = info
+        return info
 
     def _call_site(self, f, code, lasti: int, label: str) -> str:
         """"label:line:function" of frame f, computed once per code object and instruction offset."""

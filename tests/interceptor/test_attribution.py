@@ -87,6 +87,20 @@ def test_calls_at_the_same_offset_of_different_functions_keep_their_own_call_sit
     assert sites == ["odoo.addons.twin_mod.models.twins:5:first", "odoo.addons.twin_mod.models.twins:9:second"] * 3
 
 
+def test_code_whose_globals_have_no_usable_name_is_skipped_not_a_fault():
+    """exec'd code may have no __name__, or one that is not a str (even unhashable): its frames
+    are skipped like built-in code, and the call is attributed to the frame that called it."""
+    attribution = StackAttribution()
+    for name in ([], None, 42):
+        g = {"sys": sys}
+        if name is not None:
+            g["__name__"] = name
+        exec("def odd(att):\n    return att(sys._getframe(0))\n", g)
+        for _ in range(2):  # the second time too (nothing was cached for it)
+            module, _, site, _ = g["odd"](attribution)
+            assert module == "test_attribution" and site.endswith(":test_code_whose_globals_have_no_usable_name_is_skipped_not_a_fault")
+
+
 def test_our_own_packages_are_self_egress(addon_tree, captured, servers):
     addon_tree("mit_network_audit", "{'author': 'MIT Network Audit'}")
     importlib.invalidate_caches()
