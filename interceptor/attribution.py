@@ -12,8 +12,9 @@ are skipped. The first remaining frame names the caller:
 Frames are classified by their module's `__name__` (from `f_globals`, which costs no audit event,
 unlike `f_code`), and each module is classified once. The attributed frame's call_site is cached
 by instruction offset, then code object (compared by identity; the cache holds it), so a repeated
-call pays one `f_code` read and a dict lookup. Not by `id(code)`: builtins.id raises an audit
-event, which runs every audit hook of the process, ours included.
+call pays one `f_code` read and a dict lookup. The key is the code's first line and the offset,
+not `id(code)`: builtins.id raises an audit event, which runs every audit hook of the process, ours
+included; code objects that share a key (rare: two on one line) are told apart by identity.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ ODOO_ADDONS = "odoo.addons."
 UNATTRIBUTED = ("", "", "", False)
 
 _SKIP = None
-_SITES_MAX = 4096    # call sites cached; the cache starts over when full
+_SITES_MAX = 4096    # call-site keys cached; the cache starts over when full
+_LASTI_BITS = 32     # key: the code's first line above the instruction offset
 
 
 def library_prefixes() -> tuple[str, ...]:
@@ -93,8 +95,7 @@ class StackAttribution:
         self._libs = library_prefixes() if library_dirs is None else library_dirs
         self._modules: dict[str | None, tuple | None] = {}
         self._authors: dict[str, str] = {}
-        self._sites: dict[int, tuple] = {}   # f_lasti -> (code, label, site, code, label, site, ...)
-        self._n_sites = 0
+        self._sites: dict[int, tuple] = {}   # key -> (code, label, site, code, label, site, ...)
 
     def __call__(self, frame) -> tuple[str, str, str, bool]:
         modules = self._modules
@@ -109,14 +110,14 @@ class StackAttribution:
                 # call_site, cached per instruction offset and code object: the same call is made
                 # again and again, and this spares the line-table scan and the formatting
                 code = f.f_code
-                lasti = f.f_lasti
-                entry = self._sites.get(lasti)
-                if entry is not None:  # the code objects whose call sites at this offset are known
+                key = (code.co_firstlineno << _LASTI_BITS) ^ f.f_lasti
+                entry = self._sites.get(key)
+                if entry is not None:  # the code objects whose call sites under this key are known
                     label = info[2]
                     for i in range(0, len(entry), 3):
                         if entry[i] is code and entry[i + 1] is label:
                             return info[0], info[1], entry[i + 2], info[3]
-                return info[0], info[1], self._call_site(f, code, lasti, info[2]), info[3]
+                return info[0], info[1], self._call_site(f, code, key, info[2]), info[3]
             f = f.f_back
         return UNATTRIBUTED
 
@@ -132,15 +133,13 @@ class StackAttribution:
         self._modules[name] = info
         return info
 
-    def _call_site(self, f, code, lasti: int, label: str) -> str:
+    def _call_site(self, f, code, key: int, label: str) -> str:
         """"label:line:function" of frame f, computed once per code object and instruction offset."""
         site = f"{label}:{f.f_lineno}:{utf8_safe(code.co_name)}"
         sites = self._sites
-        if self._n_sites >= _SITES_MAX:
+        if len(sites) >= _SITES_MAX:
             sites.clear()
-            self._n_sites = 0
-        sites[lasti] = sites.get(lasti, ()) + (code, label, site)  # holds the code object: compared by identity
-        self._n_sites += 1
+        sites[key] = sites.get(key, ())[-30:] + (code, label, site)  # holds the code: compared by identity
         return site
 
     # ---- classifying a module, once -------------------------------------------------------------

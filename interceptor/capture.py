@@ -28,7 +28,7 @@ from hashlib import sha256
 
 from .event import EGRESS, NetEvent
 from .guard import GUARD
-from .redact import clean_host, clean_name, clean_names, clean_path
+from .redact import clean_host, clean_name, clean_names, clean_path, utf8_safe
 
 FINGERPRINT_HEX = 32  # 128 bits
 
@@ -112,20 +112,84 @@ class Record:
 
     def fields(self, salt: bytes | None) -> tuple:
         """Writer thread: the NetEvent's field values, in field order, without building the NetEvent
-        (a frozen dataclass costs microseconds to build; the ledger writer needs only the values)."""
+        (a frozen dataclass costs microseconds to build; the ledger writer needs only the values).
+        Never raises: a record with odd values (a port given as "http", a custom attribution's
+        None) takes the field-by-field path, which makes each value one the ledger can store."""
         fp = ""
         if self.hasher is not None and salt:
             fp = hmac.digest(salt, self.hasher.digest(), "sha256").hex()[:FINGERPRINT_HEX]
-        src_ip, dst_ip = self.src_ip, self.dst_ip
+        error, module, author, call_site = self.error, self.module, self.author, self.call_site
+        if (type(error) is str and type(module) is str and type(author) is str and type(call_site) is str
+                and type(self.pid) is int and type(self.ts) is int and type(self.duration_ns) is int):
+            src_ip, dst_ip = self.src_ip, self.dst_ip
+            try:
+                return (
+                    self.ts, self.duration_ns / 1e6, self.direction, self.channel, self.protocol,
+                    _cleaned("m", self.method), _cleaned("h", self.host or ""), clean_path(self.url_path or ""),
+                    _cleaned("q", tuple(self.query_keys)) if self.query_keys else (),
+                    src_ip if isinstance(src_ip, str) else "", int(self.src_port or 0),
+                    dst_ip if isinstance(dst_ip, str) else "", int(self.dst_port or 0), str(self.status), error,
+                    int(self.req_bytes), int(self.resp_bytes or 0),
+                    _cleaned("n", tuple(self.header_names)) if self.header_names else (),
+                    fp, module, author, call_site, self.pid, bool(self.self_egress))
+            except Exception:
+                pass
+        return self._odd_fields(fp)
+
+    def _odd_fields(self, fp: str) -> tuple:
+        """fields() for a record with a value of an unexpected type: each value made storable,
+        and equal to what the fast path gives wherever the fast path's conversion succeeds (the
+        relay takes some fields from each path: the rows must not depend on which)."""
         return (
-            self.ts, self.duration_ns / 1e6, self.direction, self.channel, self.protocol,
-            _cleaned("m", self.method), _cleaned("h", self.host or ""), clean_path(self.url_path or ""),
-            _cleaned("q", tuple(self.query_keys)) if self.query_keys else (),
-            src_ip if isinstance(src_ip, str) else "", int(self.src_port or 0),
-            dst_ip if isinstance(dst_ip, str) else "", int(self.dst_port or 0), str(self.status), self.error,
-            int(self.req_bytes), int(self.resp_bytes or 0),
-            _cleaned("n", tuple(self.header_names)) if self.header_names else (),
-            fp, self.module, self.author, self.call_site, self.pid, bool(self.self_egress))
+            _as_int(self.ts), _as_int(self.duration_ns) / 1e6, _as_text(self.direction), _as_text(self.channel),
+            _as_text(self.protocol), _safe(clean_name, self.method), _safe(clean_host, self.host or ""),
+            _safe(clean_path, self.url_path or ""), _as_names(self.query_keys, unquote=True),
+            self.src_ip if isinstance(self.src_ip, str) else "", _as_int(self.src_port),
+            self.dst_ip if isinstance(self.dst_ip, str) else "", _as_int(self.dst_port), _safe(str, self.status),
+            _as_text(self.error), _as_int(self.req_bytes), _as_int(self.resp_bytes), _as_names(self.header_names),
+            fp, _as_text(self.module), _as_text(self.author), _as_text(self.call_site), _as_int(self.pid),
+            _safe(bool, self.self_egress, False))
+
+
+_INT_MIN, _INT_MAX = -(2 ** 63), 2 ** 63 - 1   # what SQLite stores
+
+
+def _as_int(value) -> int:
+    """int(value or 0), within what the ledger stores; 0 where that fails (a port given as a
+    service name: "http")."""
+    try:
+        value = int(value or 0)
+    except Exception:
+        return 0
+    return min(max(value, _INT_MIN), _INT_MAX)
+
+
+def _safe(convert, value, default=""):
+    """convert(value), made storable text; `default` (or the type's name) where it fails."""
+    try:
+        value = convert(value)
+    except Exception:
+        return default if default != "" else utf8_safe(type(value).__name__)
+    return utf8_safe(value) if type(value) is str else value
+
+
+def _as_text(value) -> str:
+    """A text field a wrapper or a custom attribution left as another type: None is ""."""
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin-1")
+    return _safe(str, value)
+
+
+def _as_names(value, unquote: bool = False) -> tuple[str, ...]:
+    """As the fast path's clean_names(tuple(value)); () where that fails (not iterable)."""
+    if not value:
+        return ()
+    try:
+        return clean_names(tuple(value), unquote=unquote)
+    except Exception:
+        return ()
 
 
 # Writer thread only: cleaned names by raw value. A process sends the same header names, query

@@ -48,7 +48,7 @@ import socket
 import time
 from operator import attrgetter, itemgetter
 
-from .capture import FINGERPRINT_HEX, TLS
+from .capture import _INT_MAX, _INT_MIN, FINGERPRINT_HEX, TLS, _as_int
 from .event import AUDIT, NetEvent
 from .redact import clean_path
 from .sink import YIELD_EVERY
@@ -68,8 +68,6 @@ _FINGERPRINT_AT = _ALL_FIELDS.index("fingerprint")
 VARYING_FIELDS = ("ts", "duration_ms", "url_path", "src_port", "status", "error", "req_bytes", "resp_bytes")
 SHAPE_FIELDS = tuple(f for f in EVENT_FIELDS if f not in VARYING_FIELDS)
 OVERSIZED = "RelayOversized"
-
-_INT_MIN, _INT_MAX = -(2 ** 63), 2 ** 63 - 1   # what SQLite stores
 
 
 class MalformedDatagram(ValueError):
@@ -100,13 +98,27 @@ _SHAPE_AT = itemgetter(*(_ALL_FIELDS.index(f) for f in SHAPE_FIELDS))  # of Reco
 _NAME_FIELDS = ("query_keys", "header_names")  # lists on a Record: not hashable as they are
 _SHAPE_RAW = attrgetter(*(f for f in SHAPE_FIELDS if f not in _NAME_FIELDS))
 _SHAPES_MAX = 4096   # shapes a writer remembers; it starts over when full
+_NAMES_TYPES = (list, tuple)
+_UNCACHED = {None: (), (): (), "": ()}  # empty names; any other value raises KeyError (or TypeError)
+
+
+_VARYING_AT = itemgetter(*(_ALL_FIELDS.index(f) for f in VARYING_FIELDS))  # of Record.fields()
+_DURATION_IN_VARYING = VARYING_FIELDS.index("duration_ms")
 
 
 def varying(rec) -> tuple:
     """A record's VARYING_FIELDS, cleaned as Record.fields cleans them (a test holds the two equal),
-    the duration in nanoseconds."""
-    return (rec.ts, int(rec.duration_ns), clean_path(rec.url_path or ""), int(rec.src_port or 0),
-            str(rec.status), rec.error, int(rec.req_bytes), int(rec.resp_bytes or 0))
+    the duration in nanoseconds. Never raises: odd values take Record.fields' field-by-field path."""
+    error, duration = rec.error, rec.duration_ns
+    if type(error) is str and type(duration) is int and type(rec.ts) is int:
+        try:
+            return (rec.ts, duration, clean_path(rec.url_path or ""), int(rec.src_port or 0),
+                    str(rec.status), error, int(rec.req_bytes), int(rec.resp_bytes or 0))
+        except Exception:
+            pass
+    values = list(_VARYING_AT(rec._odd_fields("")))
+    values[_DURATION_IN_VARYING] = _as_int(duration)
+    return tuple(values)
 
 
 def digest_hex(rec) -> str:
@@ -126,10 +138,11 @@ class Shapes:
         number, not id(shape), tells shapes apart: builtins.id raises an audit event, and so runs
         every audit hook of the process, ours included."""
         q, h = rec.query_keys, rec.header_names
-        key = (_SHAPE_RAW(rec), tuple(q) if q else (), tuple(h) if h else ())
-        try:
+        try:  # names as the wrappers leave them, lists; any other kind is cleaned, not remembered
+            key = (_SHAPE_RAW(rec), tuple(q) if type(q) in _NAMES_TYPES else _UNCACHED[q],
+                   tuple(h) if type(h) in _NAMES_TYPES else _UNCACHED[h])
             known = self._cleaned.get(key)
-        except TypeError:  # a raw value that cannot be hashed: cleaned, not remembered
+        except (KeyError, TypeError):  # that, or a raw value that cannot be hashed
             known = None
             key = None
         if known is None:
@@ -195,23 +208,30 @@ class RelayWriter:
         self._say_hello()
         head = b'{"v":%d,"kind":"events","pid":%d,' % (WIRE_VERSION, os.getpid())
         frame = self._shapes.frame
-        sent_any, oversized = False, []
+        sent_any, unsent = False, []
         start, chunk = 0, CHUNK
         while start < len(records):
             if start:
                 time.sleep(0)  # let the audited threads take the GIL, as the sink does
             # `chunk` records per datagram, halved until they fit, and the size that fitted is where
-            # the next datagram starts (doubled again up to CHUNK); a record that alone does not fit
-            # is a miss.
+            # the next datagram starts (doubled again up to CHUNK); a record that alone does not fit,
+            # or cannot be framed (never seen: Record.fields takes any value), is a miss alone.
             end = min(len(records), start + chunk)
             while True:
-                body = frame(records[start:end])
-                if len(head) + len(body) <= MAX_DATAGRAM or end - start == 1:
+                try:
+                    body = frame(records[start:end])
+                except Exception as exc:
+                    body, fault = None, type(exc).__name__
+                else:
+                    if len(head) + len(body) <= MAX_DATAGRAM:
+                        break
+                    fault = OVERSIZED
+                if end - start == 1:
                     break
                 end = start + (end - start) // 2
             chunk = min(CHUNK, 2 * (end - start))
-            if len(head) + len(body) > MAX_DATAGRAM:
-                oversized.append(records[start])
+            if body is None or len(head) + len(body) > MAX_DATAGRAM:
+                unsent.append((records[start], fault))
                 start += 1
                 continue
             try:
@@ -223,8 +243,8 @@ class RelayWriter:
                 break
             sent_any = True
             start = end
-        for rec in oversized:  # counted only now, so that a batch raised above is not counted twice
-            self._missed([rec], OVERSIZED)
+        for rec, fault in unsent:  # counted only now, so that a batch raised above is not counted twice
+            self._missed([rec], fault)
 
     def _missed(self, records: list, reason: str) -> None:
         if self.on_miss is None:

@@ -73,18 +73,22 @@ def test_manifest_read_once_and_never_executed(addon_tree, tmp_path, servers):
 
 
 def test_calls_at_the_same_offset_of_different_functions_keep_their_own_call_sites(addon_tree):
-    """The call-site cache is keyed by instruction offset, then code object: two functions whose
-    calls sit at the same offset (same bytecode) must each keep their own line and name."""
+    """The call-site cache is keyed by a code's first line and the instruction offset: functions
+    whose calls sit at the same offset (same bytecode), on other lines or in other modules at the
+    same line, must each keep their own call site."""
     d = addon_tree("twin_mod", "{'author': 'Twins'}\n")
-    (d / "models" / "twins.py").write_text(
-        "import sys\n\n\ndef first():\n    return sys._getframe(0)\n\n\ndef second():\n    return sys._getframe(0)\n")
+    code = "import sys\n\n\ndef first():\n    return sys._getframe(0)\n\n\ndef second():\n    return sys._getframe(0)\n"
+    (d / "models" / "twins.py").write_text(code)
+    (d / "models" / "twins_too.py").write_text(code)
     importlib.invalidate_caches()
-    from odoo.addons.twin_mod.models import twins
+    from odoo.addons.twin_mod.models import twins, twins_too
 
-    assert twins.first().f_lasti == twins.second().f_lasti  # the premise: one offset, two code objects
+    assert twins.first().f_lasti == twins.second().f_lasti  # the premise: one offset, four code objects
     attribution = StackAttribution()
-    sites = [attribution(f())[2] for f in (twins.first, twins.second) * 3]
-    assert sites == ["odoo.addons.twin_mod.models.twins:5:first", "odoo.addons.twin_mod.models.twins:9:second"] * 3
+    calls = (twins.first, twins.second, twins_too.first, twins_too.second) * 3
+    sites = [attribution(f())[2] for f in calls]
+    assert sites == [f"odoo.addons.twin_mod.models.{m}:{line}:{name}" for m in ("twins", "twins_too")
+                     for line, name in ((5, "first"), (9, "second"))] * 3
 
 
 def test_code_whose_globals_have_no_usable_name_is_skipped_not_a_fault():

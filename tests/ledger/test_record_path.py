@@ -42,3 +42,20 @@ def test_records_write_the_same_rows_as_events(home):
     writer.close()
     v = verify_ledger(path, pub, heads)
     assert v.valid, v.message
+
+
+def test_a_record_with_odd_values_is_written_with_its_batch(home):
+    """A port given as a service name (HTTPConnection(host, port="http"), refused before any peer
+    address), a custom attribution's None or bytes: the record is written with storable values,
+    and the records beside it too (each such value used to cost the whole batch)."""
+    path = str(home / "l.sqlite")
+    writer = LedgerWriter(path, str(home / "keys"))
+    odd = Record("http", "http", "GET", "h.example", "http")
+    odd.module, odd.call_site, odd.error, odd.req_bytes = None, b"x.py:1:f", 5, None
+    writer.write_records([_record(1), odd, _record(2)])
+    rows = [row for row in writer.ledger.rows() if row["channel"] != "audit"]
+    pub, heads = writer.ledger.public_key_text, writer.ledger.keys.read_heads()
+    writer.close()
+    assert [r["host"] for r in rows] == ["h1.example.com", "h.example", "h2.example.com"]
+    assert (rows[1]["dst_port"], rows[1]["module"], rows[1]["call_site"], rows[1]["error"]) == (0, "", "x.py:1:f", "5")
+    assert verify_ledger(path, pub, heads).valid
