@@ -11,9 +11,9 @@ are skipped. The first remaining frame names the caller:
 
 Frames are classified by their module's `__name__` (from `f_globals`, which costs no audit event,
 unlike `f_code`), and each module is classified once. The attributed frame's call_site is cached
-by instruction offset, then code object (compared by identity; the cache holds it), so a repeated
-call pays one `f_code` read and a dict lookup. The key is the code's first line and the offset,
-not `id(code)`: builtins.id raises an audit event, which runs every audit hook of the process, ours
+by the code's first line and the instruction offset, then by code object (compared by identity;
+the cache holds it), so a repeated call pays one `f_code` read and a dict lookup. Not by
+`id(code)`: builtins.id raises an audit event, which runs every audit hook of the process, ours
 included; code objects that share a key (rare: two on one line) are told apart by identity.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ UNATTRIBUTED = ("", "", "", False)
 _SKIP = None
 _SITES_MAX = 4096    # call-site keys cached; the cache starts over when full
 _LASTI_BITS = 32     # key: the code's first line above the instruction offset
+_PER_KEY = 10        # code objects kept under one key (the oldest go first)
 
 
 def library_prefixes() -> tuple[str, ...]:
@@ -107,7 +108,7 @@ class StackAttribution:
             except (KeyError, TypeError):
                 info = self._module(g)
             if info is not _SKIP:
-                # call_site, cached per instruction offset and code object: the same call is made
+                # call_site, cached per code object and instruction offset: the same call is made
                 # again and again, and this spares the line-table scan and the formatting
                 code = f.f_code
                 key = (code.co_firstlineno << _LASTI_BITS) ^ f.f_lasti
@@ -139,7 +140,8 @@ class StackAttribution:
         sites = self._sites
         if len(sites) >= _SITES_MAX:
             sites.clear()
-        sites[key] = sites.get(key, ())[-30:] + (code, label, site)  # holds the code: compared by identity
+        kept = sites.get(key, ())[-3 * (_PER_KEY - 1):]  # (code, label, site) triples
+        sites[key] = kept + (code, label, site)  # holds the code object: compared by identity
         return site
 
     # ---- classifying a module, once -------------------------------------------------------------

@@ -54,6 +54,7 @@ import sys
 
 _NETAUDIT_WIRE_VERSION = @WIRE_VERSION@  # interceptor.relay's, for the one message sent without it
 
+
 def _netaudit_install():
     if not os.environ.get("NETAUDIT_RELAY"):
         return

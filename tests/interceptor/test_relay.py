@@ -383,6 +383,17 @@ def test_the_varying_fields_are_cleaned_as_record_fields_cleans_them():
         assert tuple(values) == tuple(getattr(event, f) for f in VARYING_FIELDS)
 
 
+def _keeping_writer(tmp_path):
+    """A RelayWriter whose datagrams are kept in a list instead of sent: (writer, that list)."""
+    sent = []
+
+    class Keep(RelayWriter):
+        def _send(self, data):
+            sent.append(data)
+
+    return Keep(str(tmp_path / "unused.sock")), sent
+
+
 def test_a_record_that_cannot_be_framed_costs_only_itself(tmp_path):
     """A fault while framing a later datagram (never seen: Record.fields takes any value, so this
     record's attribute raises) must not make the sink count the whole batch: the datagrams before
@@ -395,13 +406,8 @@ def test_a_record_that_cannot_be_framed_costs_only_itself(tmp_path):
         def url_path(self):
             raise RuntimeError("planted")
 
-    sent, missed = [], []
-
-    class Keep(RelayWriter):
-        def _send(self, data):
-            sent.append(data)
-
-    writer = Keep(str(tmp_path / "unused.sock"))
+    missed = []
+    writer, sent = _keeping_writer(tmp_path)
     writer.on_miss = lambda ts, reason, n=1, until=0: missed.append((reason, n))
     records = [Record("http", "http", "GET", "h.example", 80) for _ in range(2 * CHUNK)]
     records[CHUNK + 3] = Broken("http", "http", "GET", "h.example", 80)
@@ -414,18 +420,13 @@ def test_records_too_big_together_are_split_over_datagrams_in_order(tmp_path):
     from interceptor.capture import Record
     from interceptor.relay import CHUNK, decode
 
-    sent = []
-
-    class Keep(RelayWriter):
-        def _send(self, data):
-            sent.append(data)
-
     records = []
     for i in range(CHUNK):
         r = Record("http", "http", "GET", "h.example", 80)
         r.ts, r.call_site = i, f"site{i}:" + "x" * 6000  # a shape of its own, ~6 KB: 10 fit in a datagram
         records.append(r)
-    Keep(str(tmp_path / "unused.sock")).write_records(records)
+    writer, sent = _keeping_writer(tmp_path)
+    writer.write_records(records)
     assert len(sent) > 1 + CHUNK // 10 and all(len(d) <= MAX_DATAGRAM for d in sent)
     assert [e.ts for data in sent[1:] for e in decode(data, b"salt").events] == list(range(CHUNK))
 
@@ -445,18 +446,13 @@ def test_each_datagram_carries_the_shapes_its_rows_use(tmp_path):
     from interceptor.capture import Record
     from interceptor.relay import CHUNK, decode
 
-    sent = []
-
-    class Keep(RelayWriter):
-        def _send(self, data):
-            sent.append(data)
-
     records = []
     for i in range(3 * CHUNK):
         r = Record("http", "https", "GET", f"h{i % 2}.example", 443)
         r.ts, r.url_path = 1_764_806_400_000_000_000 + i, f"/item/{i}"
         records.append(r)
-    Keep(str(tmp_path / "unused.sock")).write_records(records)
+    writer, sent = _keeping_writer(tmp_path)
+    writer.write_records(records)
     events = []
     for data in sent[1:]:  # after the hello
         assert len(json.loads(data)["shapes"]) == 2
