@@ -9,7 +9,7 @@ grandchildren a child starts are audited too; datagrams are atomic, so many proc
 Wire format (version 2): one JSON object per datagram, at most MAX_DATAGRAM bytes.
 
     {"v": 2, "kind": "hello",  "pid": P, "ts": NS, "version": "0.1.0"}    first message of a process
-    {"v": 2, "kind": "events", "pid": P, "shapes": [SHAPE, ...], "events": [ROW, ...]}
+    {"v": 2, "kind": "events", "pid": P, "t0": NS, "shapes": [SHAPE, ...], "events": [ROW, ...]}
     {"v": 2, "kind": "gap",    "pid": P, "dropped": N, "t1": NS, "t2": NS, "reason": "..."}
     {"v": 2, "kind": "sync",   "pid": P, "token": N}     "tell me when all I sent is in the ledger"
     {"v": 2, "kind": "unaudited", "pid": P, "ts": NS, "python": "3.9.2", "reason": "..."}
@@ -23,9 +23,10 @@ interceptor could not be installed says so, and the parent records it in the cha
 An event is split in two. What a process repeats call after call (host, method, addresses, header
 names, module, call site...: SHAPE_FIELDS) is its SHAPE, sent once per datagram however many of its
 events use it; a ROW is the index of its shape in the datagram's `shapes`, the fields that change from
-call to call (VARYING_FIELDS: time, duration, path, source port, status, error, sizes; the duration in
-integer nanoseconds, as the record holds it, which JSON writes faster than a float), then the hex
-SHA-256 of the request payload, or "". Each datagram carries the shapes its rows use, so it is read
+call to call (VARYING_FIELDS: time, duration, path, source port, status, error, sizes), then the
+hex SHA-256 of the request payload, or "". The time is sent from `t0` (the datagram's first event's
+time: a small number, not 19 digits) and the duration in integer nanoseconds, as the record holds
+it: JSON writes both faster than the full time and a float. Each datagram carries the shapes its rows use, so it is read
 alone: no state crosses datagrams, and a lost or refused one takes nothing else with it. (Version 1
 sent every field of every event: the sender's framing, on the audited process's writer thread, cost
 twice as much; bench/bench_relay.py has both.) The child never holds the ledger's secret salt: the
@@ -106,17 +107,19 @@ _VARYING_AT = itemgetter(*(_ALL_FIELDS.index(f) for f in VARYING_FIELDS))  # of 
 _DURATION_IN_VARYING = VARYING_FIELDS.index("duration_ms")
 
 
-def varying(rec) -> tuple:
+def varying(rec, t0: int = 0) -> tuple:
     """A record's VARYING_FIELDS, cleaned as Record.fields cleans them (a test holds the two equal),
-    the duration in nanoseconds. Never raises: odd values take Record.fields' field-by-field path."""
-    error, duration = rec.error, rec.duration_ns
-    if type(error) is str and type(duration) is int and type(rec.ts) is int:
+    the time from `t0` and the duration in nanoseconds. Never raises: odd values take
+    Record.fields' field-by-field path."""
+    error, duration, ts = rec.error, rec.duration_ns, rec.ts
+    if type(error) is str and type(duration) is int and type(ts) is int:
         try:
-            return (rec.ts, duration, clean_path(rec.url_path or ""), int(rec.src_port or 0),
+            return (ts - t0, duration, clean_path(rec.url_path or ""), int(rec.src_port or 0),
                     str(rec.status), error, int(rec.req_bytes), int(rec.resp_bytes or 0))
         except Exception:
             pass
     values = list(_VARYING_AT(rec._odd_fields("")))
+    values[0] -= t0
     values[_DURATION_IN_VARYING] = _as_int(duration)
     return tuple(values)
 
@@ -155,17 +158,18 @@ class Shapes:
         return known
 
     def frame(self, records) -> bytes:
-        """`"shapes":[...],"events":[...]}`: the records as one datagram's shapes and ROWs."""
+        """`"t0":NS,"shapes":[...],"events":[...]}`: the records as one datagram's shapes and ROWs."""
         shapes, rows, index = [], [], {}
         of = self.of
+        t0 = _as_int(records[0].ts) if records else 0
         for rec in records:
             shape, serial = of(rec)
             at = index.get(serial)
             if at is None:
                 at = index[serial] = len(shapes)
                 shapes.append(shape)
-            rows.append((at, *varying(rec), digest_hex(rec)))
-        return _dumps({"shapes": shapes, "events": rows})[1:]
+            rows.append((at, *varying(rec, t0), digest_hex(rec)))
+        return _dumps({"t0": t0, "shapes": shapes, "events": rows})[1:]
 
 
 class RelayWriter:
@@ -393,13 +397,12 @@ _DURATION_AT = 1 + VARYING_FIELDS.index("duration_ms")  # in a ROW, in nanosecon
 
 
 def _merge_at(name: str) -> int:
-    """A NetEvent field's place in `(*shape, *row, fingerprint, duration_ms)`."""
+    """A NetEvent field's place in `(*shape, *row, fingerprint, duration_ms, ts)`."""
     if name in SHAPE_FIELDS:
         return SHAPE_FIELDS.index(name)
-    if name == "fingerprint":
-        return len(SHAPE_FIELDS) + _ROW_LEN
-    if name == "duration_ms":
-        return len(SHAPE_FIELDS) + _ROW_LEN + 1
+    after_row = ("fingerprint", "duration_ms", "ts")
+    if name in after_row:
+        return len(SHAPE_FIELDS) + _ROW_LEN + after_row.index(name)
     return len(SHAPE_FIELDS) + 1 + VARYING_FIELDS.index(name)
 
 
@@ -465,9 +468,9 @@ def _row_checked(row) -> list:
     return [_int(row[0]), *(check(v) for check, v in zip(_VARYING_CHECKS, row[1:-1])), row[-1]]
 
 
-def _fields(row, shapes: list, salt: bytes, checked=None) -> tuple:
-    """A ROW's NetEvent field values in order, checked, without building the NetEvent. `checked`
-    is the row's values when the field-by-field checks passed already."""
+def _fields(row, shapes: list, salt: bytes, t0: int = 0, checked=None) -> tuple:
+    """A ROW's NetEvent field values in order, checked, without building the NetEvent; its time
+    is counted from `t0`. `checked` is the row's values when the field-by-field checks passed."""
     if checked is None:
         checked = row if _plain(row) else _row_checked(row)
     at = checked[0]
@@ -476,16 +479,19 @@ def _fields(row, shapes: list, salt: bytes, checked=None) -> tuple:
     shape = shapes[at]
     if type(shape) is not tuple:
         raise MalformedDatagram(shape.reason)
-    return _MERGE((*shape, *checked, _fingerprint_of(checked[-1], salt), checked[_DURATION_AT] / 1e6))
+    ts = t0 + checked[1]
+    if not _INT_MIN <= ts <= _INT_MAX:
+        raise MalformedDatagram("bad_int")
+    return _MERGE((*shape, *checked, _fingerprint_of(checked[-1], salt), checked[_DURATION_AT] / 1e6, ts))
 
 
-def _event(row, shapes: list, salt: bytes) -> NetEvent:
-    return NetEvent(*_fields(row, shapes, salt))
+def _event(row, shapes: list, salt: bytes, t0: int = 0) -> NetEvent:
+    return NetEvent(*_fields(row, shapes, salt, t0))
 
 
-def _event_checked(row, shapes: list, salt: bytes) -> NetEvent:
+def _event_checked(row, shapes: list, salt: bytes, t0: int = 0) -> NetEvent:
     """As _event, through the field-by-field checks only (the reference the fast path is tested on)."""
-    return NetEvent(*_fields(row, shapes, salt, _row_checked(row)))
+    return NetEvent(*_fields(row, shapes, salt, t0, _row_checked(row)))
 
 
 def _fingerprint_of(digest, salt: bytes) -> str:
@@ -516,7 +522,7 @@ def decode(datagram: bytes, salt: bytes, fields: bool = False) -> Message:
     kind, pid = msg.get("kind"), _int(msg.get("pid"))
     try:
         if kind == "events":
-            rows, shapes = msg.get("events"), msg.get("shapes")
+            rows, shapes, t0 = msg.get("events"), msg.get("shapes"), _int(msg.get("t0"))
             if type(rows) is not list or type(shapes) is not list:
                 raise MalformedDatagram("bad_events")
             shapes = _shapes(shapes)
@@ -524,7 +530,7 @@ def decode(datagram: bytes, salt: bytes, fields: bool = False) -> Message:
             convert = _fields if fields else _event
             for row in rows:
                 try:
-                    events.append(convert(row, shapes, salt))
+                    events.append(convert(row, shapes, salt, t0))
                 except MalformedDatagram as exc:  # one bad row does not cost its neighbours
                     rejected.append(exc.reason)
                 except Exception as exc:  # nor does a fault of ours in checking it (never seen: counted)

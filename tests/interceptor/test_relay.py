@@ -67,7 +67,7 @@ def _wire(events, digests=None) -> dict:
     shapes = [[plain(getattr(e, f)) for f in SHAPE_FIELDS] for e in events]
     rows = [[i, *(round(e.duration_ms * 1e6) if f == "duration_ms" else getattr(e, f) for f in VARYING_FIELDS),
              (digests or {}).get(i, "")] for i, e in enumerate(events)]  # the duration in nanoseconds
-    return {"shapes": shapes, "events": rows}
+    return {"t0": 0, "shapes": shapes, "events": rows}
 
 
 def _line_of(text: str, marker: str) -> int:
@@ -495,11 +495,14 @@ _ANY = st.one_of(st.integers(), st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 6
 _ROW_LEN = len(VARYING_FIELDS) + 2
 
 
+_GOOD_T0 = 1_764_806_400_000_000_000
+
+
 def _good_record(i: int):
     from interceptor.capture import Record
 
     r = Record("http", "https", "POST", "api.example.com", 443)
-    r.ts, r.url_path, r.query_keys, r.header_names = 1_764_806_400_000_000_000 + i, f"/v1/{i}", ["page"], ["Host"]
+    r.ts, r.url_path, r.query_keys, r.header_names = _GOOD_T0, f"/v1/{i}", ["page"], ["Host"]
     r.status, r.resp_bytes, r.dst_ip, r.src_ip, r.src_port = 201, 2048, "127.0.0.1", "127.0.0.1", 40000
     r.hash_payload(b"payload %d" % i)
     r.module, r.call_site, r.duration_ns = "sale", "odoo.addons.sale.models.sale_order:812:_push", 12_500_000
@@ -507,14 +510,16 @@ def _good_record(i: int):
 
 
 def _good(i: int) -> tuple[list, list]:
-    """A SHAPE and a ROW as our RelayWriter sends them, through JSON as the receiver gets them."""
+    """A SHAPE and a ROW as our RelayWriter sends them, through JSON as the receiver gets them
+    (the datagram's t0 is the record's own time: _outcome adds it back)."""
     msg = json.loads(_frame([_good_record(i)]))
+    assert msg["t0"] == _good_record(i).ts
     return msg["shapes"], msg["events"][0]
 
 
-def _outcome(fn, row, shapes):
+def _outcome(fn, row, shapes, t0=None):
     try:
-        return fn(row, _shapes(shapes), b"salt")
+        return fn(row, _shapes(shapes), b"salt", _GOOD_T0 if t0 is None else t0)
     except MalformedDatagram as exc:
         return exc.reason
 
@@ -522,6 +527,8 @@ def _outcome(fn, row, shapes):
 @settings(max_examples=400, deadline=None)
 @example(i=1, at=1 + VARYING_FIELDS.index("duration_ms"), value=10 ** 400, surrogate=False, long_text=False,
          through_json=True)  # beyond SQLite's integers (and float() of it would overflow): a refusal
+@example(i=1, at=1, value=2 ** 63 - 1, surrogate=False, long_text=False,
+         through_json=False)  # a time from t0 that fits, added to t0 beyond SQLite's integers: a refusal
 @given(i=st.integers(0, 10 ** 6), at=st.integers(0, _ROW_LEN + len(SHAPE_FIELDS)), value=_ANY,
        surrogate=st.booleans(), long_text=st.booleans(), through_json=st.booleans())
 def test_the_fast_path_accepts_only_what_the_field_checks_accept_and_builds_the_same_event(
@@ -543,10 +550,12 @@ def test_the_fast_path_accepts_only_what_the_field_checks_accept_and_builds_the_
     assert _outcome(_event, row, shapes) == checked
     if _plain(row):  # the bulk field checks never let through a field the others refuse
         assert isinstance(checked, NetEvent) or checked in ("bad_digest", "bad_shape_index") \
-            or at >= _ROW_LEN or surrogate  # a refused shape: checked after the row
+            or (checked == "bad_int" and at == 1) or at >= _ROW_LEN or surrogate  # checked after the row:
+        # the digest, the shape index, t0 + the row's time, and the shape
     from interceptor.relay import decode
 
-    datagram = json.dumps({"v": WIRE_VERSION, "kind": "events", "pid": 7, "shapes": shapes, "events": [row]})
+    datagram = json.dumps({"v": WIRE_VERSION, "kind": "events", "pid": 7, "t0": _GOOD_T0, "shapes": shapes,
+                           "events": [row]})
     msg = decode(datagram.encode(), b"salt")  # never raises for a bad row or shape: it names it
     assert list(msg.events) + list(msg.rejected) == [checked]
 
