@@ -26,8 +26,9 @@ events use it; a ROW is the index of its shape in the datagram's `shapes`, the f
 call to call (VARYING_FIELDS: time, duration, path, source port, status, error, sizes), then the
 hex SHA-256 of the request payload, or "". The time is sent from `t0` (the datagram's first event's
 time: a small number, not 19 digits) and the duration in integer nanoseconds, as the record holds
-it: JSON writes both faster than the full time and a float. Each datagram carries the shapes its rows use, so it is read
-alone: no state crosses datagrams, and a lost or refused one takes nothing else with it. (Version 1
+it: JSON writes both faster than the full time and a float. Each datagram carries the shapes its
+rows use, so it is read alone: no state crosses datagrams, and a lost or refused one takes nothing
+else with it. (Version 1
 sent every field of every event: the sender's framing, on the audited process's writer thread, cost
 twice as much; bench/bench_relay.py has both.) The child never holds the ledger's secret salt: the
 parent turns the digest into the fingerprint, HMAC-SHA256(salt, digest) truncated to 128 bits,
