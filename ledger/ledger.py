@@ -130,6 +130,12 @@ def audit_detail(text: str) -> dict[str, str]:
     return dict(part.partition("=")[::2] for part in text.split(";") if "=" in part)
 
 
+def audit_count(text: str, name: str) -> int:
+    """The count `name=N` of an admin fact's detail (a gap row's dropped=N), or 0."""
+    value = audit_detail(text).get(name, "")
+    return int(value) if value.isdigit() else 0
+
+
 @dataclass
 class VacuumResult:
     deleted: int

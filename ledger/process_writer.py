@@ -422,6 +422,8 @@ class ProcessWriter:
         try:
             import apsw
 
+            from ledger.ledger import audit_count
+
             con = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
             try:
                 con.setbusytimeout(5000)
@@ -438,11 +440,11 @@ class ProcessWriter:
                 (events,), = con.execute(
                     "SELECT count(*) FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel != 'audit'",
                     (hello, pid)).fetchall()
-                gaps = sum(_detail_int(d, "dropped") for (d,) in con.execute(
+                gaps = sum(audit_count(d, "dropped") for (d,) in con.execute(
                     "SELECT url_path FROM egress_log WHERE chain_seq > ? AND pid = ? AND channel = 'audit' "
                     "AND method = 'gap'", (hello, pid)))
-                return (events + _detail_int(detail, "carried_events"),
-                        gaps + _detail_int(detail, "carried_gaps"))
+                return (events + audit_count(detail, "carried_events"),
+                        gaps + audit_count(detail, "carried_gaps"))
             finally:
                 con.close()
         except Exception:
@@ -542,14 +544,6 @@ class ProcessWriter:
 
         self.mode, self.fallback_reason = "in-process", reason
         self._fallback = LedgerWriter(self.path, self.key_dir)
-
-
-def _detail_int(detail: str, name: str) -> int:
-    """The `name=N` of an audit row's detail (a gap row's dropped=N, a hello's carried_events=N), or 0."""
-    from ledger.ledger import audit_detail
-
-    value = audit_detail(detail).get(name, "")
-    return int(value) if value.isdigit() else 0
 
 
 def _read_line(stream, timeout: float) -> str:

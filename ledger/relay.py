@@ -131,9 +131,9 @@ class RelayReceiver:
             return
         record = {"ledger": os.path.abspath(self.ledger.path), "dropped": rest, "t1": gap[1], "t2": gap[2],
                   "reason": ",".join(sorted(r for r in gap[3] if not r.startswith("carried_")))}
+        name = os.path.join(folder, uuid.uuid4().hex)
         try:
             os.makedirs(folder, mode=0o700, exist_ok=True)
-            name = os.path.join(folder, uuid.uuid4().hex)
             with open(name + ".tmp", "w", encoding="utf-8") as f:
                 json.dump(record, f)
                 f.flush()
@@ -144,7 +144,7 @@ class RelayReceiver:
             self.unwritten_error = f"{type(exc).__name__}: {exc.strerror or exc}"
             try:
                 os.unlink(name + ".tmp")
-            except (OSError, NameError):
+            except OSError:
                 pass
 
     def _adopt_unwritten(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from interceptor.event import AUDIT
-from ledger.ledger import audit_detail
+from ledger.ledger import audit_count
 
 
 @dataclass
@@ -42,9 +42,7 @@ def summarize(ledger) -> Summary:
     facts = dict(con.execute("SELECT method, count(*) FROM egress_log WHERE channel = ? GROUP BY method", (AUDIT,)))
     dropped = 0
     for (detail,) in con.execute("SELECT url_path FROM egress_log WHERE channel = ? AND method = 'gap'", (AUDIT,)):
-        value = audit_detail(detail).get("dropped", "")
-        if value.isdigit():
-            dropped += int(value)
+        dropped += audit_count(detail, "dropped")
     rows = ledger.count()
     return Summary(rows, modules, sum(m.self_egress for m in modules.values()), dropped, facts)
 

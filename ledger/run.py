@@ -41,10 +41,10 @@ import tempfile
 import interceptor
 from interceptor.relay import ENV_RELAY, WIRE_VERSION
 from ledger.errors import LedgerError
+from ledger.siblings import PRIVATE_PACKAGE  # the interceptor's copy in the bootstrap folder
 from ledger.sink import ENV_KEY_DIR, ENV_LEDGER
 
 RELAY_SOCKET = "relay.sock"
-PRIVATE_PACKAGE = "_netaudit_interceptor"  # the interceptor's copy in the bootstrap folder
 MAX_SOCKET_PATH = 100  # sun_path holds 104 (BSD) or 108 (Linux) bytes
 
 BOOTSTRAP = '''\

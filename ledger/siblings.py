@@ -18,6 +18,7 @@ import os
 import sys
 
 OURS = ("interceptor", "verifier")
+PRIVATE_PACKAGE = "_netaudit_interceptor"  # `netaudit run`'s copy of the interceptor (ledger/run.py)
 HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding ledger/
 
 
@@ -30,7 +31,7 @@ def pin() -> None:
     for name in OURS:
         if name in sys.modules:
             continue
-        if name == "interceptor" and "_netaudit_interceptor" in sys.modules:
+        if name == "interceptor" and PRIVATE_PACKAGE in sys.modules:
             continue  # inside `netaudit run`: its bootstrap's finder decides what `interceptor` is
         try:
             ours = importlib.machinery.PathFinder.find_spec(name, [HOME])

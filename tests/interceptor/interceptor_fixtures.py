@@ -88,3 +88,13 @@ def run_rows(tmp_path) -> list[dict]:
 
     with Ledger.open(str(tmp_path / "run.sqlite"), key_dir=str(tmp_path / "keys"), readonly=True) as led:
         return list(led.rows())
+
+
+def http_rows(tmp_path) -> dict[str, dict]:
+    """The http rows of the ledger netaudit_run wrote, by path."""
+    return {x["url_path"]: x for x in run_rows(tmp_path) if x["channel"] == "http"}
+
+
+def line_of(text: str, marker: str) -> int:
+    """The number of the line of `text` that holds `marker` (a call site's line)."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if marker in line)

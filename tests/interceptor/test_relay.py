@@ -22,7 +22,7 @@ import interceptor
 from interceptor import Sink
 from interceptor.event import NetEvent
 from interceptor.relay import EVENT_FIELDS, MAX_DATAGRAM, SHAPE_FIELDS, VARYING_FIELDS, WIRE_VERSION, RelayWriter
-from interceptor_fixtures import ledger_sink, netaudit_run, run_rows, servers  # noqa: F401  (fixtures)
+from interceptor_fixtures import http_rows, ledger_sink, line_of, netaudit_run, run_rows, servers  # noqa: F401
 from ledger.ledger import Ledger
 from ledger.relay import RelayReceiver
 from verifier.verify import verify_ledger
@@ -70,10 +70,6 @@ def _wire(events, digests=None) -> dict:
     return {"t0": 0, "shapes": shapes, "events": rows}
 
 
-def _line_of(text: str, marker: str) -> int:
-    return next(i for i, line in enumerate(text.splitlines(), 1) if marker in line)
-
-
 def test_stdlib_only_child_and_grandchild_are_audited(tmp_path, servers, bare_python, ledger_sink):
     grandchild = tmp_path / "grandchild.py"
     grandchild.write_text(GRANDCHILD % {"port": servers.http})
@@ -86,12 +82,12 @@ def test_stdlib_only_child_and_grandchild_are_audited(tmp_path, servers, bare_py
     assert "netaudit:" not in r.stderr and "Error" not in r.stderr, r.stderr
 
     rows = run_rows(tmp_path)
-    http = {x["url_path"]: x for x in rows if x["channel"] == "http"}
+    http = http_rows(tmp_path)
     assert sorted(http) == ["/from-app", "/from-grandchild"]
     app_row, gc_row = http["/from-app"], http["/from-grandchild"]
-    assert (app_row["module"], app_row["call_site"]) == ("app", f"app:{_line_of(app_text, 'APP-CALL')}:<module>")
+    assert (app_row["module"], app_row["call_site"]) == ("app", f"app:{line_of(app_text, 'APP-CALL')}:<module>")
     assert (gc_row["module"], gc_row["call_site"]) == (
-        "grandchild", f"grandchild:{_line_of(GRANDCHILD, 'GRANDCHILD-CALL')}:<module>")
+        "grandchild", f"grandchild:{line_of(GRANDCHILD, 'GRANDCHILD-CALL')}:<module>")
     assert app_row["method"] == "POST" and app_row["query_keys"] == "k" and app_row["status"] == "200"
     assert app_row["req_bytes"] == len(PAYLOAD) and app_row["fingerprint"]
     assert app_row["pid"] != gc_row["pid"] and not app_row["self_egress"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import interceptor
-from interceptor_fixtures import netaudit_run, run_rows, servers  # noqa: F401  (servers: a fixture)
+from interceptor_fixtures import http_rows, line_of, netaudit_run, run_rows, servers  # noqa: F401  (servers: a fixture)
 from ledger.run import BOOTSTRAP, PRIVATE_PACKAGE
 from verifier.verify import verify_ledger
 
@@ -47,10 +47,6 @@ interceptor.fetch("http://127.0.0.1:%(port)d/from-theirs")  # APP-CALLS-THEIRS
 urllib.request.urlopen("http://127.0.0.1:%(port)d/from-app").read()  # APP-OWN-CALL
 sys.exit(3)
 '''
-
-
-def _line_of(text: str, marker: str) -> int:
-    return next(i for i, line in enumerate(text.splitlines(), 1) if marker in line)
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +102,16 @@ def test_a_program_imports_its_own_interceptor_and_is_audited(tmp_path, servers,
     assert "netaudit:" not in r.stderr and "Error" not in r.stderr, r.stderr
 
     rows = run_rows(tmp_path)
-    http = {x["url_path"]: x for x in rows if x["channel"] == "http"}
+    http = http_rows(tmp_path)
     assert sorted(http) == ["/from-app", "/from-theirs"]
     app_row, their_row = http["/from-app"], http["/from-theirs"]
-    assert (app_row["module"], app_row["call_site"]) == ("app", f"app:{_line_of(app_text, 'APP-OWN-CALL')}:<module>")
+    assert (app_row["module"], app_row["call_site"]) == ("app", f"app:{line_of(app_text, 'APP-OWN-CALL')}:<module>")
     if kind == "site-packages":  # an installed library: skipped, its caller is named
         assert (their_row["module"], their_row["call_site"]) == (
-            "app", f"app:{_line_of(app_text, 'APP-CALLS-THEIRS')}:<module>")
+            "app", f"app:{line_of(app_text, 'APP-CALLS-THEIRS')}:<module>")
     else:  # the program's own code, a top-level `interceptor` that is not ours
         assert (their_row["module"], their_row["call_site"]) == (
-            "interceptor", f"interceptor:{_line_of(THEIRS, 'THEIR-CALL')}:fetch")
+            "interceptor", f"interceptor:{line_of(THEIRS, 'THEIR-CALL')}:fetch")
     assert not app_row["self_egress"] and not their_row["self_egress"]
     assert not any(x["self_egress"] for x in rows)
     installed = [x for x in rows if x["method"] == "interceptor_installed"]
@@ -160,9 +156,9 @@ def test_our_private_copy_is_self_egress_and_their_interceptor_is_not(tmp_path, 
     r = netaudit_run(tmp_path, sys.executable, str(app), str(tmp_path / "prog" / "planted.py"))
     assert r.returncode == 0, r.stderr
 
-    http = {x["url_path"]: x for x in run_rows(tmp_path) if x["channel"] == "http"}
+    http = http_rows(tmp_path)
     assert sorted(http) == ["/as-ours", "/as-theirs"]
-    site = f"{_line_of(PLANTED, 'PLANTED-CALL')}:fetch"
+    site = f"{line_of(PLANTED, 'PLANTED-CALL')}:fetch"
     ours, theirs = http["/as-ours"], http["/as-theirs"]
     assert (ours["module"], ours["call_site"], ours["self_egress"]) == (
         PRIVATE_PACKAGE, f"{PRIVATE_PACKAGE}.planted:{site}", 1)
