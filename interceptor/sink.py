@@ -11,7 +11,8 @@ which holds the salt).
 The audited thread only appends to a deque. When the queue is full, or the writer raises, the
 events are dropped and counted (with the first and last timestamp and the reasons); the writer
 writes one gap row for them as soon as writing works again. After `os.fork` the child gets a fresh
-queue and writer thread; the queue is flushed at exit.
+queue and writer thread; the queue is flushed at exit, by the exiting thread itself where no
+writer thread can start then (Python 3.12 starts none once the interpreter is exiting).
 """
 from __future__ import annotations
 
@@ -117,7 +118,12 @@ class Sink:
             if self._thread is not None:
                 return
             self._thread = t
-        t.start()
+        try:
+            t.start()
+        except RuntimeError:  # the interpreter is exiting (3.12 starts no thread then), or no thread
+            with self._lock:  # is left: the events stay queued, and flush() writes them itself
+                if self._thread is t:
+                    self._thread = None
 
     def _run(self) -> None:
         q = self._q
@@ -196,6 +202,8 @@ class Sink:
         deadline = time.monotonic() + timeout
         if (self._q or self._gap_n) and self._thread is None:
             self._start()
+            if self._thread is None:  # none could start (at exit: an event emitted then)
+                self._write_here(deadline)
         while (self._q or self._busy or self._gap_n) and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.0005)
@@ -208,6 +216,18 @@ class Sink:
             return bool(sync(max(0.0, deadline - time.monotonic())))
         except Exception:
             return False
+
+    def _write_here(self, deadline: float) -> None:
+        """The writer thread's work, done by the flushing thread: at interpreter exit, Python 3.12
+        starts no new thread, and a connection still open then is emitted only then (socket_bytes).
+        Stops at the first batch that fails (it is counted) or at the deadline."""
+        q = self._q
+        while (q or self._gap_n) and time.monotonic() < deadline:
+            batch = []
+            while q and len(batch) < self.batch_size:
+                batch.append(q.popleft())
+            if not self._write(batch):
+                return
 
     def close(self, timeout: float = 5.0) -> None:
         self.flush(timeout)

@@ -89,6 +89,67 @@ def test_netaudit_run_end_to_end(tmp_path, servers):
     assert rep.returncode == 0 and "app" in rep.stdout and "Self-egress: 0" in rep.stdout
 
 
+def _pythons() -> list[str]:
+    """This Python, and the others named in NETAUDIT_TEST_PYTHONS (paths, os.pathsep between):
+    .ci/run names the other CPython 3.11+ it finds on the machine."""
+    found = [sys.executable]
+    for path in os.environ.get("NETAUDIT_TEST_PYTHONS", "").split(os.pathsep):
+        if path and os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
+            found.append(path)
+    return found
+
+
+APP_ANY_PYTHON = """
+import socket, subprocess, sys, urllib.request
+urllib.request.urlopen("http://127.0.0.1:%(port)d/from-app?key=v").read()
+try:
+    socket.create_connection(("127.0.0.1", %(refused)d))
+except OSError:
+    pass
+subprocess.run([sys.executable, "-c", %(child)r], check=True)
+print("%%d.%%d" %% sys.version_info[:2])
+sys.exit(7)
+"""
+# The child's one call: a connection it never closes, recorded at its exit, its first event then.
+CHILD_ANY_PYTHON = """
+import socket
+KEPT = socket.create_connection(("127.0.0.1", %(port)d))
+KEPT.sendall(%(request)r)
+while KEPT.recv(65536):
+    pass
+"""
+
+
+@pytest.mark.parametrize("python", _pythons(), ids=os.path.basename)
+def test_netaudit_run_with_each_python(tmp_path, servers, python):
+    """`netaudit run` audits a program on another Python than its own (the bootstrap, the private
+    copy of the interceptor and the relay on that version), and a connection a child never closes
+    is in the ledger with its sizes. On Python 3.12 that connection was lost, as the child's first
+    event: no thread starts at exit there, so its writer thread never ran. Only running the
+    program on 3.12 showed it."""
+    from interceptor_fixtures import netaudit_run, run_rows
+    from interceptor_servers import free_port
+
+    request = b"GET /kept-open HTTP/1.0\r\n\r\n"
+    app = tmp_path / "app.py"
+    child = CHILD_ANY_PYTHON % {"port": servers.http, "request": request}
+    app.write_text(APP_ANY_PYTHON % {"port": servers.http, "refused": free_port(), "child": child})
+    version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60).stdout.strip()
+    r = netaudit_run(tmp_path, python, str(app))
+    assert r.returncode == 7 and r.stdout.strip() == version, r.stderr
+    assert "netaudit:" not in r.stderr, r.stderr
+    rows = run_rows(tmp_path)
+    assert [x["url_path"] for x in rows if x["channel"] == "http"] == ["/from-app"]
+    sockets = [x for x in rows if x["channel"] == "socket"]
+    assert [x["error"] for x in sockets if x["error"]] == ["ConnectionRefusedError"]
+    (kept,) = [x for x in sockets if not x["error"]]
+    assert (kept["dst_port"], kept["req_bytes"]) == (servers.http, len(request)) and kept["resp_bytes"] > 0
+    assert len({x["pid"] for x in rows if x["method"] == "interceptor_installed"}) == 2
+    assert not [x for x in rows if x["method"] in ("gap", "interceptor_not_installed")]
+    assert verify_ledger(str(tmp_path / "run.sqlite")).valid
+
+
 def test_netaudit_run_missing_program(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ledger.cli", "run", "--ledger", str(tmp_path / "l.sqlite"),
                         "--key-dir", str(tmp_path / "k"), "--", str(tmp_path / "no-such-program")],
