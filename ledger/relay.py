@@ -47,6 +47,7 @@ _COLUMN_NAMES = [name for name, _ in COLUMNS]
 POLL_S = 0.2
 BATCH = 512
 RCVBUF = 4 * 1024 * 1024
+SENDERS_KEPT = 256            # senders remembered before those whose process is gone are forgotten
 UNWRITTEN = "unwritten"       # folder in the key dir: miss counts kept until a ledger holds them
 
 
@@ -80,6 +81,7 @@ class RelayReceiver:
         # appended, or counted in our gap row), for the hello repeated in a reopened ledger file
         # (_check_file); this batch's counts join them once the batch is handled.
         self._senders: dict[int, list] = {}
+        self._forget_at = SENDERS_KEPT  # then twice the living senders: one entry per process, not per pid ever
         self._batch: dict[int, list] = {}
         self._carried: list[tuple[str, int]] = []  # (claimed file, count): kept counts now in _gap
         self._stop = threading.Event()
@@ -243,6 +245,8 @@ class RelayReceiver:
                                        version=d["version"], pid=msg.pid, via="relay"))
                 self._senders[msg.pid] = [d["ts"], d["version"], 0, 0]  # a new process, if the pid is reused
                 self._batch.pop(msg.pid, None)
+                if len(self._senders) >= self._forget_at:
+                    self._forget_gone()
             elif msg.kind == "unaudited":
                 d = msg.detail
                 rows.append(self._fact("interceptor_not_installed", d["ts"], msg.pid, pid=msg.pid,
@@ -265,12 +269,21 @@ class RelayReceiver:
                 sender[2] += events
                 sender[3] += gaps
 
+    def _forget_gone(self) -> None:
+        """Forget the senders whose process is gone. What is kept of a sender serves only its own
+        count of what it relayed (a hello repeated in a reopened file, _rehellos), which a gone
+        process never makes. A writer that serves processes for long (Odoo's recycled workers,
+        a build's many subprocesses) keeps an entry per living process, not one per process ever."""
+        self._senders = {pid: sender for pid, sender in self._senders.items() if _alive(pid)}
+        self._forget_at = max(SENDERS_KEPT, 2 * len(self._senders))
+
     def _rehellos(self) -> list:
-        """Each sender's hello again, for a ledger file opened in place of a replaced one: the
-        sender's own count of what it relayed (ledger.process_writer, for a helper it can no
+        """Each living sender's hello again, for a ledger file opened in place of a replaced one:
+        the sender's own count of what it relayed (ledger.process_writer, for a helper it can no
         longer reach) is anchored on its hello, which is in the old file. `carried_events` and
         `carried_gaps` are what it had relayed until then (appended to the old file, or counted
         in our gap row): no longer in this ledger, and not missed either."""
+        self._forget_gone()
         return [self._fact("interceptor_installed", ts, pid, version=version, pid=pid, via="relay",
                            reopened=1, carried_events=events, carried_gaps=gaps)
                 for pid, (ts, version, events, gaps) in self._senders.items()]
@@ -329,8 +342,9 @@ class RelayReceiver:
             try:
                 self._salt = new.hmac_salt  # a new ledger has its own salt: later fingerprints use it
                 self._file_id = _file_id(new.path)
-                if self._senders:
-                    new.append_values(self._rehellos())
+                hellos = self._rehellos()
+                if hellos:
+                    new.append_values(hellos)
             except BaseException:
                 new.close()
                 raise

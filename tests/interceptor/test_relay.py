@@ -221,6 +221,59 @@ def test_malformed_datagrams_are_dropped_counted_and_the_rest_recorded(tmp_path,
     assert verify_ledger(str(tmp_path / "l.sqlite")).valid
 
 
+def test_the_receiver_forgets_senders_whose_process_is_gone(tmp_path, monkeypatch):
+    """A writer process serves processes that come and go (Odoo's recycled workers, a build's
+    subprocesses): what it keeps per sender stays bounded by the living ones, and a ledger file
+    reopened in place of a replaced one repeats the hellos of living senders only. Before, every
+    pid ever seen was kept, and each reopened file got a hello for each of them."""
+    import ledger.relay as relay_mod
+    from interceptor.capture import Record
+
+    monkeypatch.setattr(relay_mod, "SENDERS_KEPT", 8)
+    gone = []
+    for _ in range(40):  # pids of processes that have exited (and been waited for)
+        p = subprocess.Popen(["true"])
+        p.wait()
+        gone.append(p.pid)
+    living = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    path = str(tmp_path / "relay.sock")
+    led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
+    receiver = RelayReceiver(led, path).start()
+
+    def sent(*datagrams):
+        expected = receiver.datagrams + len(datagrams)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            for d in datagrams:
+                s.sendto(d, path)
+        deadline = time.monotonic() + 10
+        while receiver.datagrams < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert receiver.datagrams == expected
+
+    def hello(pid):
+        return json.dumps({"v": WIRE_VERSION, "kind": "hello", "pid": pid, "ts": time.time_ns(),
+                           "version": "test"}).encode()
+
+    try:
+        sent(hello(living.pid), *(hello(pid) for pid in gone))
+        assert len(receiver._senders) <= relay_mod.SENDERS_KEPT and living.pid in receiver._senders
+        writer = RelayWriter(path)  # this process: a living sender with an event
+        writer.write_records([Record("http", "http", "GET", "h.example", 80)])
+        assert writer.sync(10)
+        os.rename(led.path, led.path + ".old")  # e.g. a rotation: the receiver opens the path again
+        for _ in range(2):  # the first is a miss (the file was replaced), the second opens the new file
+            writer.write_records([Record("http", "http", "GET", "h.example", 80)])
+            assert writer.sync(10)
+        writer.close()
+    finally:
+        receiver.stop()
+        living.kill()
+        living.wait()
+    with Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), readonly=True) as new:
+        rehellos = [r["pid"] for r in new.rows() if r["method"] == "interceptor_installed"]
+    assert sorted(rehellos) == sorted([living.pid, os.getpid()])
+
+
 def test_a_child_that_cannot_be_audited_is_recorded_as_such(tmp_path, bare_python):
     """The bootstrap where the interceptor fails to import (as on a Python older than 3.11): the
     program still runs, says so on stderr, and the parent's ledger gets an
