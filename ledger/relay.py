@@ -20,8 +20,10 @@ ledger file and that only the auditor writes: a small file `KEY_DIR/unwritten/ID
 ledger's path, the count, t1, t2, the reasons), and `unwritten` says how many. The next receiver
 that opens a ledger at that path (a later `netaudit run`, or writer process) takes the file and
 writes its count in its first gap row, with `carried_ID` among the reasons; the file is removed
-once that row is in. Taking is a rename to `ID.claimed-PID`, so two receivers never both write
-one count; a claim left by a receiver that died is taken again only if no gap row names its ID.
+once that row is in. Taking is locking the file (flock), then a rename to `ID.claimed-PID`, and
+the taker holds the lock until the count is in the chain or given back: so two receivers never both
+write one count, and a claim whose lock is free was left by a receiver that died (a pid cannot
+tell: another process may have it now). Such a claim is taken again only if no gap row names its ID.
 `netaudit run` also says so on stderr (its exit code stays the program's: the auditor never
 changes the outcome of what it audits). Why not elsewhere: a side file next to the ledger would
 be gone with its folder; stderr alone is lost for the writer process, whose stderr is closed.
@@ -29,6 +31,7 @@ be gone with its folder; stderr alone is lost for the writer process, whose stde
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import socket
@@ -83,7 +86,7 @@ class RelayReceiver:
         self._senders: dict[int, list] = {}
         self._forget_at = SENDERS_KEPT  # then twice the living senders: one entry per process, not per pid ever
         self._batch: dict[int, list] = {}
-        self._carried: list[tuple[str, int]] = []  # (claimed file, count): kept counts now in _gap
+        self._carried: list[tuple[str, int, int]] = []  # (claimed file, count, its locked fd): kept counts now in _gap
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="netaudit-relay", daemon=True)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -120,12 +123,13 @@ class RelayReceiver:
         earlier receivers go back as they were; the rest into a new file."""
         gap, folder = self._gap, self._unwritten_dir()
         carried, self._carried = self._carried, []
-        for claimed, _ in carried:  # released: their own files, for the next receiver
+        for claimed, _, fd in carried:  # released: their own files, for the next receiver
             try:
                 os.rename(claimed, claimed[:claimed.rindex(".")] + ".gap")
             except OSError:
                 pass
-        rest = gap[0] - sum(n for _, n in carried)
+            os.close(fd)
+        rest = gap[0] - sum(n for _, n, _ in carried)
         self.unwritten = gap[0]
         self.unwritten_kept = ""
         if rest <= 0:
@@ -158,31 +162,37 @@ class RelayReceiver:
             return
         for name in names:
             rid, _, state = name.partition(".")
-            if state.startswith("claimed-"):
-                holder = state[len("claimed-"):]
-                if not holder.isdigit() or _alive(int(holder)) or self._holds(rid):
-                    if holder.isdigit() and not _alive(int(holder)):
-                        _unlink(os.path.join(folder, name))  # its receiver wrote it, then died
-                    continue
-            elif state != "gap":
+            if state != "gap" and not state.startswith("claimed-"):
                 continue
+            path = os.path.join(folder, name)
+            fd = _locked(path)
+            if fd is None:
+                continue  # a living receiver holds it (or took it since the listing)
+            taken = False
             try:
-                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                if state != "gap" and self._holds(rid):
+                    _unlink(path)  # its receiver wrote it in the chain, then died
+                    continue
+                with open(path, encoding="utf-8") as f:
                     record = json.load(f)
                 if record["ledger"] != os.path.abspath(self.ledger.path):
                     continue
                 n, t1, t2 = int(record["dropped"]), int(record["t1"]), int(record["t2"])
                 claimed = os.path.join(folder, f"{rid}.claimed-{me}")
-                os.rename(os.path.join(folder, name), claimed)  # fails if another receiver took it
+                os.rename(path, claimed)  # the lock goes with the file
+                taken = True
             except (OSError, ValueError, KeyError, TypeError):
                 continue
+            finally:
+                if not taken:
+                    os.close(fd)
             gap = self._gap
             gap[1] = min(gap[1], t1) if gap[0] else t1
             gap[2] = max(gap[2], t2)
             gap[0] += n
             gap[3].update(r for r in str(record.get("reason", "")).split(",") if r)
             gap[3].add(f"carried_{rid}")
-            self._carried.append((claimed, n))
+            self._carried.append((claimed, n, fd))
 
     def _holds(self, rid: str) -> bool:
         """Whether the ledger has a gap row that carried kept count `rid` (a claim whose receiver
@@ -393,8 +403,9 @@ class RelayReceiver:
             if gap[0] == 0:
                 gap[3] = set()
             carried, self._carried = self._carried, []
-            for claimed, _ in carried:  # in the chain now
+            for claimed, _, fd in carried:  # in the chain now
                 _unlink(claimed)
+                os.close(fd)
         for reason, row in faults:
             self._reject_rows(reason, [row])
         self.recorded += recorded
@@ -415,6 +426,21 @@ def _sender_gap(row):
     except (ValueError, TypeError):
         return (1, row[_TS], row[_TS], set())
     return dropped, row[_TS], max(until, row[_TS]), {r for r in detail.get("reason", "").split(",") if r}
+
+
+def _locked(path: str):
+    """A descriptor of `path` holding its exclusive lock, or None when another holds it (or the
+    file is gone). The lock lasts as long as the descriptor, so no longer than its process."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _alive(pid: int) -> bool:

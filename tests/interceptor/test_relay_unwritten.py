@@ -81,6 +81,67 @@ def test_a_kept_count_is_written_once_though_two_receivers_open_the_ledger(tmp_p
     assert not os.listdir(os.path.join(keys, UNWRITTEN))
 
 
+def _claimed_by(tmp_path, keys, pid) -> tuple[str, str]:
+    """The kept count's file as a receiver with `pid` leaves it once it took it: (folder, ID)."""
+    folder = os.path.join(keys, UNWRITTEN)
+    (kept,) = os.listdir(folder)
+    rid = kept.partition(".")[0]
+    os.rename(os.path.join(folder, kept), os.path.join(folder, f"{rid}.claimed-{pid}"))
+    return folder, rid
+
+
+def _next_receiver_gaps(path, keys, sock) -> list[str]:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    led = Ledger.open(path, key_dir=keys, create=True)
+    RelayReceiver(led, sock).start().stop()
+    gaps = [r["url_path"] for r in led.rows() if r["method"] == "gap"]
+    led.close()
+    return gaps
+
+
+def test_a_claim_left_by_a_receiver_that_died_is_taken_though_its_pid_lives_again(tmp_path):
+    """Review 16, M6: a claim is named after its receiver's pid, and pids are reused. A receiver
+    died and left ID.claimed-PID, and another process has PID now: the count stayed out of the
+    chain for as long as that process lived. The claim's lock tells now: free, its taker is gone."""
+    _, path, keys = _gone_for_good(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder, rid = _claimed_by(tmp_path, keys, other.pid)  # a living process, not a receiver
+        gaps = _next_receiver_gaps(path, keys, str(tmp_path / "r2.sock"))
+    finally:
+        other.kill()
+        other.wait()
+    assert len(gaps) == 1 and gaps[0].startswith("dropped=6;") and f"carried_{rid}" in gaps[0], gaps
+    assert not os.listdir(folder)
+
+
+HOLD_CLAIM = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_claim_its_living_taker_holds_is_left_until_it_is_gone(tmp_path):
+    """The other side: a claim whose taker lives (another process holds its lock) is not taken,
+    whatever the pid in its name; once that process is gone, the next receiver takes it."""
+    _, path, keys = _gone_for_good(tmp_path)
+    folder, rid = _claimed_by(tmp_path, keys, 1)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, os.path.join(folder, f"{rid}.claimed-1")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert _next_receiver_gaps(path, keys, str(tmp_path / "r2.sock")) == []
+        assert os.listdir(folder) == [f"{rid}.claimed-1"]
+    finally:
+        holder.kill()
+        holder.wait()
+    gaps = _next_receiver_gaps(path, keys, str(tmp_path / "r3.sock"))
+    assert len(gaps) == 1 and gaps[0].startswith("dropped=6;") and f"carried_{rid}" in gaps[0], gaps
+
+
 def test_a_kept_count_for_another_ledger_is_left_alone(tmp_path):
     _, path, keys = _gone_for_good(tmp_path)
     other = str(tmp_path / "other.sqlite")
