@@ -11,8 +11,8 @@ which holds the salt).
 The audited thread only appends to a deque. When the queue is full, or the writer raises, the
 events are dropped and counted (with the first and last timestamp and the reasons); the writer
 writes one gap row for them as soon as writing works again. After `os.fork` the child gets a fresh
-queue and writer thread; the queue is flushed at exit, by the exiting thread itself where no
-writer thread can start then (Python 3.12 starts none once the interpreter is exiting).
+queue and writer thread; the queue is flushed at exit. Where no writer thread can start (Python
+3.12 starts none once its main thread has returned), the calling thread writes its events itself.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ QUEUE_FULL = "QueueFull"
 # time.sleep(0), which on Linux sleeps ~70 us (timer slack): offered every 8 events, it cost the
 # writer 9 us of wall time per event; a shorter offer (os.sched_yield) does not hand the GIL over.
 YIELD_EVERY = 64
+INLINE_S = 5.0           # the longest a call waits on its own write, where no writer thread can start
 
 _SINKS: "weakref.WeakSet[Sink]" = weakref.WeakSet()
 
@@ -64,6 +65,7 @@ class Sink:
         # miss must not wait on its own thread.
         self._lock = threading.RLock()
         self._wake = threading.Event()
+        self._writing = threading.Lock()  # one writer at a time: the thread, or a caller (_write_here)
         self._sleeping = False
         self._busy = False
         self._stop = False
@@ -83,6 +85,8 @@ class Sink:
         q.append(rec)
         if self._thread is None:
             self._start()
+            if self._thread is None:  # no thread can start (Python 3.12 once the main thread returned)
+                self._write_here(time.monotonic() + INLINE_S)
         if self._sleeping:
             self._wake.set()
 
@@ -146,9 +150,10 @@ class Sink:
             self._busy = True
             batch = []
             try:
-                for _ in range(min(len(q), self.batch_size)):
-                    batch.append(q.popleft())
-                ok = self._write(batch)
+                with self._writing:
+                    for _ in range(min(len(q), self.batch_size)):
+                        batch.append(q.popleft())
+                    ok = self._write(batch)
             finally:
                 self._busy = False
             if ok:
@@ -204,6 +209,8 @@ class Sink:
             self._start()
             if self._thread is None:  # none could start (at exit: an event emitted then)
                 self._write_here(deadline)
+                if self._q or self._gap_n:
+                    return False  # a batch failed (counted): no writer to try again
         while (self._q or self._busy or self._gap_n) and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.0005)
@@ -218,16 +225,23 @@ class Sink:
             return False
 
     def _write_here(self, deadline: float) -> None:
-        """The writer thread's work, done by the flushing thread: at interpreter exit, Python 3.12
-        starts no new thread, and a connection still open then is emitted only then (socket_bytes).
-        Stops at the first batch that fails (it is counted) or at the deadline."""
-        q = self._q
-        while (q or self._gap_n) and time.monotonic() < deadline:
-            batch = []
-            while q and len(batch) < self.batch_size:
-                batch.append(q.popleft())
-            if not self._write(batch):
-                return
+        """The writer thread's work, done by the calling thread where no writer thread can start:
+        Python 3.12 starts none once its main thread has returned (a thread still making calls
+        then, or the exit flush: a connection still open is emitted only at exit). Stops at the
+        first batch that fails (it is counted) or at the deadline. Another thread writing, or
+        this one already (an emit from __del__ inside a write), leaves the events to it."""
+        if not self._writing.acquire(blocking=False):
+            return
+        try:
+            q = self._q
+            while (q or self._gap_n) and time.monotonic() < deadline:
+                batch = []
+                while q and len(batch) < self.batch_size:
+                    batch.append(q.popleft())
+                if not self._write(batch):
+                    return
+        finally:
+            self._writing.release()
 
     def close(self, timeout: float = 5.0) -> None:
         self.flush(timeout)

@@ -24,6 +24,9 @@ once that row is in. Taking is locking the file (flock), then a rename to `ID.cl
 the taker holds the lock until the count is in the chain or given back: so two receivers never both
 write one count, and a claim whose lock is free was left by a receiver that died (a pid cannot
 tell: another process may have it now). Such a claim is taken again only if no gap row names its ID.
+Where the key dir's file system has no flock (flock fails otherwise than "held"), the pid in the
+claim's name decides, as before. A receiver of a version before these locks holds no lock: run one
+version of netaudit on a key dir at a time.
 `netaudit run` also says so on stderr (its exit code stays the program's: the auditor never
 changes the outcome of what it audits). Why not elsewhere: a side file next to the ledger would
 be gone with its folder; stderr alone is lost for the writer process, whose stderr is closed.
@@ -160,19 +163,29 @@ class RelayReceiver:
             names = sorted(os.listdir(folder))
         except OSError:
             return
+        ours = {claimed for claimed, _, _ in self._carried}
         for name in names:
             rid, _, state = name.partition(".")
             if state != "gap" and not state.startswith("claimed-"):
                 continue
             path = os.path.join(folder, name)
-            fd = _locked(path)
+            if path in ours:
+                continue
+            fd, locked = _locked(path)
             if fd is None:
                 continue  # a living receiver holds it (or took it since the listing)
+            holder = state[len("claimed-"):]
+            if not locked and holder.isdigit() and _alive(int(holder)):
+                os.close(fd)  # no lock to tell by (a file system without flock): its pid decides
+                continue
             taken = False
             try:
-                if state != "gap" and self._holds(rid):
-                    _unlink(path)  # its receiver wrote it in the chain, then died
-                    continue
+                if state != "gap":
+                    held = self._holds(rid)
+                    if held:
+                        _unlink(path)  # its receiver wrote it in the chain, then died
+                    if held is not False:
+                        continue  # in the chain, or the ledger cannot say: leave it
                 with open(path, encoding="utf-8") as f:
                     record = json.load(f)
                 if record["ledger"] != os.path.abspath(self.ledger.path):
@@ -194,15 +207,15 @@ class RelayReceiver:
             gap[3].add(f"carried_{rid}")
             self._carried.append((claimed, n, fd))
 
-    def _holds(self, rid: str) -> bool:
+    def _holds(self, rid: str):
         """Whether the ledger has a gap row that carried kept count `rid` (a claim whose receiver
-        died after writing it, before removing its file)."""
+        died after writing it, before removing its file); None when it cannot tell."""
         try:
             return bool(self.ledger.con.execute(
                 "SELECT 1 FROM egress_log WHERE channel = 'audit' AND method = 'gap' AND url_path LIKE ? LIMIT 1",
                 (f"%carried_{rid}%",)).fetchall())
         except Exception:
-            return True  # cannot tell: leave it, rather than count it twice
+            return None
 
     # ---- the receiver thread ----------------------------------------------------------------
 
@@ -215,6 +228,8 @@ class RelayReceiver:
                     self._append(rows)
                 self._count_batch()
                 self._answer_syncs()
+                if len(self._senders) >= self._forget_at:
+                    self._forget_gone()
             except Exception as exc:  # never let one fault end the thread: count it, go on
                 self._count_batch()
                 self._reject(f"relay_{type(exc).__name__}")
@@ -255,8 +270,6 @@ class RelayReceiver:
                                        version=d["version"], pid=msg.pid, via="relay"))
                 self._senders[msg.pid] = [d["ts"], d["version"], 0, 0]  # a new process, if the pid is reused
                 self._batch.pop(msg.pid, None)
-                if len(self._senders) >= self._forget_at:
-                    self._forget_gone()
             elif msg.kind == "unaudited":
                 d = msg.detail
                 rows.append(self._fact("interceptor_not_installed", d["ts"], msg.pid, pid=msg.pid,
@@ -429,21 +442,27 @@ def _sender_gap(row):
 
 
 def _locked(path: str):
-    """A descriptor of `path` holding its exclusive lock, or None when another holds it (or the
-    file is gone). The lock lasts as long as the descriptor, so no longer than its process."""
+    """(a descriptor of `path`, whether it holds the file's exclusive lock), or (None, False) when
+    another descriptor holds the lock (or the file is gone). The lock lasts as long as the
+    descriptor: no longer than its process and the children it forked. A file system that cannot
+    lock (flock fails otherwise) gives the descriptor without the lock."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return None
+        return None, False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
-        return None
-    return fd
+        return None, False
+    except OSError:
+        return fd, False
+    return fd, True
 
 
 def _alive(pid: int) -> bool:
+    if not 0 < pid < 2 ** 31:  # a sender may say any int: os.kill would raise, or signal a group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

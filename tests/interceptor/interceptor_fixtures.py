@@ -98,3 +98,13 @@ def http_rows(tmp_path) -> dict[str, dict]:
 def line_of(text: str, marker: str) -> int:
     """The number of the line of `text` that holds `marker` (a call site's line)."""
     return next(i for i, line in enumerate(text.splitlines(), 1) if marker in line)
+
+
+def pythons() -> list[str]:
+    """This Python, and the others named in NETAUDIT_TEST_PYTHONS (paths, os.pathsep between):
+    .ci/run names the other CPython 3.11+ it finds on the machine."""
+    found = [sys.executable]
+    for path in os.environ.get("NETAUDIT_TEST_PYTHONS", "").split(os.pathsep):
+        if path and os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
+            found.append(path)
+    return found

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import interceptor
-from interceptor_fixtures import captured, ledger_sink, servers  # noqa: F401  (fixtures)
+from interceptor_fixtures import captured, ledger_sink, pythons, servers  # noqa: F401  (fixtures)
 from interceptor_servers import HOST
 from verifier.verify import verify_ledger
 
@@ -89,16 +89,6 @@ def test_netaudit_run_end_to_end(tmp_path, servers):
     assert rep.returncode == 0 and "app" in rep.stdout and "Self-egress: 0" in rep.stdout
 
 
-def _pythons() -> list[str]:
-    """This Python, and the others named in NETAUDIT_TEST_PYTHONS (paths, os.pathsep between):
-    .ci/run names the other CPython 3.11+ it finds on the machine."""
-    found = [sys.executable]
-    for path in os.environ.get("NETAUDIT_TEST_PYTHONS", "").split(os.pathsep):
-        if path and os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
-            found.append(path)
-    return found
-
-
 APP_ANY_PYTHON = """
 import socket, subprocess, sys, urllib.request
 urllib.request.urlopen("http://127.0.0.1:%(port)d/from-app?key=v").read()
@@ -120,7 +110,7 @@ while KEPT.recv(65536):
 """
 
 
-@pytest.mark.parametrize("python", _pythons(), ids=os.path.basename)
+@pytest.mark.parametrize("python", pythons(), ids=os.path.basename)
 def test_netaudit_run_with_each_python(tmp_path, servers, python):
     """`netaudit run` audits a program on another Python than its own (the bootstrap, the private
     copy of the interceptor and the relay on that version), and a connection a child never closes

@@ -255,8 +255,12 @@ def test_the_receiver_forgets_senders_whose_process_is_gone(tmp_path, monkeypatc
                            "version": "test"}).encode()
 
     try:
-        sent(hello(living.pid), *(hello(pid) for pid in gone))
+        # a sender may say any pid: none of these is a process, and none may stop the receiver
+        # (review 18, M2: os.kill(2 ** 40, 0) raised, and the rows received with it were lost)
+        odd = [2 ** 40, -5, 0, 2 ** 62]
+        sent(hello(living.pid), *(hello(pid) for pid in odd + gone))
         assert len(receiver._senders) <= relay_mod.SENDERS_KEPT and living.pid in receiver._senders
+        assert not receiver.rejected, receiver.rejected
         writer = RelayWriter(path)  # this process: a living sender with an event
         writer.write_records([Record("http", "http", "GET", "h.example", 80)])
         assert writer.sync(10)
@@ -272,6 +276,7 @@ def test_the_receiver_forgets_senders_whose_process_is_gone(tmp_path, monkeypatc
     with Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), readonly=True) as new:
         rehellos = [r["pid"] for r in new.rows() if r["method"] == "interceptor_installed"]
     assert sorted(rehellos) == sorted([living.pid, os.getpid()])
+    assert receiver.rejected == {"relay_LedgerError": 1}, receiver.rejected  # the row that found the file replaced
 
 
 def test_a_child_that_cannot_be_audited_is_recorded_as_such(tmp_path, bare_python):

@@ -16,6 +16,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ import pytest
 from interceptor import GUARD
 from interceptor import socket_bytes
 
-from interceptor_fixtures import captured, servers  # noqa: F401  (fixtures)
+from interceptor_fixtures import captured, pythons, servers  # noqa: F401  (fixtures)
 from interceptor_servers import HOST, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -434,6 +435,66 @@ def test_socket_never_closed_is_recorded_at_exit(count_port, tmp_path, threads_a
     lines = r.stdout.splitlines()
     assert lines[0] == "received 9"
     assert [json.loads(x) for x in lines[1:]] == [["socket", 11, 9, count_port]]
+
+
+# The main thread returns; a thread it left makes the process's first calls afterwards (a server
+# thread, a pool's job nobody waited for), then runs on until the process is terminated.
+_LATE_PROGRAM = """
+import json, socket, sys, threading, time
+sys.path.insert(0, %(root)r)
+import interceptor
+
+class PrintWriter:
+    salt = None
+    def write_batch(self, events):
+        for e in events:
+            print(json.dumps([e.channel, e.error, e.dst_port]), flush=True)
+    def write_gap(self, *args):
+        print(json.dumps(["gap", *args]), flush=True)
+
+interceptor.install(sink=interceptor.Sink(PrintWriter()))
+
+def late():
+    time.sleep(0.3)
+    for _ in range(3):
+        try:
+            socket.create_connection(("127.0.0.1", %(refused)d))
+        except OSError:
+            pass
+    time.sleep(60)
+
+threading.Thread(target=late).start()
+"""
+# Python 3.12 refuses new threads once the main thread has returned; 3.11 and 3.13 do not. This
+# makes any Python refuse them from then on (threading's own exit callbacks run at that moment).
+_NO_THREAD_AFTER_MAIN = """
+def _refuse(self):
+    raise RuntimeError("can't create new thread at interpreter shutdown")
+threading._register_atexit(lambda: setattr(threading.Thread, "start", _refuse))
+"""
+
+
+@pytest.mark.parametrize("python", [pytest.param(None, id="main-gone-as-in-3.12"),
+                                    *(pytest.param(p, id=os.path.basename(p)) for p in pythons())])
+def test_calls_made_after_the_main_thread_returned_are_written_while_the_process_runs(tmp_path, python):
+    """Review 18, M1: where no writer thread can start (3.12, once the main thread has returned), the
+    calls of a thread left running stayed queued until exit, and a SIGTERM lost them without a gap
+    row. Now the calling thread writes them itself: they are out before the process is stopped."""
+    program = tmp_path / "late.py"
+    program.write_text(_LATE_PROGRAM % {"root": str(ROOT), "refused": free_port()}
+                       + (_NO_THREAD_AFTER_MAIN if python is None else ""))
+    proc = subprocess.Popen([python or sys.executable, str(program)], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(lines) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.terminate()  # SIGTERM: no exit handler runs, what is still queued is lost
+        proc.wait(10)
+    assert [json.loads(x)[1] for x in lines] == ["ConnectionRefusedError"] * 3, lines
 
 
 _FORK_PROGRAM = """
