@@ -388,8 +388,10 @@ def test_faults_are_swallowed_and_counted(captured, count_port):
     assert closed.value.errno == 9  # EBADF, as for a plain socket
 
 
-_EXIT_PROGRAM = """
-import json, socket, sys
+# How the programs below begin: the interceptor installed, writing each event's `fields` as a JSON
+# line on stdout (a gap row as ["gap", ...]).
+_PRINTING = """
+import json, os, socket, sys, threading, time
 sys.path.insert(0, %(root)r)
 import interceptor
 
@@ -397,11 +399,14 @@ class PrintWriter:
     salt = None
     def write_batch(self, events):
         for e in events:
-            print(json.dumps([e.channel, e.req_bytes, e.resp_bytes, e.dst_port]), flush=True)
+            print(json.dumps([getattr(e, f) for f in %(fields)r]), flush=True)
     def write_gap(self, *args):
         print(json.dumps(["gap", *args]), flush=True)
 
 interceptor.install(sink=interceptor.Sink(PrintWriter()))
+"""
+
+_EXIT_PROGRAM = _PRINTING + """
 KEEP = socket.create_connection(("127.0.0.1", %(port)d))
 KEEP.sendall(b"7 9\\n" + b"q" * 7)
 got = 0
@@ -428,7 +433,8 @@ def test_socket_never_closed_is_recorded_at_exit(count_port, tmp_path, threads_a
     no thread can start (Python 3.12, found by running the suite on it), the flush at exit writes
     the event itself. It was lost there, with no gap row."""
     program = tmp_path / "never_closed.py"
-    program.write_text(_EXIT_PROGRAM % {"root": str(ROOT), "port": count_port}
+    program.write_text(_EXIT_PROGRAM % {"root": str(ROOT), "port": count_port,
+                                        "fields": ("channel", "req_bytes", "resp_bytes", "dst_port")}
                        + ("" if threads_at_exit else _NO_THREAD_AT_EXIT))
     r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr  # nothing "ignored" at shutdown either
@@ -439,21 +445,7 @@ def test_socket_never_closed_is_recorded_at_exit(count_port, tmp_path, threads_a
 
 # The main thread returns; a thread it left makes the process's first calls afterwards (a server
 # thread, a pool's job nobody waited for), then runs on until the process is terminated.
-_LATE_PROGRAM = """
-import json, socket, sys, threading, time
-sys.path.insert(0, %(root)r)
-import interceptor
-
-class PrintWriter:
-    salt = None
-    def write_batch(self, events):
-        for e in events:
-            print(json.dumps([e.channel, e.error, e.dst_port]), flush=True)
-    def write_gap(self, *args):
-        print(json.dumps(["gap", *args]), flush=True)
-
-interceptor.install(sink=interceptor.Sink(PrintWriter()))
-
+_LATE_PROGRAM = _PRINTING + """
 def late():
     time.sleep(0.3)
     for _ in range(3):
@@ -481,7 +473,8 @@ def test_calls_made_after_the_main_thread_returned_are_written_while_the_process
     calls of a thread left running stayed queued until exit, and a SIGTERM lost them without a gap
     row. Now the calling thread writes them itself: they are out before the process is stopped."""
     program = tmp_path / "late.py"
-    program.write_text(_LATE_PROGRAM % {"root": str(ROOT), "refused": free_port()}
+    program.write_text(_LATE_PROGRAM % {"root": str(ROOT), "refused": free_port(),
+                                        "fields": ("channel", "error", "dst_port")}
                        + (_NO_THREAD_AFTER_MAIN if python is None else ""))
     proc = subprocess.Popen([python or sys.executable, str(program)], stdout=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -497,26 +490,13 @@ def test_calls_made_after_the_main_thread_returned_are_written_while_the_process
     assert [json.loads(x)[1] for x in lines] == ["ConnectionRefusedError"] * 3, lines
 
 
-_FORK_PROGRAM = """
-import json, os, socket, sys
-sys.path.insert(0, %(root)r)
-import interceptor
-
-class PrintWriter:
-    salt = None
-    def write_batch(self, events):
-        for e in events:
-            print(json.dumps([e.pid, e.req_bytes, e.resp_bytes]), flush=True)
-    def write_gap(self, *args):
-        print(json.dumps(["gap", *args]), flush=True)
-
+_FORK_PROGRAM = _PRINTING + """
 def exchange(sock, n, m):
     sock.sendall(b"%%d %%d\\n" %% (n, m) + b"q" * n)
     got = 0
     while got < m:
         got += len(sock.recv(100))
 
-interceptor.install(sink=interceptor.Sink(PrintWriter()))
 sock = socket.create_connection(("127.0.0.1", %(port)d))
 exchange(sock, 1, 2)
 pid = os.fork()
@@ -535,7 +515,8 @@ sock.close()
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_child_forgets_the_parents_connections(count_port, tmp_path):
     program = tmp_path / "forks.py"
-    program.write_text(_FORK_PROGRAM % {"root": str(ROOT), "port": count_port})
+    program.write_text(_FORK_PROGRAM % {"root": str(ROOT), "port": count_port,
+                                        "fields": ("pid", "req_bytes", "resp_bytes")})
     r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     lines = r.stdout.splitlines()
