@@ -124,8 +124,8 @@ class Sink:
             self._thread = t
         try:
             t.start()
-        except RuntimeError:  # the interpreter is exiting (3.12 starts no thread then), or no thread
-            with self._lock:  # is left: the events stay queued, and flush() writes them itself
+        except RuntimeError:  # 3.12 once its main thread has returned, or no thread is left: the
+            with self._lock:  # callers write the events themselves (submit and flush: _write_here)
                 if self._thread is t:
                     self._thread = None
 

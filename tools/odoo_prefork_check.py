@@ -130,8 +130,11 @@ def main(argv: list[str]) -> int:
         log.close()
 
     with open(log.name, encoding="utf-8", errors="replace") as fh:
-        bad = [line for line in fh if " ERROR " in line or " CRITICAL " in line or
-               line.startswith("Traceback")]
+        lines = fh.readlines()
+    bad = [line for line in lines if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")]
+    # A known limit (docs/odoo_addon.md): the evented (gevent) process is not audited. Said on
+    # every run, so that it is seen, and so that its end is seen too.
+    unaudited = [line for line in lines if "interceptor not installed" in line]
     if bad:
         return fail(f"the server logged errors: {bad[0].strip()[:200]}")
 
@@ -169,6 +172,8 @@ def main(argv: list[str]) -> int:
     print(f"prefork_check: OK: {verdict.message}; master {master}, workers {sorted(workers)}; "
           f"{len(mail)} mail egress rows, {len(ingress)} ingress rows attributed to base; "
           f"forensic mode on: {len(bodies)} encrypted bodies stored")
+    for line in unaudited:
+        print(f"prefork_check: known limit, not audited: {line.strip()[:240]}")
     return 0
 
 

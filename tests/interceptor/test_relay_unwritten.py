@@ -142,6 +142,44 @@ def test_a_claim_its_living_taker_holds_is_left_until_it_is_gone(tmp_path):
     assert len(gaps) == 1 and gaps[0].startswith("dropped=6;") and f"carried_{rid}" in gaps[0], gaps
 
 
+def test_a_claim_is_left_when_the_ledger_cannot_say_whether_it_holds_its_count(tmp_path):
+    """Review 18, L2: a claim left by a receiver that died is deleted only if a gap row names it.
+    When the ledger cannot answer, the claim stays for a later receiver; it was deleted, and its
+    count lost. Stand-in, said so: the query fails through a wrapper of the ledger's connection
+    (a real SQLite read fails this way only on a damaged file or a lost mount)."""
+    import apsw
+
+    _, path, keys = _gone_for_good(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    folder, rid = _claimed_by(tmp_path, keys, dead.pid)  # its receiver died: the lock is free
+
+    class Failing:
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, sql, *args):
+            if "carried_" in str(args):
+                raise apsw.IOError("disk I/O error")
+            return self.con.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.con, name)
+
+    os.makedirs(os.path.dirname(path))
+    led = Ledger.open(path, key_dir=keys, create=True)
+    real, led.con = led.con, Failing(led.con)
+    try:
+        RelayReceiver(led, str(tmp_path / "r2.sock")).start().stop()
+    finally:
+        led.con = real
+    assert os.listdir(folder) == [f"{rid}.claimed-{dead.pid}"]  # kept for the next receiver
+    assert not [r for r in led.rows() if r["method"] == "gap"]
+    led.close()
+    gaps = _next_receiver_gaps(path, keys, str(tmp_path / "r3.sock"))  # one that can read the ledger
+    assert len(gaps) == 1 and gaps[0].startswith("dropped=6;") and f"carried_{rid}" in gaps[0], gaps
+
+
 def test_a_kept_count_for_another_ledger_is_left_alone(tmp_path):
     _, path, keys = _gone_for_good(tmp_path)
     other = str(tmp_path / "other.sqlite")
