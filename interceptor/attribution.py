@@ -96,7 +96,7 @@ class StackAttribution:
         self._libs = library_prefixes() if library_dirs is None else library_dirs
         self._modules: dict[str | None, tuple | None] = {}
         self._authors: dict[str, str] = {}
-        self._sites: dict[int, tuple] = {}   # key -> (code, label, site, code, label, site, ...)
+        self._sites: dict[int, tuple] = {}   # key -> ((code, label, site), ...)
 
     def __call__(self, frame) -> tuple[str, str, str, bool]:
         modules = self._modules
@@ -115,9 +115,9 @@ class StackAttribution:
                 entry = self._sites.get(key)
                 if entry is not None:  # the code objects whose call sites under this key are known
                     label = info[2]
-                    for i in range(0, len(entry), 3):
-                        if entry[i] is code and entry[i + 1] is label:
-                            return info[0], info[1], entry[i + 2], info[3]
+                    for known, known_label, site in entry:
+                        if known is code and known_label is label:
+                            return info[0], info[1], site, info[3]
                 return info[0], info[1], self._call_site(f, code, key, info[2]), info[3]
             f = f.f_back
         return UNATTRIBUTED
@@ -140,8 +140,8 @@ class StackAttribution:
         sites = self._sites
         if len(sites) >= _SITES_MAX:
             sites.clear()
-        kept = sites.get(key, ())[-3 * (_PER_KEY - 1):]  # (code, label, site) triples
-        sites[key] = kept + (code, label, site)  # holds the code object: compared by identity
+        kept = sites.get(key, ())[-(_PER_KEY - 1):]
+        sites[key] = (*kept, (code, label, site))  # holds the code object: compared by identity
         return site
 
     # ---- classifying a module, once -------------------------------------------------------------

@@ -115,9 +115,7 @@ class Record:
         (a frozen dataclass costs microseconds to build; the ledger writer needs only the values).
         Never raises: a record with odd values (a port given as "http", a custom attribution's
         None) takes the field-by-field path, which makes each value one the ledger can store."""
-        fp = ""
-        if self.hasher is not None and salt:
-            fp = hmac.digest(salt, self.hasher.digest(), "sha256").hex()[:FINGERPRINT_HEX]
+        fp = fingerprint(salt, self.hasher.digest()) if self.hasher is not None and salt else ""
         error, module, author, call_site = self.error, self.module, self.author, self.call_site
         if (type(error) is str and type(module) is str and type(author) is str and type(call_site) is str
                 and type(self.pid) is int and type(self.ts) is int and type(self.duration_ns) is int):
@@ -152,6 +150,12 @@ class Record:
 
 
 _INT_MIN, _INT_MAX = -(2 ** 63), 2 ** 63 - 1   # what SQLite stores
+
+
+def fingerprint(salt: bytes, payload_digest: bytes) -> str:
+    """The ledger's fingerprint of a payload from its SHA-256 digest (the relay's parent computes
+    it the same way from the digest a child sends)."""
+    return hmac.digest(salt, payload_digest, "sha256").hex()[:FINGERPRINT_HEX]
 
 
 def _as_int(value) -> int:

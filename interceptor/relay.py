@@ -43,14 +43,13 @@ hooks record only (host, port) addresses) and it sends under the interceptor's c
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import json
 import os
 import socket
 import time
 from operator import attrgetter, itemgetter
 
-from .capture import _INT_MAX, _INT_MIN, FINGERPRINT_HEX, TLS, _as_int
+from .capture import _INT_MAX, _INT_MIN, TLS, _as_int, fingerprint
 from .event import AUDIT, NetEvent
 from .redact import clean_path
 from .sink import YIELD_EVERY
@@ -78,11 +77,6 @@ class MalformedDatagram(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def fingerprint(salt: bytes, payload_digest: bytes) -> str:
-    """The ledger's fingerprint of a payload from its SHA-256 digest (as capture.Record.to_event)."""
-    return hmac.digest(salt, payload_digest, "sha256").hex()[:FINGERPRINT_HEX]
 
 
 # ---- the child's side ---------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class Sink:
         self._busy = False
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._threadless = False  # a thread start was refused: the callers write (_write_here)
         self._gap_n = 0
         self._gap_t1 = 0
         self._gap_t2 = 0
@@ -84,9 +85,7 @@ class Sink:
             return
         q.append(rec)
         if self._thread is None:
-            self._start()
-            if self._thread is None:  # no thread can start (Python 3.12 once the main thread returned)
-                self._write_here(time.monotonic() + INLINE_S)
+            self._start_or_write(time.monotonic() + INLINE_S)
         if self._sleeping:
             self._wake.set()
 
@@ -113,7 +112,7 @@ class Sink:
     # ---- the writer thread --------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None or self._threadless:
             return
         # Made outside the lock: a collection during the construction may emit and start a writer
         # itself, and then this one is not needed.
@@ -125,9 +124,16 @@ class Sink:
         try:
             t.start()
         except RuntimeError:  # 3.12 once its main thread has returned, or no thread is left: the
-            with self._lock:  # callers write the events themselves (submit and flush: _write_here)
+            with self._lock:  # callers write the events themselves from now on (_start_or_write)
                 if self._thread is t:
                     self._thread = None
+                    self._threadless = True
+
+    def _start_or_write(self, deadline: float) -> None:
+        """Start the writer thread; where none can start, write the queue on this thread."""
+        self._start()
+        if self._thread is None:
+            self._write_here(deadline)
 
     def _run(self) -> None:
         q = self._q
@@ -206,11 +212,9 @@ class Sink:
         and, for a writer that relays to another process (it has `sync`), appended there."""
         deadline = time.monotonic() + timeout
         if (self._q or self._gap_n) and self._thread is None:
-            self._start()
-            if self._thread is None:  # none could start (at exit: an event emitted then)
-                self._write_here(deadline)
-                if self._q or self._gap_n:
-                    return False  # a batch failed (counted): no writer to try again
+            self._start_or_write(deadline)
+            if self._thread is None and (self._q or self._gap_n):
+                return False  # written here, and a batch failed (counted): no writer to try again
         while (self._q or self._busy or self._gap_n) and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.0005)

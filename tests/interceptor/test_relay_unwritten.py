@@ -81,7 +81,7 @@ def test_a_kept_count_is_written_once_though_two_receivers_open_the_ledger(tmp_p
     assert not os.listdir(os.path.join(keys, UNWRITTEN))
 
 
-def _claimed_by(tmp_path, keys, pid) -> tuple[str, str]:
+def _claimed_by(keys, pid) -> tuple[str, str]:
     """The kept count's file as a receiver with `pid` leaves it once it took it: (folder, ID)."""
     folder = os.path.join(keys, UNWRITTEN)
     (kept,) = os.listdir(folder)
@@ -106,7 +106,7 @@ def test_a_claim_left_by_a_receiver_that_died_is_taken_though_its_pid_lives_agai
     _, path, keys = _gone_for_good(tmp_path)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        folder, rid = _claimed_by(tmp_path, keys, other.pid)  # a living process, not a receiver
+        folder, rid = _claimed_by(keys, other.pid)  # a living process, not a receiver
         gaps = _next_receiver_gaps(path, keys, str(tmp_path / "r2.sock"))
     finally:
         other.kill()
@@ -128,7 +128,7 @@ def test_a_claim_its_living_taker_holds_is_left_until_it_is_gone(tmp_path):
     """The other side: a claim whose taker lives (another process holds its lock) is not taken,
     whatever the pid in its name; once that process is gone, the next receiver takes it."""
     _, path, keys = _gone_for_good(tmp_path)
-    folder, rid = _claimed_by(tmp_path, keys, 1)
+    folder, rid = _claimed_by(keys, 1)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, os.path.join(folder, f"{rid}.claimed-1")],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -152,7 +152,7 @@ def test_a_claim_is_left_when_the_ledger_cannot_say_whether_it_holds_its_count(t
     _, path, keys = _gone_for_good(tmp_path)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    folder, rid = _claimed_by(tmp_path, keys, dead.pid)  # its receiver died: the lock is free
+    folder, rid = _claimed_by(keys, dead.pid)  # its receiver died: the lock is free
 
     class Failing:
         def __init__(self, con):
