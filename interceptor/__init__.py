@@ -7,7 +7,8 @@ Layers (DESIGN.md, "Interceptor"): PEP 578 audit hooks and socket wrappers for e
 (socket_hooks), protocol wrappers for http.client (http_wrappers: urllib, urllib3, requests,
 xmlrpc.client) and for smtplib, imaplib, poplib, ftplib (mail_wrappers), attribution of each call
 to a module (attribution), names-only redaction (redact), one fail-open guard (guard), and the
-sink with its writer thread (sink). Ingress: interceptor.wsgi.AuditMiddleware.
+sink with its writer thread (sink), a real OS thread also where gevent patched threading
+(native). Ingress: interceptor.wsgi.AuditMiddleware.
 """
 from __future__ import annotations
 

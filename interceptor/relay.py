@@ -42,6 +42,7 @@ hooks record only (host, port) addresses) and it sends under the interceptor's c
 """
 from __future__ import annotations
 
+import _socket
 import dataclasses
 import json
 import os
@@ -49,6 +50,7 @@ import socket
 import time
 from operator import attrgetter, itemgetter
 
+from . import native
 from .capture import _INT_MAX, _INT_MIN, TLS, _as_int, fingerprint
 from .event import AUDIT, NetEvent
 from .redact import clean_path
@@ -186,7 +188,7 @@ class RelayWriter:
 
     def _send(self, data: bytes) -> None:
         if self._sock is None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.settimeout(self.send_timeout)
         busy, TLS.busy = TLS.busy, True   # our own channel: no layer of the interceptor records it
         try:
@@ -211,7 +213,7 @@ class RelayWriter:
         start, chunk = 0, CHUNK
         while start < len(records):
             if start:
-                time.sleep(0)  # let the audited threads take the GIL, as the sink does
+                native.sleep(0)  # let the audited threads take the GIL, as the sink does
             # `chunk` records per datagram, halved until they fit, and the size that fitted is where
             # the next datagram starts (doubled again up to CHUNK); a record that alone does not fit,
             # or cannot be framed (never seen: Record.fields takes any value), is a miss alone.
@@ -284,7 +286,7 @@ class RelayWriter:
         may be sending on the shared one meanwhile, whose timeout is not ours to change. What this
         process sent before the call is in the receiver's queue already, so this datagram comes
         after it whatever socket it leaves from."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         pause = 0.0002
         try:
             sock.setblocking(False)

@@ -13,16 +13,19 @@ events are dropped and counted (with the first and last timestamp and the reason
 writes one gap row for them as soon as writing works again. After `os.fork` the child gets a fresh
 queue and writer thread; the queue is flushed at exit. Where no writer thread can start (Python
 3.12 starts none once its main thread has returned), the calling thread writes its events itself.
+The writer is a real OS thread with the OS's own locks, also where gevent patched threading
+(interceptor.native: a greenlet writer may never run). Started with `_thread`, not threading, it
+is not in threading.enumerate() and gets no threading.settrace/setprofile or excepthook.
 """
 from __future__ import annotations
 
 import atexit
 import os
-import threading
 import time
 import weakref
 from collections import deque
 
+from . import native
 from .capture import Record, flush_at_multiprocessing_exit
 
 DEFAULT_MAXSIZE = 10_000
@@ -60,16 +63,17 @@ class Sink:
     def _arm(self) -> None:
         """Fresh queue, lock, wake-up and gap counters (at start, and in a forked child)."""
         self._q: deque[Record] = deque()
+        # The OS's own thread and locks (interceptor.native), also where gevent patched threading.
         # Reentrant: socket_bytes emits from __del__, which the garbage collector may run inside
         # a section that holds this lock (any allocation can start a collection); its submit or
         # miss must not wait on its own thread.
-        self._lock = threading.RLock()
-        self._wake = threading.Event()
-        self._writing = threading.Lock()  # one writer at a time: the thread, or a caller (_write_here)
+        self._lock = native.RLock()
+        self._wake = native.Event()
+        self._writing = native.Lock()  # one writer at a time: the thread, or a caller (_write_here)
         self._sleeping = False
         self._busy = False
         self._stop = False
-        self._thread: threading.Thread | None = None
+        self._thread: native.Thread | None = None
         self._threadless = False  # a thread start was refused: the callers write (_write_here)
         self._gap_n = 0
         self._gap_t1 = 0
@@ -116,7 +120,7 @@ class Sink:
             return
         # Made outside the lock: a collection during the construction may emit and start a writer
         # itself, and then this one is not needed.
-        t = threading.Thread(target=self._run, name="netaudit-writer", daemon=True)
+        t = native.Thread(target=self._run, name="netaudit-writer")
         with self._lock:
             if self._thread is not None:
                 return
@@ -178,7 +182,7 @@ class Sink:
             events = []
             for i in range(0, len(batch) if write_records is None else 0, YIELD_EVERY):
                 if i:
-                    time.sleep(0)  # let the audited threads take the GIL: their calls wait less
+                    native.sleep(0)  # let the audited threads take the GIL: their calls wait less
                 events.extend(r.to_event(salt) for r in batch[i:i + YIELD_EVERY])
             if self._gap_n:
                 with self._lock:
@@ -217,7 +221,7 @@ class Sink:
                 return False  # written here, and a batch failed (counted): no writer to try again
         while (self._q or self._busy or self._gap_n) and time.monotonic() < deadline:
             self._wake.set()
-            time.sleep(0.0005)
+            time.sleep(0.0005)  # the caller's own sleep: under gevent, the hub runs meanwhile
         if self._q or self._busy or self._gap_n:
             return False
         sync = getattr(self.writer, "sync", None)  # a relaying writer: wait until it is in the ledger
@@ -252,7 +256,7 @@ class Sink:
         self._stop = True
         self._wake.set()
         t = self._thread
-        if t is not None and t is not threading.current_thread():
+        if t is not None and t.ident != native.get_ident():
             t.join(timeout)
         close = getattr(self.writer, "close", None)
         if close is not None and not self._busy:

@@ -41,6 +41,8 @@ Decisions:
   are the C methods' own. The class is named like the one it stands in for (repr(), pickling
   errors), and multiprocessing's reducer for socket.socket is registered for it; only
   `type(sock) is socket.socket` tells the difference.
+- gevent: its socket classes wrap a real socket instead of being socket.socket, so theirs are
+  sockets of another class: recorded at connect, without sizes (interceptor.native).
 """
 from __future__ import annotations
 
@@ -50,9 +52,12 @@ import os
 import socket
 import sys
 
+from . import native
 from .capture import GUARD, TLS, emit, fail, flush_at_multiprocessing_exit, peer
 
-_ss = socket.socket  # the Python class whose methods (C ones from _socket.socket) we call
+# The Python class whose methods (C ones from _socket.socket) we call: the standard library's,
+# also where gevent put its own class in its place (interceptor.native).
+_ss = native.original(socket, "socket")
 _send, _sendall, _sendto, _sendmsg = _ss.send, _ss.sendall, _ss.sendto, _ss.sendmsg
 _recv, _recv_into, _recvfrom, _recvfrom_into = _ss.recv, _ss.recv_into, _ss.recvfrom, _ss.recvfrom_into
 _recvmsg, _recvmsg_into = _ss.recvmsg, _ss.recvmsg_into
@@ -236,7 +241,7 @@ except ImportError:  # a Python built without ssl
 
 
 if ssl is not None:
-    _SSLSocket = ssl.SSLSocket
+    _SSLSocket = native.original(ssl, "SSLSocket")
     _ssl_send, _ssl_sendall, _ssl_recv, _ssl_recv_into = (
         _SSLSocket.send, _SSLSocket.sendall, _SSLSocket.recv, _SSLSocket.recv_into)
     _ssl_read, _ssl_write = _SSLSocket.read, _SSLSocket.write

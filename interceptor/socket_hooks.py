@@ -8,7 +8,9 @@
 - `sendto` / `sendmsg` to an explicit address (UDP) are wrapped too: one event per datagram, with
   the bytes the kernel took, or the error;
 - a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, whose
-  datagrams then carry no size; name lookups through `getaddrinfo` and friends).
+  datagrams then carry no size; name lookups through `getaddrinfo` and friends). Where gevent
+  patched socket, its lookups run on its resolver's threads, out of the caller's sight: the
+  socket module's lookup functions are wrapped there instead (_gevent_lookup).
 Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
 connection that a protocol wrapper describes is not recorded a second time here. Only IPv4 and
 IPv6 sockets are network egress: AF_UNIX, AF_NETLINK, AF_PACKET... are not recorded. A call that
@@ -22,7 +24,7 @@ import errno
 import socket
 import sys
 
-from . import socket_bytes
+from . import native, socket_bytes
 from .capture import GUARD, STATE, TLS, begin, emit, fail, peer
 
 MARK = "_netaudit_wrapped"
@@ -75,8 +77,19 @@ def _egress(sock, address) -> bool:
         return False
     try:
         return _FAMILY(sock) in _IP
+    except TypeError:  # not a _socket.socket: gevent's class wraps one
+        pass
+    try:
+        return sock.family in _IP
     except Exception:
-        return True  # not a _socket.socket: the address decides, as before
+        return True  # no family to tell by: the address decides, as before
+
+
+def _kind(sock) -> int:
+    try:
+        return _TYPE(sock)
+    except TypeError:  # not a _socket.socket: gevent's class wraps one
+        return sock.type
 
 
 def _finish_connect(rec, sock, connected: bool = True) -> None:
@@ -213,7 +226,7 @@ def _datagram(self, original: str, args, address):
         return _orig[original](self, *args)
     rec = None
     try:
-        if _TYPE(self) == socket.SOCK_STREAM:  # a connected stream: the kernel ignores the address
+        if _kind(self) == socket.SOCK_STREAM:  # a connected stream: the kernel ignores the address
             try:
                 address = self.getpeername()
             except OSError:
@@ -264,28 +277,107 @@ def _on_sendto(args) -> None:
         emit(_begin_socket(sock, address, "sendto", sys._getframe(2)))
 
 
-def _on_getaddrinfo(args) -> None:
-    host, port = args[0], args[1]
-    if isinstance(host, bytes):
-        host = host.decode("idna", "replace")
-    port = port if isinstance(port, int) else int(port) if isinstance(port, str) and port.isdigit() else 0
-    emit(begin("dns", "dns", "getaddrinfo", host or "", port, sys._getframe(2)))
+# A lookup's target parameter, by method: its name where given as a keyword (gevent's resolver
+# methods take keywords; the C functions take none).
+_TARGET_PARAM = {"getaddrinfo": "host", "gethostbyname": "hostname", "gethostbyname_ex": "hostname",
+                 "gethostbyaddr": "ip_address", "getnameinfo": "sockaddr"}
+
+
+def _lookup_target(method: str, args, kwargs=None) -> tuple[str, int]:
+    """(host, port) of a name lookup's arguments."""
+    host = args[0] if args else (kwargs or {}).get(_TARGET_PARAM.get(method, "host"), "")
+    if method == "getaddrinfo":
+        if isinstance(host, bytes):
+            host = host.decode("idna", "replace")
+        port = args[1] if len(args) > 1 else (kwargs or {}).get("port", 0)
+        port = port if isinstance(port, int) else int(port) if isinstance(port, str) and port.isdigit() else 0
+        return host or "", port
+    if isinstance(host, tuple):  # getnameinfo's sockaddr
+        host = host[0]
+    return str(host), 0
+
+
+def _by_gevent(frame) -> bool:
+    """A lookup gevent's resolver makes (on a thread of its pool, or its own C calls): recorded
+    where it was asked for, by _gevent_lookup, with the caller and the caller's claim."""
+    return frame is not None and str(frame.f_globals.get("__name__", "")).startswith("gevent.")
 
 
 def _on_lookup(method):
     def handler(args) -> None:
-        host = args[0]
-        if isinstance(host, tuple):  # getnameinfo's sockaddr
-            host = host[0]
-        emit(begin("dns", "dns", method, str(host), 0, sys._getframe(2)))
+        frame = sys._getframe(2)
+        if not (_GEVENT_LOOKUPS and _by_gevent(frame)):
+            emit(begin("dns", "dns", method, *_lookup_target(method, args), frame))
     return handler
+
+
+def _gevent_lookup(method: str, lookup):
+    """Wraps a method of gevent's resolver (through which every lookup of a gevent-patched process
+    goes: socket.getaddrinfo, getfqdn, gevent's own create_connection...). Its thread resolver runs
+    the C lookup on a thread of its pool, whose audit event shows neither the caller nor the
+    caller's claim (the connection the lookup is for): recorded here instead, on the caller's
+    greenlet, as the audit hook records a lookup elsewhere. Arguments the lookup refuses before
+    asking (TypeError, ValueError) are no event, as for a C lookup."""
+
+    def wrapper(resolver, *args, **kwargs):
+        if TLS.busy or not STATE.enabled:
+            return lookup(resolver, *args, **kwargs)
+        rec = None
+        try:
+            rec = begin("dns", "dns", _AUDITED_AS[method], *_lookup_target(method, args, kwargs),
+                        sys._getframe(1))
+        except Exception as exc:
+            GUARD.fault("capture", exc)
+        TLS.busy = True
+        try:
+            result = lookup(resolver, *args, **kwargs)
+        except BaseException as exc:
+            if rec is not None and not isinstance(exc, _ARGUMENT_ERRORS):
+                fail(rec, exc)
+            raise
+        finally:
+            TLS.busy = False
+        if rec is not None:
+            emit(rec)
+        return result
+
+    wrapper.__name__ = wrapper.__qualname__ = getattr(lookup, "__name__", method)
+    wrapper.__wrapped__ = lookup
+    setattr(wrapper, MARK, True)
+    return wrapper
+
+
+# The resolver's lookups, by the method their C audit event names (gethostbyname_ex raises
+# gethostbyname's).
+_AUDITED_AS = {"getaddrinfo": "getaddrinfo", "gethostbyname": "gethostbyname",
+               "gethostbyname_ex": "gethostbyname", "gethostbyaddr": "gethostbyaddr",
+               "getnameinfo": "getnameinfo"}
+_GEVENT_LOOKUPS = False
+
+
+def _wrap_gevent_resolver() -> bool:
+    """Wrap the lookups of the resolver class gevent's hubs use (gevent.config.resolver: its
+    thread pool resolver by default), where gevent patched socket. True once they are wrapped:
+    the lookups its own code makes are then left to these wrappers (_by_gevent)."""
+    if not native.patched("socket"):
+        return False
+    try:
+        resolver = sys.modules["gevent._config"].config.resolver  # the class, imported by gevent
+        for name in _AUDITED_AS:
+            lookup = getattr(resolver, name, None)
+            if lookup is not None and not getattr(lookup, MARK, False):
+                setattr(resolver, name, _gevent_lookup(name, lookup))
+        return True
+    except Exception as exc:  # a resolver class that cannot be wrapped: the audit hook records
+        GUARD.fault("capture", exc)  # its lookups, without the caller when it runs them elsewhere
+        return False
 
 
 _HANDLERS = {
     "socket.connect": _on_connect,
     "socket.sendto": _on_sendto,
     "socket.sendmsg": _on_sendto,
-    "socket.getaddrinfo": _on_getaddrinfo,
+    "socket.getaddrinfo": _on_lookup("getaddrinfo"),
     "socket.gethostbyname": _on_lookup("gethostbyname"),
     "socket.gethostbyaddr": _on_lookup("gethostbyaddr"),
     "socket.getnameinfo": _on_lookup("getnameinfo"),
@@ -313,7 +405,7 @@ def installed_elsewhere() -> bool:
 
 
 def install() -> None:
-    global _hook_added
+    global _hook_added, _GEVENT_LOOKUPS
     cls = socket.socket
     if not getattr(cls.__dict__.get("connect"), MARK, False):
         for name, wrapper in (("connect", socket_connect_wrapper), ("connect_ex", socket_connect_ex_wrapper),
@@ -325,6 +417,7 @@ def install() -> None:
         _orig["create_connection"] = socket.create_connection
         setattr(socket_create_connection_wrapper, MARK, True)
         socket.create_connection = socket_create_connection_wrapper
+    _GEVENT_LOOKUPS = _GEVENT_LOOKUPS or _wrap_gevent_resolver()
     socket_bytes.install()
     if not _hook_added:
         sys.addaudithook(audit_hook)

@@ -47,9 +47,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
+from interceptor import native
 from ledger.errors import LedgerError
 
 SOCKET_NAME = "w.sock"
@@ -59,6 +59,28 @@ CLOSE_TIMEOUT_S = 5.0        # close() waits this long for the helper to exit (n
 SETTLE_TIMEOUT_S = 5.0       # a helper out of reach gets this long to append what it holds, or exit
 READY = "ready"
 _GONE = (errno.ECONNREFUSED, errno.ENOENT)
+# The standard library's own, also where gevent patched it (interceptor.native): the sink's writer
+# thread, which starts and watches the helper, is a real OS thread, and gevent's Popen there
+# fails ("child watchers are only available on the default loop").
+_Popen = native.original(subprocess, "Popen")
+_FORK_EXEC = native.original(subprocess, "_fork_exec") if hasattr(subprocess, "_fork_exec") else None
+_TimeoutExpired = native.original(subprocess, "TimeoutExpired")
+_DefaultSelector = native.original(selectors, "DefaultSelector")
+_poll = native.original(select, "poll")
+
+
+def _popen(*args, **kwargs):
+    """The standard library's Popen, also where gevent patched subprocess: there (Python 3.11+)
+    gevent sets `subprocess._fork_exec`, which that Popen calls, to None ("look like a pure Python
+    version", gevent/subprocess.py), so the saved one is put back for the call. gevent's own Popen
+    never reads it; our calls are one at a time (under _START_LOCK)."""
+    if _FORK_EXEC is None or subprocess._fork_exec is _FORK_EXEC:
+        return _Popen(*args, **kwargs)
+    current, subprocess._fork_exec = subprocess._fork_exec, _FORK_EXEC
+    try:
+        return _Popen(*args, **kwargs)
+    finally:
+        subprocess._fork_exec = current
 
 
 def _core_root() -> str:
@@ -75,7 +97,7 @@ def _core_root() -> str:
 # and the moment the started helper becomes the writer's are done under _START_LOCK, which a fork
 # waits for (os.register_at_fork below); a helper between the two is in _STARTING, and a forked
 # child closes its copies of that helper's pipes at once: it never had that helper.
-_START_LOCK = threading.RLock()
+_START_LOCK = native.RLock()
 _STARTING: dict[int, tuple] = {}   # id(proc) -> (proc, pidfd), helpers being started here
 
 
@@ -89,7 +111,7 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     global _START_LOCK
-    _START_LOCK = threading.RLock()  # the parent's holder (the forking thread) is this thread
+    _START_LOCK = native.RLock()  # the parent's holder (the forking thread) is this thread
     starting = list(_STARTING.values())
     _STARTING.clear()
     for proc, pidfd in starting:
@@ -157,7 +179,7 @@ class _Unreachable:
 
     def exited(self) -> bool:
         if self.pidfd >= 0:
-            poll = select.poll()
+            poll = _poll()
             poll.register(self.pidfd, select.POLLIN)
             return bool(poll.poll(0))
         if self.proc is not None:
@@ -201,7 +223,7 @@ class ProcessWriter:
         self._unreachable: list[_Unreachable] = []  # helpers out of reach, not yet counted
         # The writer thread (a write) and a flushing thread (sync) may both find a helper gone:
         # it is let go once, and each helper out of reach is counted once.
-        self._settle_lock = threading.Lock()
+        self._settle_lock = native.Lock()
         self._owner = 0               # pid of the process that started the helper
         self._fallback = None         # ledger.sink.LedgerWriter after a fallback
         self._base_seq = 0            # the ledger's last seq when the helper started
@@ -289,7 +311,7 @@ class ProcessWriter:
         this child too), with a socket and a hello of the child's own."""
         self._sent = _Sent()  # the child counts its own
         self._t0 = time.time_ns()  # before the child's hello: an earlier process with its pid said its own before
-        self._settle_lock = threading.Lock()  # a parent's thread may have held it at the fork
+        self._settle_lock = native.Lock()  # a parent's thread may have held it at the fork
         unreachable, self._unreachable = self._unreachable, []  # the parent's to count
         for u in unreachable:
             _close_fd(u.pidfd)  # the child's copy
@@ -397,7 +419,7 @@ class ProcessWriter:
                                      until=u.sent.t2 or time.time_ns())
             if not self._unreachable or time.monotonic() >= deadline:
                 break
-            time.sleep(0.02)
+            time.sleep(0.02)  # patched under gevent: a flush's sync on a greenlet lets the hub run
         return lost_total
 
     def _held(self, u: _Unreachable):
@@ -467,7 +489,7 @@ class ProcessWriter:
             if not sys.executable:
                 raise LedgerError("no Python interpreter to run it (sys.executable is empty)")
             with _START_LOCK:  # see _STARTING: a fork waits for this, and its child closes these pipes
-                proc = subprocess.Popen(
+                proc = _popen(
                     [sys.executable, "-m", "ledger.process_writer", sock, self.path, self.key_dir],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                     env=env, close_fds=True, start_new_session=True)
@@ -533,7 +555,7 @@ class ProcessWriter:
         if proc is not None:
             try:
                 proc.wait(wait) if wait else proc.poll()
-            except subprocess.TimeoutExpired:
+            except _TimeoutExpired:
                 pass
             if proc.returncode is not None and folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)  # the helper removes it too, as it exits
@@ -550,7 +572,7 @@ def _read_line(stream, timeout: float) -> str:
     """One line from a pipe within `timeout` seconds, or "" (poll: any descriptor number)."""
     deadline = time.monotonic() + timeout
     data = b""
-    with selectors.DefaultSelector() as sel:
+    with _DefaultSelector() as sel:
         sel.register(stream, selectors.EVENT_READ)
         while not data.endswith(b"\n") and len(data) < 4096:
             left = deadline - time.monotonic()

@@ -8,8 +8,8 @@ records an `interceptor_installed` audit row (version, pid) in the chain.
 from __future__ import annotations
 
 import os
-import time
 
+from interceptor import native
 from interceptor.event import NetEvent
 from interceptor.sink import YIELD_EVERY
 from ledger.errors import LedgerError
@@ -100,7 +100,7 @@ class LedgerWriter:
         encoded = []
         for i in range(0, len(records), YIELD_EVERY):
             if i:
-                time.sleep(0)
+                native.sleep(0)  # on the sink's writer thread, an OS thread also under gevent
             encoded += encode([fields_values(r.fields(salt)) for r in records[i:i + YIELD_EVERY]])
         led.append_encoded(encoded)
 

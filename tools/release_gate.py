@@ -13,7 +13,8 @@ tree with --source, and checks three invariants from DESIGN.md:
   or the addon, except inside the interceptor's wrappers of the audited calls (EGRESS_WRAPPERS);
   a call through a saved original (a dict of originals, a closure or module variable bound to
   one) counts as the call itself.
-  A socket made as `socket.socket(socket.AF_UNIX, ...)` is a file path, not a network: making it,
+  A socket made as `socket.socket(socket.AF_UNIX, ...)` (or `_socket.socket(...)`, the C class) is
+  a file path, not a network: making it,
   and calling `connect`/`sendto` on a receiver the same file binds to nothing else, is allowed
   (the relay of `netaudit run`, interceptor/relay.py and ledger/relay.py).
 
@@ -72,6 +73,7 @@ EGRESS_WRAPPERS: tuple[tuple[str, str], ...] = (
     ("interceptor/socket_hooks.py", "_datagram"),                # sendto / sendmsg to an address
     ("interceptor/socket_hooks.py", "socket_sendto_wrapper"),    # their arguments the C method refuses
     ("interceptor/socket_hooks.py", "socket_sendmsg_wrapper"),   # sendmsg without an address: no event
+    ("interceptor/socket_hooks.py", "_gevent_lookup.wrapper"),   # gevent resolver lookups (getaddrinfo...)
     ("interceptor/socket_bytes.py", "CountingSocket.sendto"),    # a counted socket's own sendto
     ("interceptor/socket_bytes.py", "CountingSocket.sendmsg"),   # and sendmsg, run once
     ("interceptor/mail_wrappers.py", "_make_wrapper.protocol_call_wrapper"),
@@ -721,8 +723,9 @@ def _egress_scope(path: str) -> bool:
 
 
 def unix_socket_call(node: ast.AST, aliases: dict[str, str]) -> bool:
-    """`socket.socket(socket.AF_UNIX, ...)`: a socket on a file path, which cannot reach a network."""
-    if not isinstance(node, ast.Call) or qualified_name(node.func, aliases) != "socket.socket":
+    """`socket.socket(socket.AF_UNIX, ...)` (or the C class it extends, `_socket.socket`, which
+    gevent never replaces): a socket on a file path, which cannot reach a network."""
+    if not isinstance(node, ast.Call) or qualified_name(node.func, aliases) not in ("socket.socket", "_socket.socket"):
         return False
     family = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "family"), None)
     return family is not None and qualified_name(family, aliases) == "socket.AF_UNIX"

@@ -420,10 +420,10 @@ print("received", got, flush=True)
 # program, this makes any Python refuse as 3.12 does, from the moment the exit handlers run (ours
 # run after it: atexit calls the last registered first).
 _NO_THREAD_AT_EXIT = """
-import atexit, threading
-def _refuse(self):
+import atexit, interceptor.native
+def _refuse(*args):
     raise RuntimeError("can't create new thread at interpreter shutdown")
-atexit.register(lambda: setattr(threading.Thread, "start", _refuse))
+atexit.register(lambda: setattr(interceptor.native, "_start_new_thread", _refuse))
 """
 
 
@@ -460,9 +460,10 @@ threading.Thread(target=late).start()
 # Python 3.12 refuses new threads once the main thread has returned; 3.11 and 3.13 do not. This
 # makes any Python refuse them from then on (threading's own exit callbacks run at that moment).
 _NO_THREAD_AFTER_MAIN = """
-def _refuse(self):
+import interceptor.native
+def _refuse(*args):
     raise RuntimeError("can't create new thread at interpreter shutdown")
-threading._register_atexit(lambda: setattr(threading.Thread, "start", _refuse))
+threading._register_atexit(lambda: setattr(interceptor.native, "_start_new_thread", _refuse))
 """
 
 

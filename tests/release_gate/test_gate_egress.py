@@ -7,6 +7,8 @@ from .gate_helpers import release_gate, run_gate
 
 EGRESS = [
     ("import socket\nsocket.create_connection(('example.org', 80))\n", 2, "socket.create_connection"),
+    ("import _socket, socket\n\ndef f():\n    s = _socket.socket(socket.AF_INET)\n    s.connect(('example.org', 80))\n",
+     5, ".connect()"),
     ("import socket\n\ndef f():\n    s = socket.socket()\n    s.connect(('example.org', 80))\n", 5,
      ".connect()"),
     ("import socket\nsocket.getaddrinfo('example.org', 443)\n", 2, "socket.getaddrinfo"),
@@ -47,6 +49,8 @@ def test_outbound_call_in_the_core_fails(plant_wheel, package, code, line, reaso
     "import sqlite3\nDB = sqlite3.connect(':memory:')\n",
     "import apsw\nDB = apsw.Connection(':memory:')\n",
     "import socket\nHOST = socket.gethostname()\n",
+    "import _socket, socket\n\ndef f():\n    s = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    "    s.sendto(b'x', '/tmp/w.sock')\n",
     "import subprocess\nsubprocess.run(['git', 'status'])\n",
     "EVENTS = ('socket.connect', 'socket.getaddrinfo')  # audit-hook event names are not calls\n",
 ])

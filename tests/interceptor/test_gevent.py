@@ -1,0 +1,103 @@
+"""A process gevent has monkey-patched, as Odoo's evented server (the /websocket one) is.
+
+Before: the interceptor did not install there at all (socket_bytes extended gevent's socket
+class, which has no __del__), and a writer "thread" started through patched threading was a
+greenlet of the starting thread's hub, which never ran when that thread runs none (gevent's
+resolver threads): its events were lost. Real gevent, a real writer process, real local servers.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from interceptor_servers import free_port
+
+from ledger import Ledger
+from verifier import verify_ledger
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PROGRAM = r"""
+from gevent import monkey; monkey.patch_all()
+import _socket, json, socket, sys, urllib.request
+sys.path.insert(0, %(root)r)
+import gevent, interceptor
+from ledger.process_writer import ProcessWriter
+
+writer = ProcessWriter(sys.argv[1], sys.argv[2])
+interceptor.install(sink=interceptor.Sink(writer))
+
+srv = socket.create_server(("127.0.0.1", 0))
+port = srv.getsockname()[1]
+def serve():
+    while True:
+        c, _ = srv.accept()
+        c.recv(1000)
+        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        c.close()
+gevent.spawn(serve)
+
+# The process's first event comes from a real OS thread that runs no gevent hub, as gevent's
+# resolver threads do: the sink's writer is started from there.
+done = monkey.get_original("_thread", "allocate_lock")()
+done.acquire()
+def raw():
+    s = _socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.connect(("127.0.0.1", %(refused)d))
+    except OSError:
+        pass
+    s.close()
+    done.release()
+monkey.get_original("_thread", "start_new_thread")(raw, ())
+done.acquire()
+
+def lookup():
+    socket.getaddrinfo("localhost", port)  # gevent's resolver: on a thread of its pool
+    socket.getaddrinfo("localhost", port=port)  # gevent's takes keywords
+    try:
+        socket.getaddrinfo()  # refused before any lookup: no event, as for the C function
+    except TypeError:
+        pass
+    socket.getfqdn("localhost")  # gevent's own getfqdn, through its resolver's gethostbyaddr
+lookup()
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # gevent's class: a datagram is still an event
+udp.sendto(b"abc", ("127.0.0.1", %(refused)d))
+udp.close()
+urllib.request.urlopen(f"http://127.0.0.1:{port}/p?k=v").read()  # its lookup is part of the call
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+s.recv(100)
+s.close()
+print(json.dumps({"mode": writer.mode, "port": port}))
+"""  # no flush: the exit's
+
+
+def test_a_gevent_patched_process_is_audited_end_to_end(tmp_path):
+    program = tmp_path / "evented.py"
+    refused = free_port()
+    program.write_text(PROGRAM % {"root": str(ROOT), "refused": refused})
+    ledger, keys = tmp_path / "l.sqlite", tmp_path / "keys"
+    r = subprocess.run([sys.executable, str(program), str(ledger), str(keys)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["mode"] == "process"  # the writer process started from the sink's OS thread
+    port = out["port"]
+    assert verify_ledger(str(ledger)).valid
+    with Ledger.open(str(ledger), readonly=True) as led:
+        every = list(led.rows())
+    assert [r["method"] for r in every if r["channel"] == "audit"] == ["ledger_opened", "interceptor_installed"]  # no gap
+    rows = [(r["channel"], r["method"], r["host"], r["dst_port"], r["url_path"], r["status"], r["module"],
+             r["call_site"].rsplit(":", 1)[-1]) for r in every if r["channel"] != "audit"]
+    assert rows == [
+        ("socket", "connect", "127.0.0.1", refused, "", "", "evented", "raw"),
+        ("dns", "getaddrinfo", "localhost", port, "", "", "evented", "lookup"),  # the caller's, once
+        ("dns", "getaddrinfo", "localhost", port, "", "", "evented", "lookup"),
+        ("dns", "gethostbyaddr", "localhost", 0, "", "", "evented", "lookup"),
+        ("socket", "sendto", "127.0.0.1", refused, "", "", "evented", "<module>"),
+        ("http", "GET", "127.0.0.1", port, "/p", "200", "evented", "<module>"),  # no lookup row of its own
+        ("socket", "connect", "127.0.0.1", port, "", "", "evented", "<module>"),
+    ]
