@@ -81,9 +81,13 @@ EGRESS_WRAPPERS: tuple[tuple[str, str], ...] = (
 
 # --- What is ours -------------------------------------------------------------------------------
 CORE_PACKAGES = ("interceptor", "ledger", "verifier")
+# Top-level modules of the core, checked as part of a package: the console scripts' entry
+# (it imports the ledger's and the verifier's command lines).
+CORE_MODULES = {"_netaudit_entry.py": "ledger"}
 ADDON_DIR = "odoo_addon"
 ADDON_PATH = "odoo_addon/mit_network_audit"
-OUR_TOP_LEVEL = frozenset({"interceptor", "ledger", "verifier", "odoo_addon", "mit_network_audit"})
+OUR_TOP_LEVEL = frozenset({"interceptor", "ledger", "verifier", "odoo_addon", "mit_network_audit",
+                           "_netaudit_entry"})
 ODOO_TOP_LEVEL = "odoo"
 # Which of our packages each core package may import (DESIGN.md, "Layout and dependency direction").
 ALLOWED_OURS = {
@@ -672,6 +676,8 @@ def blob_entropy(value: str | bytes) -> float | None:
 
 
 def _core_package(path: str) -> str | None:
+    if path in CORE_MODULES:
+        return CORE_MODULES[path]
     top = path.split("/")[0]
     return top if top in CORE_PACKAGES and path.endswith(".py") else None
 

@@ -176,3 +176,13 @@ def test_not_provably_local_socket_fails(plant_wheel, code, line, reason):
     assert run.failed_rules() == {"no-self-egress"}, run.stdout
     assert any(f":{path}:{line}: " in f and reason in f for f in run.failures("no-self-egress")), \
         run.failures("no-self-egress")
+
+
+def test_the_console_scripts_entry_is_checked_as_core(plant_wheel):
+    """_netaudit_entry.py, a top-level module (the console scripts' entry), is checked as part of
+    the ledger: an outbound call or an Odoo import there fails the gate as in ledger/."""
+    code = b"import socket\nimport odoo\nsocket.create_connection(('example.org', 80))\n"
+    run = run_gate(plant_wheel({"_netaudit_entry.py": code}))
+    assert run.rc == 1
+    assert run.failed_rules() == {"no-self-egress", "core-no-odoo"}, run.stdout
+    assert any(":_netaudit_entry.py:3: " in f for f in run.failures("no-self-egress"))
