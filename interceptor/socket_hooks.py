@@ -298,39 +298,44 @@ def _lookup_target(method: str, args, kwargs=None) -> tuple[str, int]:
 
 
 def _by_gevent(frame) -> bool:
-    """A lookup gevent's resolver makes (on a thread of its pool, or its own C calls): recorded
-    where it was asked for, by _gevent_lookup, with the caller and the caller's claim."""
+    """A lookup gevent's resolver makes (on a thread of its pool, or its own C calls)."""
     return frame is not None and str(frame.f_globals.get("__name__", "")).startswith("gevent.")
 
 
 def _on_lookup(method):
     def handler(args) -> None:
         frame = sys._getframe(2)
-        if not (_GEVENT_LOOKUPS and _by_gevent(frame)):
-            emit(begin("dns", "dns", method, *_lookup_target(method, args), frame))
+        # gevent's: recorded where it was asked for (_gevent_lookup), unless its resolver was not
+        # wrapped yet (gevent patched after install, as under `netaudit run`; a resolver chosen
+        # later): it is now, and this lookup is recorded here, without its caller
+        if _by_gevent(frame) and not _wrap_gevent_resolvers() and _GEVENT_LOOKUPS:
+            return
+        emit(begin("dns", "dns", method, *_lookup_target(method, args), frame))
     return handler
 
 
-def _gevent_lookup(method: str, lookup):
-    """Wraps a method of gevent's resolver (through which every lookup of a gevent-patched process
-    goes: socket.getaddrinfo, getfqdn, gevent's own create_connection...). Its thread resolver runs
-    the C lookup on a thread of its pool, whose audit event shows neither the caller nor the
-    caller's claim (the connection the lookup is for): recorded here instead, on the caller's
-    greenlet, as the audit hook records a lookup elsewhere. Arguments the lookup refuses before
-    asking (TypeError, ValueError) are no event, as for a C lookup."""
+def _gevent_lookup(method: str, lookup, static: bool):
+    """Wraps a lookup method of a gevent resolver (through which every lookup of a gevent-patched
+    process goes: socket.getaddrinfo, getfqdn, gevent's own create_connection...). Its thread
+    resolver runs the C lookup on a thread of its pool, whose audit event shows neither the caller
+    nor the caller's claim (the connection the lookup is for): recorded here instead, on the
+    caller's greenlet, as the audit hook records a lookup elsewhere. Arguments the lookup refuses
+    before asking (TypeError, ValueError) are no event, as for a C lookup. `static`: the class
+    holds a staticmethod (gevent's blocking resolver: the C functions themselves)."""
+    skip = 0 if static else 1  # the resolver instance
 
-    def wrapper(resolver, *args, **kwargs):
+    def wrapper(*args, **kwargs):
         if TLS.busy or not STATE.enabled:
-            return lookup(resolver, *args, **kwargs)
+            return lookup(*args, **kwargs)
         rec = None
         try:
-            rec = begin("dns", "dns", _AUDITED_AS[method], *_lookup_target(method, args, kwargs),
+            rec = begin("dns", "dns", _AUDITED_AS[method], *_lookup_target(method, args[skip:], kwargs),
                         sys._getframe(1))
         except Exception as exc:
             GUARD.fault("capture", exc)
         TLS.busy = True
         try:
-            result = lookup(resolver, *args, **kwargs)
+            result = lookup(*args, **kwargs)
         except BaseException as exc:
             if rec is not None and not isinstance(exc, _ARGUMENT_ERRORS):
                 fail(rec, exc)
@@ -344,7 +349,7 @@ def _gevent_lookup(method: str, lookup):
     wrapper.__name__ = wrapper.__qualname__ = getattr(lookup, "__name__", method)
     wrapper.__wrapped__ = lookup
     setattr(wrapper, MARK, True)
-    return wrapper
+    return staticmethod(wrapper) if static else wrapper
 
 
 # The resolver's lookups, by the method their C audit event names (gethostbyname_ex raises
@@ -352,25 +357,42 @@ def _gevent_lookup(method: str, lookup):
 _AUDITED_AS = {"getaddrinfo": "getaddrinfo", "gethostbyname": "gethostbyname",
                "gethostbyname_ex": "gethostbyname", "gethostbyaddr": "gethostbyaddr",
                "getnameinfo": "getnameinfo"}
-_GEVENT_LOOKUPS = False
+# gevent's resolvers (gevent.config.resolver names one of them; whichever gevent has imported is
+# wrapped: a program may choose another after install)
+_GEVENT_RESOLVERS = ("gevent.resolver.thread", "gevent.resolver.blocking", "gevent.resolver.ares",
+                     "gevent.resolver.dnspython")
+_GEVENT_LOOKUPS = False  # some gevent resolver is wrapped
 
 
-def _wrap_gevent_resolver() -> bool:
-    """Wrap the lookups of the resolver class gevent's hubs use (gevent.config.resolver: its
-    thread pool resolver by default), where gevent patched socket. True once they are wrapped:
-    the lookups its own code makes are then left to these wrappers (_by_gevent)."""
-    if not native.patched("socket"):
-        return False
+def _wrap_gevent_resolvers() -> bool:
+    """Wrap the lookups of every gevent resolver class gevent has imported, and of the one its
+    hubs are configured with. True when one was wrapped now (it was in use unwrapped), or one
+    cannot be wrapped: the caller then records the lookup at hand itself."""
+    global _GEVENT_LOOKUPS
+    classes = [getattr(sys.modules.get(m), "Resolver", None) for m in _GEVENT_RESOLVERS]
+    wrapped = False
     try:
-        resolver = sys.modules["gevent._config"].config.resolver  # the class, imported by gevent
+        config = sys.modules.get("gevent._config")
+        if config is not None:
+            classes.append(config.config.resolver)  # the class (gevent imports it)
+    except Exception:  # gevent's config cannot say (a bad GEVENT_RESOLVER): the imported ones
+        wrapped = True
+    for resolver in classes:
+        if not isinstance(resolver, type):
+            continue
         for name in _AUDITED_AS:
-            lookup = getattr(resolver, name, None)
-            if lookup is not None and not getattr(lookup, MARK, False):
-                setattr(resolver, name, _gevent_lookup(name, lookup))
-        return True
-    except Exception as exc:  # a resolver class that cannot be wrapped: the audit hook records
-        GUARD.fault("capture", exc)  # its lookups, without the caller when it runs them elsewhere
-        return False
+            try:
+                raw = next((k.__dict__[name] for k in resolver.__mro__ if name in k.__dict__), None)
+                static = isinstance(raw, staticmethod)
+                lookup = raw.__func__ if static else raw
+                if lookup is None or getattr(lookup, MARK, False) or not callable(lookup):
+                    continue
+                setattr(resolver, name, _gevent_lookup(name, lookup, static))
+                _GEVENT_LOOKUPS = True
+            except Exception:  # a class that takes no new attribute: its lookups stay the audit
+                pass           # hook's, recorded where they run (this one too)
+            wrapped = True
+    return wrapped
 
 
 _HANDLERS = {
@@ -405,7 +427,7 @@ def installed_elsewhere() -> bool:
 
 
 def install() -> None:
-    global _hook_added, _GEVENT_LOOKUPS
+    global _hook_added
     cls = socket.socket
     if not getattr(cls.__dict__.get("connect"), MARK, False):
         for name, wrapper in (("connect", socket_connect_wrapper), ("connect_ex", socket_connect_ex_wrapper),
@@ -417,7 +439,8 @@ def install() -> None:
         _orig["create_connection"] = socket.create_connection
         setattr(socket_create_connection_wrapper, MARK, True)
         socket.create_connection = socket_create_connection_wrapper
-    _GEVENT_LOOKUPS = _GEVENT_LOOKUPS or _wrap_gevent_resolver()
+    if native.patched("socket"):
+        _wrap_gevent_resolvers()
     socket_bytes.install()
     if not _hook_added:
         sys.addaudithook(audit_hook)

@@ -7,7 +7,7 @@ run, and `netaudit run` copy into its bootstrap, someone else's code. So before 
 imports them, each name that would resolve to another folder than the one beside this package is
 imported from beside it. Where it resolves there anyway (the usual case), or is already imported,
 nothing is done. A namesake of `ledger` itself is found before any of this runs: the console
-scripts' entry (_netaudit_entry.py) puts our folder first on netaudit's own sys.path for that.
+scripts' entry (_netaudit_entry.py) imports ours from beside it first.
 Only netaudit's own command line (ledger/cli.py) calls pin(): in a program that imports the ledger
 (the Odoo addon does), the program's own `verifier` or `interceptor` must stay the program's.
 """

@@ -73,7 +73,6 @@ EGRESS_WRAPPERS: tuple[tuple[str, str], ...] = (
     ("interceptor/socket_hooks.py", "_datagram"),                # sendto / sendmsg to an address
     ("interceptor/socket_hooks.py", "socket_sendto_wrapper"),    # their arguments the C method refuses
     ("interceptor/socket_hooks.py", "socket_sendmsg_wrapper"),   # sendmsg without an address: no event
-    ("interceptor/socket_hooks.py", "_gevent_lookup.wrapper"),   # gevent resolver lookups (getaddrinfo...)
     ("interceptor/socket_bytes.py", "CountingSocket.sendto"),    # a counted socket's own sendto
     ("interceptor/socket_bytes.py", "CountingSocket.sendmsg"),   # and sendmsg, run once
     ("interceptor/mail_wrappers.py", "_make_wrapper.protocol_call_wrapper"),
@@ -81,13 +80,14 @@ EGRESS_WRAPPERS: tuple[tuple[str, str], ...] = (
 
 # --- What is ours -------------------------------------------------------------------------------
 CORE_PACKAGES = ("interceptor", "ledger", "verifier")
-# Top-level modules of the core, checked as part of a package: the console scripts' entry
-# (it imports the ledger's and the verifier's command lines).
-CORE_MODULES = {"_netaudit_entry.py": "ledger"}
+# The console scripts' entry, a top-level module (it imports the ledger's and the verifier's
+# command lines): checked as the ledger is, as a module or a package of that name, and so is any
+# other module a wheel ships at its root.
+CORE_ENTRY = "_netaudit_entry"
 ADDON_DIR = "odoo_addon"
 ADDON_PATH = "odoo_addon/mit_network_audit"
 OUR_TOP_LEVEL = frozenset({"interceptor", "ledger", "verifier", "odoo_addon", "mit_network_audit",
-                           "_netaudit_entry"})
+                           CORE_ENTRY})
 ODOO_TOP_LEVEL = "odoo"
 # Which of our packages each core package may import (DESIGN.md, "Layout and dependency direction").
 ALLOWED_OURS = {
@@ -208,7 +208,7 @@ RULES = (  # (id, one-line description), in report order
     ("code-from-data", "no exec/eval/compile of decoded data, no marshal.loads, no .pth"),
     ("unreadable-source", f"every .py parses, lines <= {MAX_LINE} chars, "
                           f"no long high-entropy literals"),
-    ("core-no-odoo", "interceptor/, ledger/, verifier/ never import odoo"),
+    ("core-no-odoo", "interceptor/, ledger/, verifier/ and top-level modules never import odoo"),
     ("layering", "interceptor/ is stdlib-only; verifier/ is stdlib+apsw+cryptography, none of ours"),
     ("no-self-egress", "no outbound connection in our code outside the interceptor's wrappers"),
     ("license", "the artifact carries the LGPL-3.0 licence"),
@@ -676,10 +676,12 @@ def blob_entropy(value: str | bytes) -> float | None:
 
 
 def _core_package(path: str) -> str | None:
-    if path in CORE_MODULES:
-        return CORE_MODULES[path]
-    top = path.split("/")[0]
-    return top if top in CORE_PACKAGES and path.endswith(".py") else None
+    if not path.endswith(".py"):
+        return None
+    top, sep, _ = path.partition("/")
+    if top in CORE_PACKAGES:
+        return top
+    return "ledger" if not sep or top == CORE_ENTRY else None
 
 
 def check_core_no_odoo(t: Tree) -> Iterator[Finding]:

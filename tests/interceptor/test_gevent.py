@@ -8,9 +8,12 @@ resolver threads): its events were lost. Real gevent, a real writer process, rea
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from interceptor_servers import free_port
 
@@ -75,13 +78,16 @@ print(json.dumps({"mode": writer.mode, "port": port}))
 """  # no flush: the exit's
 
 
-def test_a_gevent_patched_process_is_audited_end_to_end(tmp_path):
+@pytest.mark.parametrize("resolver", ["thread", "block"])
+def test_a_gevent_patched_process_is_audited_end_to_end(tmp_path, resolver):
+    """gevent's default resolver (a thread pool) and its blocking one, whose methods are the C
+    functions as staticmethods (review 20, H1: wrapped as methods, every lookup raised TypeError)."""
     program = tmp_path / "evented.py"
     refused = free_port()
     program.write_text(PROGRAM % {"root": str(ROOT), "refused": refused})
     ledger, keys = tmp_path / "l.sqlite", tmp_path / "keys"
     r = subprocess.run([sys.executable, str(program), str(ledger), str(keys)], capture_output=True, text=True,
-                       timeout=120)
+                       env={**os.environ, "GEVENT_RESOLVER": resolver}, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
     assert out["mode"] == "process"  # the writer process started from the sink's OS thread
@@ -101,3 +107,44 @@ def test_a_gevent_patched_process_is_audited_end_to_end(tmp_path):
         ("http", "GET", "127.0.0.1", port, "/p", "200", "evented", "<module>"),  # no lookup row of its own
         ("socket", "connect", "127.0.0.1", port, "", "", "evented", "<module>"),
     ]
+
+
+LATE_PROGRAM = r"""
+from gevent import monkey; monkey.patch_all()  # after `netaudit run`'s bootstrap installed the interceptor
+import gevent, socket, urllib.request
+srv = socket.create_server(("127.0.0.1", 0))
+port = srv.getsockname()[1]
+def serve():
+    while True:
+        c, _ = srv.accept()
+        c.recv(1000)
+        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        c.close()
+gevent.spawn(serve)
+def lookup():
+    socket.getaddrinfo("localhost", port)
+lookup()
+lookup()
+urllib.request.urlopen(f"http://localhost:{port}/p").read()
+print(port)
+"""
+
+
+def test_gevent_patched_after_install_under_netaudit_run(tmp_path):
+    """`netaudit run` installs the interceptor before the program patches (review 20, M1): gevent's
+    resolver is wrapped at its first lookup, which is recorded where it runs, without its caller;
+    every later one is recorded on its caller, and a call's own lookup is part of the call."""
+    program = tmp_path / "late.py"
+    program.write_text(LATE_PROGRAM)
+    ledger = tmp_path / "l.sqlite"
+    r = subprocess.run([sys.executable, "-m", "ledger.cli", "run", "--ledger", str(ledger), "--key-dir",
+                        str(tmp_path / "keys"), "--", sys.executable, str(program)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    port = int(r.stdout.split()[-1])
+    with Ledger.open(str(ledger), readonly=True) as led:
+        rows = [(r["channel"], r["method"], r["host"], r["dst_port"], r["module"]) for r in led.rows()
+                if r["channel"] != "audit"]
+    assert rows == [("dns", "getaddrinfo", "localhost", port, ""),  # the first: wrapped only now
+                    ("dns", "getaddrinfo", "localhost", port, "late"),
+                    ("http", "GET", "localhost", port, "late")]  # no lookup row of its own

@@ -178,11 +178,13 @@ def test_not_provably_local_socket_fails(plant_wheel, code, line, reason):
         run.failures("no-self-egress")
 
 
-def test_the_console_scripts_entry_is_checked_as_core(plant_wheel):
-    """_netaudit_entry.py, a top-level module (the console scripts' entry), is checked as part of
-    the ledger: an outbound call or an Odoo import there fails the gate as in ledger/."""
+@pytest.mark.parametrize("path", ["_netaudit_entry.py", "_netaudit_entry/__init__.py", "_netaudit_helper.py"])
+def test_the_console_scripts_entry_is_checked_as_core(plant_wheel, path):
+    """_netaudit_entry (the console scripts' entry), a top-level module, is checked as part of the
+    ledger, as a package of that name would be, and so is any other module at the wheel's root
+    (review 20, M3): an outbound call or an Odoo import there fails the gate as in ledger/."""
     code = b"import socket\nimport odoo\nsocket.create_connection(('example.org', 80))\n"
-    run = run_gate(plant_wheel({"_netaudit_entry.py": code}))
+    run = run_gate(plant_wheel({path: code}))
     assert run.rc == 1
     assert run.failed_rules() == {"no-self-egress", "core-no-odoo"}, run.stdout
-    assert any(":_netaudit_entry.py:3: " in f for f in run.failures("no-self-egress"))
+    assert any(f":{path}:3: " in f for f in run.failures("no-self-egress"))

@@ -27,11 +27,19 @@ def test_console_scripts_use_ours_over_the_programs_namesakes(release, tmp_path)
     env = {"PYTHONPATH": f"{program}:{site}:{sysconfig.get_paths()['purelib']}", "PATH": "/usr/bin:/bin",
            "HOME": str(tmp_path), "NO_COLOR": "1"}
     ledger = tmp_path / "run.sqlite"
+    # The program runs on the interpreter this venv was made from (no editable import hook there),
+    # audited by `netaudit run`'s bootstrap: it imports its own `ledger`, and its call is recorded.
+    child = getattr(sys, "_base_executable", sys.executable)
     run = subprocess.run([sys.executable, "-S", str(site / "bin" / "netaudit"), "run", "--ledger", str(ledger),
-                          "--", sys.executable, "-S", "-c", "import ledger; print(ledger.OWN)"],
+                          "--", child, "-c",
+                          "import ledger, socket; print(ledger.OWN); socket.getaddrinfo('localhost', 9)"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "the program"  # the program still gets its own `ledger`
+    assert run.stdout.strip() == "the program"
     verify = subprocess.run([sys.executable, "-S", str(site / "bin" / "netaudit-verify"), str(ledger)],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = subprocess.run([sys.executable, "-S", str(site / "bin" / "netaudit"), "report", "--ledger",
+                             str(ledger)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert "__main__" in report.stdout and "localhost" in report.stdout, report.stdout  # the child's call
