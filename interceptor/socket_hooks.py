@@ -9,8 +9,9 @@
   the bytes the kernel took, or the error;
 - a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, whose
   datagrams then carry no size; name lookups through `getaddrinfo` and friends). Where gevent
-  patched socket, its lookups run on its resolver's threads, out of the caller's sight: the
-  socket module's lookup functions are wrapped there instead (_gevent_lookup).
+  patched socket, its default resolver runs lookups on a thread of its pool, out of the caller's
+  sight: gevent's resolvers' lookup methods are wrapped instead (_gevent_lookup), at install, or
+  at the first lookup of an unwrapped one (gevent patched after install, a resolver chosen later).
 Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
 connection that a protocol wrapper describes is not recorded a second time here. Only IPv4 and
 IPv6 sockets are network egress: AF_UNIX, AF_NETLINK, AF_PACKET... are not recorded. A call that

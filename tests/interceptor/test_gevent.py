@@ -22,16 +22,8 @@ from verifier import verify_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PROGRAM = r"""
-from gevent import monkey; monkey.patch_all()
-import _socket, json, socket, sys, urllib.request
-sys.path.insert(0, %(root)r)
-import gevent, interceptor
-from ledger.process_writer import ProcessWriter
-
-writer = ProcessWriter(sys.argv[1], sys.argv[2])
-interceptor.install(sink=interceptor.Sink(writer))
-
+# A local HTTP server in a greenlet of the program (`port`): it answers every request with a 200.
+SERVE = r"""
 srv = socket.create_server(("127.0.0.1", 0))
 port = srv.getsockname()[1]
 def serve():
@@ -41,7 +33,18 @@ def serve():
         c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
         c.close()
 gevent.spawn(serve)
+"""
 
+PROGRAM = r"""
+from gevent import monkey; monkey.patch_all()
+import _socket, json, socket, sys, urllib.request
+sys.path.insert(0, %(root)r)
+import gevent, interceptor
+from ledger.process_writer import ProcessWriter
+
+writer = ProcessWriter(sys.argv[1], sys.argv[2])
+interceptor.install(sink=interceptor.Sink(writer))
+""" + SERVE + r"""
 # The process's first event comes from a real OS thread that runs no gevent hub, as gevent's
 # resolver threads do: the sink's writer is started from there.
 done = monkey.get_original("_thread", "allocate_lock")()
@@ -112,15 +115,7 @@ def test_a_gevent_patched_process_is_audited_end_to_end(tmp_path, resolver):
 LATE_PROGRAM = r"""
 from gevent import monkey; monkey.patch_all()  # after `netaudit run`'s bootstrap installed the interceptor
 import gevent, socket, urllib.request
-srv = socket.create_server(("127.0.0.1", 0))
-port = srv.getsockname()[1]
-def serve():
-    while True:
-        c, _ = srv.accept()
-        c.recv(1000)
-        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        c.close()
-gevent.spawn(serve)
+""" + SERVE + r"""
 def lookup():
     socket.getaddrinfo("localhost", port)
 lookup()
