@@ -9,9 +9,10 @@
   the bytes the kernel took, or the error;
 - a PEP 578 audit hook catches what bypasses those (a `_socket.socket` used directly, whose
   datagrams then carry no size; name lookups through `getaddrinfo` and friends). Where gevent
-  patched socket, its default resolver runs lookups on a thread of its pool, out of the caller's
-  sight: gevent's resolvers' lookup methods are wrapped instead (_gevent_lookup), at install, or
-  at the first lookup of an unwrapped one (gevent patched after install, a resolver chosen later).
+  patched socket before install, its default resolver runs lookups on a thread of its pool, out
+  of the caller's sight: gevent's resolvers' lookup methods are wrapped instead (_gevent_lookup).
+  Where gevent patches later (a gevent program under `netaudit run`), lookups stay the audit
+  hook's: recorded where they run, without their caller.
 Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
 connection that a protocol wrapper describes is not recorded a second time here. Only IPv4 and
 IPv6 sockets are network egress: AF_UNIX, AF_NETLINK, AF_PACKET... are not recorded. A call that
@@ -306,10 +307,9 @@ def _by_gevent(frame) -> bool:
 def _on_lookup(method):
     def handler(args) -> None:
         frame = sys._getframe(2)
-        # gevent's: recorded where it was asked for (_gevent_lookup), unless its resolver was not
-        # wrapped yet (gevent patched after install, as under `netaudit run`; a resolver chosen
-        # later): it is now, and this lookup is recorded here, without its caller
-        if _by_gevent(frame) and not _wrap_gevent_resolvers() and _GEVENT_LOOKUPS:
+        # gevent's: recorded where it was asked for (_gevent_lookup) when every resolver gevent
+        # has loaded is wrapped; else here, without its caller (never lost, at worst twice)
+        if _GEVENT_LOOKUPS and _by_gevent(frame) and _gevent_resolvers_wrapped():
             return
         emit(begin("dns", "dns", method, *_lookup_target(method, args), frame))
     return handler
@@ -362,38 +362,44 @@ _AUDITED_AS = {"getaddrinfo": "getaddrinfo", "gethostbyname": "gethostbyname",
 # wrapped: a program may choose another after install)
 _GEVENT_RESOLVERS = ("gevent.resolver.thread", "gevent.resolver.blocking", "gevent.resolver.ares",
                      "gevent.resolver.dnspython")
-_GEVENT_LOOKUPS = False  # some gevent resolver is wrapped
+_GEVENT_LOOKUPS = False  # some gevent resolver was wrapped at install
 
 
-def _wrap_gevent_resolvers() -> bool:
-    """Wrap the lookups of every gevent resolver class gevent has imported, and of the one its
-    hubs are configured with. True when one was wrapped now (it was in use unwrapped), or one
-    cannot be wrapped: the caller then records the lookup at hand itself."""
-    global _GEVENT_LOOKUPS
+def _gevent_resolver_classes() -> list:
+    """The gevent resolver classes gevent has loaded, and the one its hubs are configured with."""
     classes = [getattr(sys.modules.get(m), "Resolver", None) for m in _GEVENT_RESOLVERS]
-    wrapped = False
+    config = sys.modules.get("gevent._config")
+    if config is not None:
+        classes.append(config.config.resolver)  # the class (gevent imports it)
+    return [c for c in classes if isinstance(c, type)]
+
+
+def _wrap_gevent_resolvers() -> None:
+    """Wrap the lookups of every gevent resolver class gevent has loaded (install, where gevent
+    patched first: there the thread's claim is the greenlet's, gevent's local). Never later: a
+    lookup already under way in an unwrapped one would be skipped by the audit hook and lost."""
+    global _GEVENT_LOOKUPS
     try:
-        config = sys.modules.get("gevent._config")
-        if config is not None:
-            classes.append(config.config.resolver)  # the class (gevent imports it)
-    except Exception:  # gevent's config cannot say (a bad GEVENT_RESOLVER): the imported ones
-        wrapped = True
-    for resolver in classes:
-        if not isinstance(resolver, type):
-            continue
-        for name in _AUDITED_AS:
-            try:
+        for resolver in _gevent_resolver_classes():
+            for name in _AUDITED_AS:
                 raw = next((k.__dict__[name] for k in resolver.__mro__ if name in k.__dict__), None)
                 static = isinstance(raw, staticmethod)
                 lookup = raw.__func__ if static else raw
-                if lookup is None or getattr(lookup, MARK, False) or not callable(lookup):
-                    continue
-                setattr(resolver, name, _gevent_lookup(name, lookup, static))
-                _GEVENT_LOOKUPS = True
-            except Exception:  # a class that takes no new attribute: its lookups stay the audit
-                pass           # hook's, recorded where they run (this one too)
-            wrapped = True
-    return wrapped
+                if lookup is not None and callable(lookup) and not getattr(lookup, MARK, False):
+                    setattr(resolver, name, _gevent_lookup(name, lookup, static))
+                    _GEVENT_LOOKUPS = True
+    except Exception as exc:  # a class that takes no new attribute: the audit hook records its
+        GUARD.fault("capture", exc)  # lookups, where they run (_gevent_resolvers_wrapped is False)
+
+
+def _gevent_resolvers_wrapped() -> bool:
+    """Every resolver class gevent has loaded has its lookups wrapped (one chosen and loaded
+    after install has not: its lookups stay the audit hook's)."""
+    try:
+        return all(getattr(getattr(c, name, None), MARK, False) or not hasattr(c, name)
+                   for c in _gevent_resolver_classes() for name in _AUDITED_AS)
+    except Exception:
+        return False
 
 
 _HANDLERS = {
