@@ -287,11 +287,12 @@ _TARGET_PARAM = {"getaddrinfo": "host", "gethostbyname": "hostname", "gethostbyn
 
 def _lookup_target(method: str, args, kwargs=None) -> tuple[str, int]:
     """(host, port) of a name lookup's arguments."""
-    host = args[0] if args else (kwargs or {}).get(_TARGET_PARAM.get(method, "host"), "")
+    kwargs = kwargs or {}
+    host = args[0] if args else kwargs.get(_TARGET_PARAM.get(method, "host"), "")
     if method == "getaddrinfo":
         if isinstance(host, bytes):
             host = host.decode("idna", "replace")
-        port = args[1] if len(args) > 1 else (kwargs or {}).get("port", 0)
+        port = args[1] if len(args) > 1 else kwargs.get("port", 0)
         port = port if isinstance(port, int) else int(port) if isinstance(port, str) and port.isdigit() else 0
         return host or "", port
     if isinstance(host, tuple):  # getnameinfo's sockaddr
@@ -309,7 +310,7 @@ def _on_lookup(method):
         frame = sys._getframe(2)
         # gevent's: recorded where it was asked for (_gevent_lookup) when every resolver gevent
         # has loaded is wrapped; else here, without its caller (never lost, at worst twice)
-        if _GEVENT_LOOKUPS and _by_gevent(frame) and _gevent_resolvers_wrapped():
+        if _by_gevent(frame) and _gevent_resolvers_wrapped():
             return
         emit(begin("dns", "dns", method, *_lookup_target(method, args), frame))
     return handler
@@ -358,11 +359,10 @@ def _gevent_lookup(method: str, lookup, static: bool):
 _AUDITED_AS = {"getaddrinfo": "getaddrinfo", "gethostbyname": "gethostbyname",
                "gethostbyname_ex": "gethostbyname", "gethostbyaddr": "gethostbyaddr",
                "getnameinfo": "getnameinfo"}
-# gevent's resolvers (gevent.config.resolver names one of them; whichever gevent has imported is
-# wrapped: a program may choose another after install)
+# gevent's resolvers (gevent.config.resolver names one of them): each one gevent has loaded at
+# install is wrapped, as a program may switch between them
 _GEVENT_RESOLVERS = ("gevent.resolver.thread", "gevent.resolver.blocking", "gevent.resolver.ares",
                      "gevent.resolver.dnspython")
-_GEVENT_LOOKUPS = False  # some gevent resolver was wrapped at install
 
 
 def _gevent_resolver_classes() -> list:
@@ -378,7 +378,6 @@ def _wrap_gevent_resolvers() -> None:
     """Wrap the lookups of every gevent resolver class gevent has loaded (install, where gevent
     patched first: there the thread's claim is the greenlet's, gevent's local). Never later: a
     lookup already under way in an unwrapped one would be skipped by the audit hook and lost."""
-    global _GEVENT_LOOKUPS
     try:
         for resolver in _gevent_resolver_classes():
             for name in _AUDITED_AS:
@@ -387,17 +386,18 @@ def _wrap_gevent_resolvers() -> None:
                 lookup = raw.__func__ if static else raw
                 if lookup is not None and callable(lookup) and not getattr(lookup, MARK, False):
                     setattr(resolver, name, _gevent_lookup(name, lookup, static))
-                    _GEVENT_LOOKUPS = True
     except Exception as exc:  # a class that takes no new attribute: the audit hook records its
         GUARD.fault("capture", exc)  # lookups, where they run (_gevent_resolvers_wrapped is False)
 
 
 def _gevent_resolvers_wrapped() -> bool:
-    """Every resolver class gevent has loaded has its lookups wrapped (one chosen and loaded
-    after install has not: its lookups stay the audit hook's)."""
+    """Some resolver class gevent has loaded, and every one, has its lookups wrapped (none is
+    where gevent patched after install; one chosen and loaded later is not: their lookups stay
+    the audit hook's)."""
     try:
-        return all(getattr(getattr(c, name, None), MARK, False) or not hasattr(c, name)
-                   for c in _gevent_resolver_classes() for name in _AUDITED_AS)
+        classes = _gevent_resolver_classes()
+        return bool(classes) and all(getattr(getattr(c, name, None), MARK, False) or not hasattr(c, name)
+                                     for c in classes for name in _AUDITED_AS)
     except Exception:
         return False
 

@@ -106,6 +106,19 @@ def _wait_for_rows(path_glob: str, port: int, n: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def _answers(opener, base: str, tries: int = 60) -> bool:
+    """Whether the server at `base` answers (any HTTP status) within `tries` half-seconds."""
+    for _ in range(tries):
+        try:
+            opener.open(base + "/web/login", timeout=2)
+            return True
+        except urllib.error.HTTPError:
+            return True  # it answered
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def fail(msg: str) -> int:
     print(f"prefork_check: FAILED: {msg}")
     return 1
@@ -130,28 +143,12 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "NO_PROXY": "*", "no_proxy": "*"}
     try:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        for _ in range(60):
-            try:
-                opener.open(base + "/web/login", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break  # it answered
-            except OSError:
-                time.sleep(0.5)
-        else:
+        evented_url = f"http://127.0.0.1:{evented_port}"
+        if not _answers(opener, base):
             return fail("the prefork server did not answer")
-        for _ in range(60):  # the evented process starts a moment after the workers
-            try:
-                opener.open(f"http://127.0.0.1:{evented_port}/web/login", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
+        if not _answers(opener, evented_url):  # it starts a moment after the workers
             return fail("the evented (gevent) process did not answer")
-        client = subprocess.run([sys.executable, "-c", CLIENT, base, db, str(stand_in), "1",
-                                 f"http://127.0.0.1:{evented_port}"],
+        client = subprocess.run([sys.executable, "-c", CLIENT, base, db, str(stand_in), "1", evented_url],
                                 capture_output=True, text=True, timeout=120, env=env)
         if client.returncode:
             return fail(f"client: {client.stderr.strip().splitlines()[-1:]}")
