@@ -51,7 +51,7 @@ def install(sink=None, attribution=None) -> bool:
         if socket_hooks.installed_elsewhere():
             return False
         STATE.sink = sink if sink is not None else Sink(NullWriter())
-        STATE.attribution = attribution if attribution is not None else StackAttribution()
+        STATE.use_attribution(attribution if attribution is not None else StackAttribution())
         GUARD.on_miss = _forward_miss
         http_wrappers.install()
         mail_wrappers.install()
@@ -75,7 +75,8 @@ def use_sink(sink):
 
 
 def use_attribution(attribution):
-    previous, STATE.attribution = STATE.attribution, attribution
+    previous = STATE.attribution
+    STATE.use_attribution(attribution)
     return previous
 
 

@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+import types
 from hashlib import sha256
 
 from .event import EGRESS, NetEvent
@@ -42,14 +43,23 @@ TLS = _Claim()
 class State:
     """What install() set up; one per process."""
 
-    __slots__ = ("sink", "attribution", "pid", "installed", "enabled")
+    __slots__ = ("sink", "attribution", "attribute", "pid", "installed", "enabled")
 
     def __init__(self) -> None:
         self.sink = None
-        self.attribution = None
+        self.attribution = None   # what install()/use_attribution() were given
+        self.attribute = None     # the same, as the hot path calls it (see use_attribution)
         self.pid = os.getpid()
         self.installed = False
         self.enabled = True
+
+    def use_attribution(self, attribution) -> None:
+        """Set the attribution. An object with a Python `__call__` (StackAttribution) is called
+        through its bound method: calling the instance itself goes through the type's call slot,
+        which looks the method up and builds an argument tuple on every call."""
+        self.attribution = attribution
+        call = getattr(attribution, "__call__", None)
+        self.attribute = call if isinstance(call, types.MethodType) else attribution
 
 
 STATE = State()
@@ -222,9 +232,9 @@ def _cleaned(kind: str, raw):
 def begin(channel: str, protocol: str, method: str, host: str, port: int, frame) -> Record:
     """Start a record and attribute it to the frame's caller. Raises on fault: callers guard it."""
     rec = Record(channel, protocol, method, host, port)
-    attribution = STATE.attribution
-    if attribution is not None:
-        rec.module, rec.author, rec.call_site, rec.self_egress = attribution(frame)
+    attribute = STATE.attribute
+    if attribute is not None:
+        rec.module, rec.author, rec.call_site, rec.self_egress = attribute(frame)
     return rec
 
 

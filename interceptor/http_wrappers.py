@@ -100,9 +100,9 @@ def _begin_request(conn, method, url, frame):
         _end_previous(conn)
     rec = Record("http", _https_classes.get(type(conn)) or _protocol(conn), method,
                  getattr(conn, "_tunnel_host", None) or conn.host, getattr(conn, "_tunnel_port", None) or conn.port)
-    attribution = STATE.attribution
-    if attribution is not None:
-        rec.module, rec.author, rec.call_site, rec.self_egress = attribution(frame)
+    attribute = STATE.attribute
+    if attribute is not None:
+        rec.module, rec.author, rec.call_site, rec.self_egress = attribute(frame)
     path, query = split_url(url)
     rec.url_path = path
     if query:
@@ -115,11 +115,12 @@ def _begin_request(conn, method, url, frame):
 
 
 def _take_header_names(conn, rec) -> None:
-    """The names of the header lines the caller put, cut at the colon (values never kept)."""
+    """The names of the header lines the caller put, cut at the colon (values never kept). Kept
+    as bytes: the writer decodes them (redact.clean_name), once per distinct set of names."""
     buffered = conn._buffer
     start = conn._netaudit_hstart
     if len(buffered) > start:
-        rec.header_names = [line.partition(b":")[0].decode("latin-1") for line in buffered[start:]]
+        rec.header_names = [line.partition(b":")[0] for line in buffered[start:]]
 
 
 def _forensic_end(conn, response_seen) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import textwrap
 
 import pytest
@@ -105,6 +106,21 @@ def test_code_whose_globals_have_no_usable_name_is_skipped_not_a_fault():
             assert module == "test_attribution" and site.endswith(":test_code_whose_globals_have_no_usable_name_is_skipped_not_a_fault")
 
 
+def test_a_stack_of_skipped_frames_only_is_unattributed():
+    """A call from a thread whose every frame is skipped (here: code without a file, as built-in
+    code, started by threading) is unattributed, the first time (each module classified) and
+    again (the walk over modules already known reaches the stack's end)."""
+    attribution = StackAttribution()
+    g = {"sys": sys, "__name__": "builtin_like"}
+    exec("def odd(att, out):\n    out.append(att(sys._getframe(0)))\n", g)
+    out = []
+    for _ in range(2):
+        t = threading.Thread(target=g["odd"], args=(attribution, out))
+        t.start()
+        t.join()
+    assert out == [("", "", "", False)] * 2
+
+
 def test_our_own_packages_are_self_egress(addon_tree, captured, servers):
     addon_tree("mit_network_audit", "{'author': 'MIT Network Audit'}")
     importlib.invalidate_caches()
@@ -147,6 +163,39 @@ def test_custom_attribution(captured, servers):
         interceptor.use_attribution(previous)
     (e,) = captured.events()
     assert (e.module, e.author, e.call_site) == ("glue", "Someone", "x:1:f")
+
+
+def test_custom_attribution_objects_of_any_kind(captured, servers):
+    """An attribution object with a Python __call__ is called through its bound method (the hot
+    path's fast call), one without (a partial) as it is; use_attribution hands back the object
+    it replaced, not the bound method, so restoring it restores that object."""
+    import functools
+    import http.client
+
+    class Counted:
+        calls = 0
+
+        def __call__(self, frame):
+            Counted.calls += 1
+            return ("counted", "", "c:1:f", False)
+
+    def get():
+        c = http.client.HTTPConnection("127.0.0.1", servers.http)
+        c.request("GET", "/")
+        c.getresponse().read()
+        c.close()
+
+    counted = Counted()
+    partial = functools.partial(lambda tag, frame: (tag, "", "p:1:f", False), "partial")
+    previous = interceptor.use_attribution(counted)
+    try:
+        get()
+        assert interceptor.use_attribution(partial) is counted
+        get()
+    finally:
+        assert interceptor.use_attribution(previous) is partial
+    assert Counted.calls == 1 and interceptor.STATE.attribution is previous
+    assert [e.module for e in captured.events()] == ["counted", "partial"]
 
 
 def test_manifest_without_author_gets_odoos_default(tmp_path):
