@@ -12,7 +12,8 @@
 3. Memory with a stalled ledger (locked by another connection): the queue stays bounded and the
    misses are counted.
 Run: make bench  (or: .venv/bin/python -m bench interceptor). Needs the `bench` extra for the
-OpenTelemetry column: pip install -e '.[bench]'. BENCH_CALLS overrides calls per round.
+OpenTelemetry column: pip install -e '.[bench]'. BENCH_CALLS overrides calls per round,
+BENCH_REPS the processes per cell (3), BENCH_CLIENTS the clients (requests,urllib3,http.client).
 """
 from __future__ import annotations
 
@@ -26,10 +27,18 @@ import tempfile
 import threading
 import time
 
-CALLS = int(os.environ.get("BENCH_CALLS", "1000"))
+
+def _env_count(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"bench: {name} must be a whole number above 0, not {value!r}")
+    return int(value)
+
+
+CALLS = _env_count("BENCH_CALLS", 1000)
 ROUNDS = 11
 WARMUP = 300
-REPS = 3
+REPS = _env_count("BENCH_REPS", 3)  # processes per cell: more, for a tighter interval
 CLIENTS = tuple(os.environ.get("BENCH_CLIENTS", "requests,urllib3,http.client").split(","))
 MODES = ("bare", "ours", "proc", "otel")
 HEADS = {"ours": "ours: added", "proc": "ours, writer process: added", "otel": "OpenTelemetry: added"}

@@ -51,6 +51,7 @@ import errno
 import os
 import socket
 import sys
+import weakref
 
 from . import native
 from .capture import GUARD, TLS, emit, fail, flush_at_multiprocessing_exit, peer
@@ -362,6 +363,7 @@ def track(sock, rec) -> bool:
     else:
         return False
     rec.netaudit_sockets = 1
+    rec.netaudit_sock = weakref.ref(sock)  # for a connect still in progress at exit (flush_open)
     _OPEN[hash(sock)] = rec
     return True
 
@@ -402,7 +404,7 @@ def _end(sock, closing: bool = False) -> None:
         return
     try:
         if rec.status == IN_PROGRESS:
-            _settle_at_end(rec, sock, closing)
+            _settle_at_end(rec, sock, "close" if closing else "detach")
         elif not rec.src_port:  # a non-blocking connect: its addresses are known only now
             peer(rec, sock)
     except Exception as exc:
@@ -437,10 +439,12 @@ def _settle(sock, so_error) -> None:
         GUARD.fault("capture", exc)
 
 
-def _settle_at_end(rec, sock, closing: bool) -> None:
-    """A connect still "in progress" when its socket ends: what became of it. Only a socket that
-    closes has its SO_ERROR read (reading clears it): a detached descriptor lives on, and its
-    program may still ask."""
+def _settle_at_end(rec, sock, how: str) -> None:
+    """A connect still "in progress" when its socket ends (`how`: "close" or "detach") or when the
+    interpreter exits with the socket open ("exit"): what became of it. SO_ERROR is read (reading
+    clears it) only where the program will not ask any more, at close and at exit: a detached
+    descriptor lives on, and its program may still ask. At exit, a connect that has neither
+    connected nor failed is still connecting, and its status stays "in_progress"."""
     try:
         sock.getpeername()
         connected = True
@@ -450,15 +454,15 @@ def _settle_at_end(rec, sock, closing: bool) -> None:
         rec.status = ""
         peer(rec, sock)
         return
-    if not closing:
-        return  # detached: the outcome is the new owner's to learn; the event says "in_progress"
+    if how == "detach":
+        return  # the outcome is the new owner's to learn; the event says "in_progress"
     try:
         so_error = _getsockopt(sock, _SOL_SOCKET, _SO_ERROR)
     except OSError:
         so_error = 0  # the descriptor was closed behind the socket's back
     if so_error:
         _refused(rec, so_error)
-    else:
+    elif how == "close":
         rec.error = "ENOTCONN"  # closed before it connected: the status stays "in_progress"
 
 
@@ -477,7 +481,9 @@ def connect_again(sock, err: int) -> None:
 
 
 def flush_open() -> None:
-    """Emit every counted connection still open (interpreter exit). Never raises."""
+    """Emit every counted connection still open (interpreter exit), a connect still in progress
+    with its outcome where the socket tells it (through the weak reference track() kept to the
+    socket that connected, not to its dup()s). Never raises."""
     try:
         records = list(_OPEN.values())
         _OPEN.clear()
@@ -485,6 +491,16 @@ def flush_open() -> None:
         GUARD.fault("record", exc)
         return
     for rec in records:
+        if rec.status == IN_PROGRESS:  # a non-blocking connect nobody settled: settle it now
+            try:
+                ref = getattr(rec, "netaudit_sock", None)
+                sock = ref() if ref is not None else None
+                if sock is not None:
+                    _settle_at_end(rec, sock, "exit")
+                elif rec.req_bytes or rec.resp_bytes:
+                    rec.status = ""  # it moved data: it had connected
+            except Exception as exc:
+                GUARD.fault("capture", exc, rec.ts)
         emit(rec)  # dup()s share a record: emit() writes it once
 
 

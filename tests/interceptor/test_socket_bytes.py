@@ -443,6 +443,45 @@ def test_socket_never_closed_is_recorded_at_exit(count_port, tmp_path, threads_a
     assert [json.loads(x) for x in lines[1:]] == [["socket", 11, 9, count_port]]
 
 
+_IN_PROGRESS_AT_EXIT = _PRINTING + """
+import errno, select
+OK = socket.socket()
+OK.setblocking(False)
+OK.connect_ex(("127.0.0.1", %(port)d))
+select.select([], [OK], [], 5)
+OK.setblocking(True)
+OK.sendall(b"7 9\\n" + b"q" * 7)
+got = 0
+while got < 9:
+    got += len(OK.recv(100))
+REFUSED = socket.socket()
+REFUSED.setblocking(False)
+print("in progress", REFUSED.connect_ex(("127.0.0.1", %(refused)d)) in (errno.EINPROGRESS, errno.EWOULDBLOCK), flush=True)
+select.select([], [REFUSED], [], 5)
+"""
+
+
+def test_a_connect_in_progress_at_exit_is_settled_there(count_port, tmp_path):
+    """Non-blocking connects the program never settled (no SO_ERROR read, no connect again) and
+    never closed: at exit, one that connected and moved data is no longer "in_progress" and has
+    its source address; one that was refused says so. Both said "in_progress" before, the
+    first with no source port."""
+    program = tmp_path / "in_progress_at_exit.py"
+    refused = free_port()
+    program.write_text(_IN_PROGRESS_AT_EXIT % {"root": str(ROOT), "port": count_port, "refused": refused,
+                                               "fields": ("dst_port", "status", "error", "req_bytes", "resp_bytes",
+                                                          "src_port")})
+    r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    rows = sorted(json.loads(x) for x in lines[1:])
+    ok = next(row for row in rows if row[0] == count_port)
+    assert ok[1:5] == ["", "", 11, 9] and ok[5] > 0
+    # (where this system refuses a loopback connect at once, it never was in progress: the same row)
+    assert lines[0] in ("in progress True", "in progress False")
+    assert [row[:3] for row in rows if row[0] == refused] == [[refused, "", "ECONNREFUSED"]]
+
+
 # The main thread returns; a thread it left makes the process's first calls afterwards (a server
 # thread, a pool's job nobody waited for), then runs on until the process is terminated.
 _LATE_PROGRAM = _PRINTING + """
