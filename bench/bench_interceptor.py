@@ -30,9 +30,13 @@ import time
 
 def _env_count(name: str, default: int) -> int:
     value = os.environ.get(name, str(default))
-    if not value.isdigit() or int(value) < 1:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
         raise SystemExit(f"bench: {name} must be a whole number above 0, not {value!r}")
-    return int(value)
+    return count
 
 
 CALLS = _env_count("BENCH_CALLS", 1000)

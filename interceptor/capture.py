@@ -54,12 +54,17 @@ class State:
         self.enabled = True
 
     def use_attribution(self, attribution) -> None:
-        """Set the attribution. An object with a Python `__call__` (StackAttribution) is called
-        through its bound method: calling the instance itself goes through the type's call slot,
-        which looks the method up and builds an argument tuple on every call."""
-        self.attribution = attribution
-        call = getattr(attribution, "__call__", None)
-        self.attribute = call if isinstance(call, types.MethodType) else attribution
+        """Set the attribution. An object whose class defines `__call__` as a plain method
+        (StackAttribution) is called through that method, bound: calling the object itself goes
+        through the type's call slot, which looks the method up and builds an argument tuple on
+        every call. Anything else (a function, a partial, a static `__call__`) is called as is."""
+        method = None
+        for klass in type(attribution).__mro__:  # the class's own, as calling the object finds it
+            if "__call__" in klass.__dict__:
+                method = klass.__dict__["__call__"]
+                break
+        fast = types.MethodType(method, attribution) if isinstance(method, types.FunctionType) else attribution
+        self.attribution, self.attribute = attribution, fast
 
 
 STATE = State()

@@ -330,6 +330,7 @@ def ssl_wrap_socket_wrapper(self, sock, *args, **kwargs):
         try:
             if type(ssock) is _SSLSocket:
                 ssock.__class__ = CountingSSLSocket
+                rec.netaudit_sock = weakref.ref(ssock)  # the raw socket is detached now
                 _OPEN[hash(ssock)] = rec
                 return ssock
         except Exception as exc:
@@ -442,9 +443,10 @@ def _settle(sock, so_error) -> None:
 def _settle_at_end(rec, sock, how: str) -> None:
     """A connect still "in progress" when its socket ends (`how`: "close" or "detach") or when the
     interpreter exits with the socket open ("exit"): what became of it. SO_ERROR is read (reading
-    clears it) only where the program will not ask any more, at close and at exit: a detached
-    descriptor lives on, and its program may still ask. At exit, a connect that has neither
-    connected nor failed is still connecting, and its status stays "in_progress"."""
+    clears it) only at close, where the program has let the socket go. A detached descriptor lives
+    on, and at exit another process (a forked child) or a thread still running (a daemon thread, an
+    exit handler that runs after ours) may still ask: there, a connect that neither connected nor
+    moved data keeps "in_progress"."""
     try:
         sock.getpeername()
         connected = True
@@ -454,15 +456,15 @@ def _settle_at_end(rec, sock, how: str) -> None:
         rec.status = ""
         peer(rec, sock)
         return
-    if how == "detach":
-        return  # the outcome is the new owner's to learn; the event says "in_progress"
+    if how != "close":
+        return  # the outcome is still the program's to learn; the event says "in_progress"
     try:
         so_error = _getsockopt(sock, _SOL_SOCKET, _SO_ERROR)
     except OSError:
         so_error = 0  # the descriptor was closed behind the socket's back
     if so_error:
         _refused(rec, so_error)
-    elif how == "close":
+    else:
         rec.error = "ENOTCONN"  # closed before it connected: the status stays "in_progress"
 
 
@@ -481,9 +483,9 @@ def connect_again(sock, err: int) -> None:
 
 
 def flush_open() -> None:
-    """Emit every counted connection still open (interpreter exit), a connect still in progress
-    with its outcome where the socket tells it (through the weak reference track() kept to the
-    socket that connected, not to its dup()s). Never raises."""
+    """Emit every counted connection still open (interpreter exit); a connect still in progress
+    as connected where the socket has a peer (through the weak reference track() kept to the
+    socket that connected, or to its SSLSocket; not to its dup()s) or moved data. Never raises."""
     try:
         records = list(_OPEN.values())
         _OPEN.clear()

@@ -166,9 +166,10 @@ def test_custom_attribution(captured, servers):
 
 
 def test_custom_attribution_objects_of_any_kind(captured, servers):
-    """An attribution object with a Python __call__ is called through its bound method (the hot
-    path's fast call), one without (a partial) as it is; use_attribution hands back the object
-    it replaced, not the bound method, so restoring it restores that object."""
+    """An object whose class defines __call__ as a method is called through that method, bound
+    (the hot path's fast call); the class's method, not an attribute of the instance, as calling
+    the object would. A static __call__ and a partial are called as they are. use_attribution hands
+    back the object it replaced, not the bound method."""
     import functools
     import http.client
 
@@ -179,6 +180,11 @@ def test_custom_attribution_objects_of_any_kind(captured, servers):
             Counted.calls += 1
             return ("counted", "", "c:1:f", False)
 
+    class Static:
+        @staticmethod
+        def __call__(frame):
+            return ("static", "", "s:1:f", False)
+
     def get():
         c = http.client.HTTPConnection("127.0.0.1", servers.http)
         c.request("GET", "/")
@@ -186,16 +192,22 @@ def test_custom_attribution_objects_of_any_kind(captured, servers):
         c.close()
 
     counted = Counted()
+    counted.__call__ = lambda frame: ("instance attribute", "", "i:1:f", False)  # not what obj() calls
     partial = functools.partial(lambda tag, frame: (tag, "", "p:1:f", False), "partial")
     previous = interceptor.use_attribution(counted)
     try:
+        fast = interceptor.STATE.attribute
         get()
-        assert interceptor.use_attribution(partial) is counted
+        replaced = interceptor.use_attribution(Static())
+        get()
+        interceptor.use_attribution(partial)
         get()
     finally:
-        assert interceptor.use_attribution(previous) is partial
-    assert Counted.calls == 1 and interceptor.STATE.attribution is previous
-    assert [e.module for e in captured.events()] == ["counted", "partial"]
+        back = interceptor.use_attribution(previous)
+    assert (fast.__self__, fast.__func__) == (counted, Counted.__call__)
+    assert replaced is counted and back is partial and interceptor.STATE.attribution is previous
+    assert Counted.calls == 1
+    assert [e.module for e in captured.events()] == ["counted", "static", "partial"]
 
 
 def test_manifest_without_author_gets_odoos_default(tmp_path):
