@@ -31,8 +31,9 @@ Decisions:
   as status "" with the addresses, and so does a second connect/connect_ex on the same socket (a
   polling program: the same attempt, not a new event); one still open at close is settled then
   (bytes moved, or a peer: connected; else SO_ERROR's error, or ENOTCONN with status
-  "in_progress": closed before it connected). A detached one, or one still open at exit, keeps
-  "in_progress" (its SO_ERROR is not ours to read: reading clears it). A send or recv that
+  "in_progress": closed before it connected). A detached one, or one still open at exit, is
+  connected if it has a peer or moved bytes, and keeps "in_progress" otherwise (its SO_ERROR is
+  not ours to read there: reading clears it, and the program may still ask). A send or recv that
   raises counts nothing; so does a sendall interrupted by a timeout (its partial count is
   unknown).
 - fork: a child forgets the parent's open connections (the parent emits them); a child's own are
@@ -405,7 +406,7 @@ def _end(sock, closing: bool = False) -> None:
         return
     try:
         if rec.status == IN_PROGRESS:
-            _settle_at_end(rec, sock, "close" if closing else "detach")
+            _settle_at_end(rec, sock, closing)
         elif not rec.src_port:  # a non-blocking connect: its addresses are known only now
             peer(rec, sock)
     except Exception as exc:
@@ -440,13 +441,13 @@ def _settle(sock, so_error) -> None:
         GUARD.fault("capture", exc)
 
 
-def _settle_at_end(rec, sock, how: str) -> None:
-    """A connect still "in progress" when its socket ends (`how`: "close" or "detach") or when the
-    interpreter exits with the socket open ("exit"): what became of it. SO_ERROR is read (reading
-    clears it) only at close, where the program has let the socket go. A detached descriptor lives
-    on, and at exit another process (a forked child) or a thread still running (a daemon thread, an
-    exit handler that runs after ours) may still ask: there, a connect that neither connected nor
-    moved data keeps "in_progress"."""
+def _settle_at_end(rec, sock, closing: bool) -> None:
+    """A connect still "in progress" when its socket ends (it closes, or is detached) or when the
+    interpreter exits with it open: what became of it. SO_ERROR is read (reading clears it) only
+    at close (`closing`), where the program has let the socket go. A detached descriptor lives on,
+    and at exit a forked child holding the socket, a daemon thread or an exit handler that runs
+    after ours may still ask: there, a connect that neither connected nor moved data keeps
+    "in_progress"."""
     try:
         sock.getpeername()
         connected = True
@@ -456,7 +457,7 @@ def _settle_at_end(rec, sock, how: str) -> None:
         rec.status = ""
         peer(rec, sock)
         return
-    if how != "close":
+    if not closing:
         return  # the outcome is still the program's to learn; the event says "in_progress"
     try:
         so_error = _getsockopt(sock, _SOL_SOCKET, _SO_ERROR)
@@ -498,7 +499,7 @@ def flush_open() -> None:
                 ref = getattr(rec, "netaudit_sock", None)
                 sock = ref() if ref is not None else None
                 if sock is not None:
-                    _settle_at_end(rec, sock, "exit")
+                    _settle_at_end(rec, sock, closing=False)
                 elif rec.req_bytes or rec.resp_bytes:
                     rec.status = ""  # it moved data: it had connected
             except Exception as exc:
