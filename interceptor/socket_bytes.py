@@ -443,19 +443,20 @@ def _settle(sock, so_error) -> None:
 
 def _settle_at_end(rec, sock, closing: bool) -> None:
     """A connect still "in progress" when its socket ends (it closes, or is detached) or when the
-    interpreter exits with it open: what became of it. SO_ERROR is read (reading clears it) only
+    interpreter exits with it open (`sock` None: gone by then): what became of it. SO_ERROR is read (reading clears it) only
     at close (`closing`), where the program has let the socket go. A detached descriptor lives on,
     and at exit a forked child holding the socket, a daemon thread or an exit handler that runs
     after ours may still ask: there, a connect that neither connected nor moved data keeps
     "in_progress"."""
     try:
-        sock.getpeername()
+        sock.getpeername()  # None (the socket is gone): AttributeError
         connected = True
-    except OSError:
+    except (OSError, AttributeError):
         connected = bool(rec.req_bytes or rec.resp_bytes)  # it moved data, then lost its peer
     if connected:
         rec.status = ""
-        peer(rec, sock)
+        if sock is not None:
+            peer(rec, sock)
         return
     if not closing:
         return  # the outcome is still the program's to learn; the event says "in_progress"
@@ -497,11 +498,7 @@ def flush_open() -> None:
         if rec.status == IN_PROGRESS:  # a non-blocking connect nobody settled: settle it now
             try:
                 ref = getattr(rec, "netaudit_sock", None)
-                sock = ref() if ref is not None else None
-                if sock is not None:
-                    _settle_at_end(rec, sock, closing=False)
-                elif rec.req_bytes or rec.resp_bytes:
-                    rec.status = ""  # it moved data: it had connected
+                _settle_at_end(rec, ref() if ref is not None else None, closing=False)
             except Exception as exc:
                 GUARD.fault("capture", exc, rec.ts)
         emit(rec)  # dup()s share a record: emit() writes it once

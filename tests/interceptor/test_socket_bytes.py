@@ -464,6 +464,17 @@ OK.sendall(b"7 9\\n" + b"q" * 7)
 got = 0
 while got < 9:
     got += len(OK.recv(100))
+ORIGINAL = socket.socket()
+ORIGINAL.setblocking(False)
+ORIGINAL.connect_ex(("127.0.0.1", %(port)d))
+select.select([], [ORIGINAL], [], 5)
+DUPPED = ORIGINAL.dup()  # outlives the socket that connected, so the weak reference is dead at exit
+del ORIGINAL
+DUPPED.setblocking(True)
+DUPPED.sendall(b"3 4\\n" + b"d" * 3)
+got = 0
+while got < 4:
+    got += len(DUPPED.recv(100))
 REFUSED = socket.socket()
 REFUSED.setblocking(False)
 print("in progress", REFUSED.connect_ex(("127.0.0.1", %(refused)d)) in (errno.EINPROGRESS, errno.EWOULDBLOCK), flush=True)
@@ -474,7 +485,8 @@ select.select([], [REFUSED], [], 5)
 def test_a_connect_in_progress_at_exit_is_settled_there(count_port, tmp_path):
     """Non-blocking connects the program never settled (no SO_ERROR read, no connect again) and
     never closed. At exit, the one that connected and moved data is no longer "in_progress" and
-    has its source address (before: "in_progress", source port 0). The refused one keeps
+    has its source address (before: "in_progress", source port 0); so is one whose socket is gone
+    (a dup() outlived it), by the bytes it moved. The refused one keeps
     "in_progress": its SO_ERROR is not read there, since reading clears it, and the program (here
     an exit handler that runs after ours; a forked child, a daemon thread) may still ask."""
     program = tmp_path / "in_progress_at_exit.py"
@@ -489,8 +501,9 @@ def test_a_connect_in_progress_at_exit_is_settled_there(count_port, tmp_path):
         pytest.skip("this system refuses a loopback connect at once: nothing is in progress")
     assert lines[-1] == f"so_error {errno.ECONNREFUSED}"  # the program still gets its answer
     rows = [json.loads(x) for x in lines[1:-1]]
-    ok = next(row for row in rows if row[0] == count_port)
+    ok, dupped = sorted((row for row in rows if row[0] == count_port), key=lambda row: -row[3])
     assert ok[1:5] == ["", "", 11, 9] and ok[5] > 0
+    assert dupped[1:5] == ["", "", 7, 4]  # its socket gone: connected by the bytes it moved
     assert [row[:3] for row in rows if row[0] == refused] == [[refused, "in_progress", ""]]
 
 
