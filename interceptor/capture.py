@@ -12,17 +12,21 @@ fingerprint cannot be checked against a guessed payload, as with a plain HMAC of
 In a child of `netaudit run` the writer thread sends the plain SHA-256 to the parent, which holds
 the salt (interceptor.relay): that digest crosses the run's private local socket, never the ledger.
 
-The thread-local claim (`TLS.busy`) is the suppress context: while a wrapper runs the audited
-call, every lower layer on that thread (a nested wrapper, the socket hooks) stays silent, so one
-call is one event.
+The claim (`claim()`, `claimed()`, `release()`) is the suppress context: while a wrapper runs the audited
+call, every lower layer below it (a nested wrapper, the socket hooks) stays silent, so one call is
+one event. It is a context variable, not a thread-local: a thread, a greenlet and an asyncio task
+each have a context of their own, so a wrapper waiting inside a gevent-patched socket (the hub runs
+other greenlets meanwhile, on the same thread) hides nothing of theirs, whether gevent patched
+before or after the interceptor was installed. (A `threading.local` made before the patch stays a
+thread's: it hid every other greenlet's calls while one waited in a claimed call.)
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import hmac
 import os
 import sys
-import threading
 import time
 import types
 from hashlib import sha256
@@ -33,11 +37,18 @@ from .redact import clean_host, clean_name, clean_names, clean_path, utf8_safe
 
 FINGERPRINT_HEX = 32  # 128 bits
 
-class _Claim(threading.local):
-    busy = False  # True while a wrapper runs the audited call on this thread
+_CLAIM = contextvars.ContextVar("netaudit_claim", default=False)
+claimed = _CLAIM.get    # True while a wrapper runs the audited call in this context (the hot paths' read)
+claim = _CLAIM.set      # claim(True) -> a token for release(); the wrappers call these two directly
 
 
-TLS = _Claim()
+def release(token) -> None:
+    """End the claim `token` = claim() made. Never raises: a token from another context (never seen:
+    a call that left its context switched) ends the claim all the same."""
+    try:
+        _CLAIM.reset(token)
+    except Exception:
+        _CLAIM.set(False)
 
 
 class State:
@@ -72,7 +83,7 @@ STATE = State()
 
 def _after_fork_in_child() -> None:
     STATE.pid = os.getpid()
-    TLS.busy = False
+    _CLAIM.set(False)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

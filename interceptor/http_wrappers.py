@@ -13,7 +13,7 @@ at install), `putheader` is wrapped instead, keeping each name as it is put.
 
 Each wrapper runs the audited method exactly once, through the original function saved at
 install; its result and exception pass through untouched, and every capture step sits in a guard.
-The thread is claimed (capture.TLS.busy) around `endheaders` and `send`, the two that may connect
+The call is claimed (capture.claim) around `endheaders` and `send`, the two that may connect
 or write to the socket, so the socket layer below stays silent. `putrequest` and `getresponse` only
 format and parse (no socket event below them): they run unclaimed, and the connection's own state
 tells the wrappers apart: the record is put on the connection only after the original
@@ -41,7 +41,7 @@ import sys
 import time
 
 from . import forensic as _fx
-from .capture import GUARD, STATE, TLS, Record, begin, emit, fail, flush_at_multiprocessing_exit, peer
+from .capture import GUARD, STATE, Record, begin, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer, release
 from .redact import query_names, split_url
 
 MARK = "_netaudit_wrapped"     # set on every function we installed (idempotent install)
@@ -139,7 +139,7 @@ def _abandon(conn, rec, exc) -> None:
 
 def http_putrequest_wrapper(self, method, url, skip_host=False, skip_accept_encoding=False):
     """Wraps HTTPConnection.putrequest: opens the request's record."""
-    if TLS.busy:
+    if claimed():
         return _putrequest(self, method, url, skip_host, skip_accept_encoding)
     rec = None
     try:
@@ -219,7 +219,7 @@ def _prepare_body(self, rec, message_body):
 def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     """Wraps HTTPConnection.endheaders: sends headers and an optional body (hashed as it streams)."""
     rec = self._netaudit_rec
-    if rec is None or TLS.busy:
+    if rec is None or claimed():
         return _endheaders(self, message_body, encode_chunked=encode_chunked)
     if _NAMES_FROM_BUFFER:
         try:
@@ -239,14 +239,14 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
             except Exception as exc:
                 GUARD.fault("capture", exc, rec.ts)
     self._netaudit_phase = SENDING
-    TLS.busy = True
+    claim_token = claim(True)
     try:
         result = _endheaders(self, body, encode_chunked=encode_chunked)
     except BaseException as exc:
         _abandon(self, rec, exc)
         raise
     finally:
-        TLS.busy = False
+        release(claim_token)
     self._netaudit_phase = BODY
     try:
         sock = self.sock
@@ -275,20 +275,20 @@ def _fill_peer(conn, rec) -> None:
 def http_send_wrapper(self, data):
     """Wraps HTTPConnection.send: payload sent after the headers (urllib3 streams bodies so)."""
     rec = self._netaudit_rec
-    if rec is None or self._netaudit_phase == SENDING or TLS.busy:  # endheaders' own sends: claimed
+    if rec is None or self._netaudit_phase == SENDING or claimed():  # endheaders' own sends: claimed
         return _send(self, data)
     if self._netaudit_phase == BODY and isinstance(data, (bytes, bytearray, memoryview)):
         _hash(rec, data)
         if self._netaudit_fx is not None:
             self._netaudit_fx.add_request(data)
-    TLS.busy = True
+    claim_token = claim(True)
     try:
         return _send(self, data)
     except BaseException as exc:
         _abandon(self, rec, exc)
         raise
     finally:
-        TLS.busy = False
+        release(claim_token)
 
 
 def http_getresponse_wrapper(self):
@@ -478,9 +478,9 @@ def _make_connect_wrapper(original):
     def http_connect_wrapper(self, *args, **kwargs):
         """Wraps a HTTPConnection(-subclass).connect: claims the thread, so the socket layer stays
         silent; a connect that fails outside any request is an event of its own."""
-        if TLS.busy:
+        if claimed():
             return original(self, *args, **kwargs)
-        TLS.busy = True
+        claim_token = claim(True)
         try:
             return original(self, *args, **kwargs)
         except BaseException as exc:
@@ -492,7 +492,7 @@ def _make_connect_wrapper(original):
                 fail(rec, exc)
             raise
         finally:
-            TLS.busy = False
+            release(claim_token)
 
     http_connect_wrapper.__wrapped__ = original
     setattr(http_connect_wrapper, MARK, True)

@@ -3,14 +3,14 @@
 Each wrapped method is a call the user makes (`SMTP.sendmail`, `IMAP4._simple_command` behind
 `login`/`select`/`fetch`, `POP3._shortcmd`/`_longcmd` behind `user`/`pass_`/`retr`, `FTP.login`,
 `FTP.retrbinary`...). Wrapped methods called from inside another wrapped method stay silent (the
-thread's claim), so `send_message -> sendmail` or `retrlines -> sendcmd` is one event. Only the
+claim, capture.claim), so `send_message -> sendmail` or `retrlines -> sendcmd` is one event. Only the
 command word is kept ("PASS", never the password); message text is only hashed, as it is sent.
 """
 from __future__ import annotations
 
 import sys
 
-from .capture import GUARD, TLS, begin, emit, fail, peer
+from .capture import GUARD, begin, claim, claimed, emit, fail, peer, release
 
 MARK = "_netaudit_wrapped"
 PEER = "_netaudit_peer"
@@ -76,14 +76,14 @@ class Spec:
 def _make_wrapper(original, spec: Spec):
     def protocol_call_wrapper(self, *args, **kwargs):
         """Runs the wrapped protocol method once, claimed, and records it as one event."""
-        if TLS.busy:
+        if claimed():
             return original(self, *args, **kwargs)
         rec = None
         try:
             rec, args, kwargs = spec.begin(self, args, kwargs, sys._getframe(1))
         except Exception as exc:
             GUARD.fault("capture", exc)
-        TLS.busy = True
+        claim_token = claim(True)
         try:
             result = original(self, *args, **kwargs)
         except BaseException as exc:
@@ -91,7 +91,7 @@ def _make_wrapper(original, spec: Spec):
                 fail(rec, exc)
             raise
         finally:
-            TLS.busy = False
+            release(claim_token)
         if rec is not None:
             try:
                 spec.end(self, rec, result)

@@ -38,7 +38,7 @@ sent: shapes and rows are a NetEvent's metadata and a digest, nothing else.
 Fail-open: the writer thread sends with a bounded wait (SEND_TIMEOUT_S); a parent that is gone or
 a socket that stays full makes the send raise, and interceptor.Sink drops, counts and later writes
 a gap row for the miss. The relay's own socket is not network egress: it is AF_UNIX (the socket
-hooks record only (host, port) addresses) and it sends under the interceptor's claim (TLS.busy).
+hooks record only (host, port) addresses) and it sends under the interceptor's claim (capture.claim).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ import time
 from operator import attrgetter, itemgetter
 
 from . import native
-from .capture import _INT_MAX, _INT_MIN, TLS, _as_int, fingerprint
+from .capture import _INT_MAX, _INT_MIN, _as_int, claim, fingerprint, release
 from .event import AUDIT, NetEvent
 from .redact import clean_path
 from .sink import YIELD_EVERY
@@ -190,11 +190,11 @@ class RelayWriter:
         if self._sock is None:
             self._sock = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.settimeout(self.send_timeout)
-        busy, TLS.busy = TLS.busy, True   # our own channel: no layer of the interceptor records it
+        claim_token = claim(True)   # our own channel: no layer of the interceptor records it
         try:
             self._sock.sendto(data, self.path)
         finally:
-            TLS.busy = busy
+            release(claim_token)
         self.datagrams += 1
 
     def _say_hello(self) -> None:
@@ -291,14 +291,14 @@ class RelayWriter:
         try:
             sock.setblocking(False)
             while True:
-                busy, TLS.busy = TLS.busy, True  # our own channel, as in _send
+                claim_token = claim(True)  # our own channel, as in _send
                 try:
                     sock.sendto(data, self.path)
                     break
                 except BlockingIOError:  # the queue is full: wait a little, within the deadline
                     pass
                 finally:
-                    TLS.busy = busy
+                    release(claim_token)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

@@ -1,6 +1,6 @@
 """Byte counts of raw sockets: one event per connection, with the bytes sent and received.
 
-A raw connection (one no protocol wrapper claimed, see capture.TLS) is not emitted at connect.
+A raw connection (one no protocol wrapper claimed, see capture.claimed) is not emitted at connect.
 `track(sock, rec)` switches the socket object's class to `CountingSocket`, a subclass of
 socket.socket that adds no slot (so `sock.__class__ = CountingSocket` is allowed), and keeps the
 connection's Record in `_OPEN` under hash(sock). Each send/recv method calls the C method it
@@ -55,7 +55,7 @@ import sys
 import weakref
 
 from . import native
-from .capture import GUARD, TLS, emit, fail, flush_at_multiprocessing_exit, peer
+from .capture import GUARD, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer, release
 
 # The Python class whose methods (C ones from _socket.socket) we call: the standard library's,
 # also where gevent put its own class in its place (interceptor.native).
@@ -144,28 +144,28 @@ class CountingSocket(socket.socket):
 
     def sendto(self, *args, **kwargs):
         rec = _OPEN.get(hash(self))
-        if rec is None or rec.protocol != "tcp" or TLS.busy:
+        if rec is None or rec.protocol != "tcp" or claimed():
             # a datagram to an address: its own event, by socket_hooks' wrapper (socket.socket's
             # sendto once installed; looked up now, not saved at import)
             return _ss.sendto(self, *args, **kwargs)
-        TLS.busy = True  # the kernel ignores the address of a connected stream: one connection
+        claim_token = claim(True)  # the kernel ignores the address of a connected stream: one connection
         try:
             n = _sendto(self, *args, **kwargs)
         finally:
-            TLS.busy = False
+            release(claim_token)
         _add(self, n, 0)
         return n
 
     def sendmsg(self, *args, **kwargs):
         rec = _OPEN.get(hash(self))
         addressed = (len(args) > 3 and args[3] is not None) or kwargs.get("address") is not None
-        if rec is None or (addressed and rec.protocol != "tcp") or TLS.busy:
+        if rec is None or (addressed and rec.protocol != "tcp") or claimed():
             return _ss.sendmsg(self, *args, **kwargs)  # as sendto: a datagram's own event
-        TLS.busy = True
+        claim_token = claim(True)
         try:
             n = _sendmsg(self, *args, **kwargs)
         finally:
-            TLS.busy = False
+            release(claim_token)
         _add(self, n, 0)
         return n
 
@@ -316,7 +316,7 @@ def ssl_wrap_socket_wrapper(self, sock, *args, **kwargs):
     The original detaches the raw socket; its record is taken out first, so the connection stays
     one event, now with protocol "tls", counting the application bytes until the SSLSocket closes.
     A wrap that fails after the detach (a failed handshake) ends the event with the error."""
-    if TLS.busy or type(sock) not in _COUNTED:
+    if claimed() or type(sock) not in _COUNTED:
         return _orig_wrap_socket(self, sock, *args, **kwargs)
     rec = _OPEN.pop(hash(sock), None)
     if rec is not None:

@@ -13,7 +13,7 @@
   of the caller's sight: gevent's resolvers' lookup methods are wrapped instead (_gevent_lookup).
   Where gevent patches later (a gevent program under `netaudit run`), lookups stay the audit
   hook's: recorded where they run, without their caller.
-Both stay silent while a protocol wrapper holds the thread's claim (capture.TLS.busy): a
+Both stay silent while a protocol wrapper holds the claim (capture.claimed()): a
 connection that a protocol wrapper describes is not recorded a second time here. Only IPv4 and
 IPv6 sockets are network egress: AF_UNIX, AF_NETLINK, AF_PACKET... are not recorded. A call that
 fails on its arguments before anything is sent (TypeError, ValueError, OverflowError) is no event;
@@ -27,7 +27,7 @@ import socket
 import sys
 
 from . import native, socket_bytes
-from .capture import GUARD, STATE, TLS, begin, emit, fail, peer
+from .capture import GUARD, STATE, begin, claim, claimed, emit, fail, peer, release
 
 MARK = "_netaudit_wrapped"
 _orig: dict[str, object] = {}
@@ -125,7 +125,7 @@ def _try_begin_connect(sock, address, frame):
 
 def _connect_again(self, original: str, address):
     """connect/connect_ex on a socket whose connect is in progress: that attempt's outcome."""
-    TLS.busy = True
+    claim_token = claim(True)
     try:
         result = _orig[original](self, address)
     except OSError as exc:
@@ -133,19 +133,19 @@ def _connect_again(self, original: str, address):
             socket_bytes.connect_again(self, exc.errno)
         raise
     finally:
-        TLS.busy = False
+        release(claim_token)
     socket_bytes.connect_again(self, result or 0)
     return result
 
 
 def socket_connect_wrapper(self, address):
     """Wraps socket.socket.connect: one event per connection attempt, with its outcome."""
-    if TLS.busy or not _egress(self, address):
+    if claimed() or not _egress(self, address):
         return _orig["connect"](self, address)
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect", address)
     rec = _try_begin_connect(self, address, sys._getframe(1))
-    TLS.busy = True
+    claim_token = claim(True)
     try:
         result = _orig["connect"](self, address)
     except BaseException as exc:
@@ -157,7 +157,7 @@ def socket_connect_wrapper(self, address):
                 fail(rec, exc)
         raise
     finally:
-        TLS.busy = False
+        release(claim_token)
     if rec is not None:
         _finish_connect(rec, self)
     return result
@@ -165,12 +165,12 @@ def socket_connect_wrapper(self, address):
 
 def socket_connect_ex_wrapper(self, address):
     """Wraps socket.socket.connect_ex: like connect, the error is the returned errno's name."""
-    if TLS.busy or not _egress(self, address):
+    if claimed() or not _egress(self, address):
         return _orig["connect_ex"](self, address)
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect_ex", address)
     rec = _try_begin_connect(self, address, sys._getframe(1))
-    TLS.busy = True
+    claim_token = claim(True)
     try:
         result = _orig["connect_ex"](self, address)
     except BaseException as exc:
@@ -178,7 +178,7 @@ def socket_connect_ex_wrapper(self, address):
             fail(rec, exc)
         raise
     finally:
-        TLS.busy = False
+        release(claim_token)
     if rec is not None:
         connected = not result
         try:
@@ -197,7 +197,7 @@ def socket_connect_ex_wrapper(self, address):
 
 def socket_create_connection_wrapper(address, *args, **kwargs):
     """Wraps socket.create_connection: name lookup plus connect, one event for the host asked."""
-    if TLS.busy or not _inet(address):
+    if claimed() or not _inet(address):
         return _orig["create_connection"](address, *args, **kwargs)
     rec = None
     try:
@@ -205,7 +205,7 @@ def socket_create_connection_wrapper(address, *args, **kwargs):
         rec.dst_ip = _ip_literal(address[0])
     except Exception as exc:
         GUARD.fault("capture", exc)
-    TLS.busy = True
+    claim_token = claim(True)
     try:
         sock = _orig["create_connection"](address, *args, **kwargs)
     except BaseException as exc:
@@ -213,7 +213,7 @@ def socket_create_connection_wrapper(address, *args, **kwargs):
             fail(rec, exc)
         raise
     finally:
-        TLS.busy = False
+        release(claim_token)
     if rec is not None:
         _finish_connect(rec, sock)
     return sock
@@ -224,7 +224,7 @@ _ARGUMENT_ERRORS = (TypeError, ValueError, OverflowError)  # refused before anyt
 
 def _datagram(self, original: str, args, address):
     """One datagram to an explicit address: one event, with the bytes the kernel took."""
-    if TLS.busy or not _egress(self, address):
+    if claimed() or not _egress(self, address):
         return _orig[original](self, *args)
     rec = None
     try:
@@ -236,7 +236,7 @@ def _datagram(self, original: str, args, address):
         rec = _begin_socket(self, address, "sendto", sys._getframe(2))
     except Exception as exc:
         GUARD.fault("capture", exc)
-    TLS.busy = True
+    claim_token = claim(True)
     try:
         n = _orig[original](self, *args)
     except BaseException as exc:
@@ -244,7 +244,7 @@ def _datagram(self, original: str, args, address):
             fail(rec, exc)
         raise
     finally:
-        TLS.busy = False
+        release(claim_token)
     if rec is not None:
         rec.req_bytes = n
         emit(rec)
@@ -327,7 +327,7 @@ def _gevent_lookup(method: str, lookup, static: bool):
     skip = 0 if static else 1  # the resolver instance
 
     def wrapper(*args, **kwargs):
-        if TLS.busy or not STATE.enabled:
+        if claimed() or not STATE.enabled:
             return lookup(*args, **kwargs)
         rec = None
         try:
@@ -335,7 +335,7 @@ def _gevent_lookup(method: str, lookup, static: bool):
                         sys._getframe(1))
         except Exception as exc:
             GUARD.fault("capture", exc)
-        TLS.busy = True
+        claim_token = claim(True)
         try:
             result = lookup(*args, **kwargs)
         except BaseException as exc:
@@ -343,7 +343,7 @@ def _gevent_lookup(method: str, lookup, static: bool):
                 fail(rec, exc)
             raise
         finally:
-            TLS.busy = False
+            release(claim_token)
         if rec is not None:
             emit(rec)
         return result
@@ -376,7 +376,7 @@ def _gevent_resolver_classes() -> list:
 
 def _wrap_gevent_resolvers() -> None:
     """Wrap the lookups of every gevent resolver class gevent has loaded (install, where gevent
-    patched first: there the thread's claim is the greenlet's, gevent's local). Never later: a
+    patched first; a wrapper's claim is its greenlet's, capture.claim). Never later: a
     lookup already under way in an unwrapped one would be skipped by the audit hook and lost."""
     try:
         for resolver in _gevent_resolver_classes():
@@ -417,7 +417,7 @@ def audit_hook(event, args):
     """PEP 578 hook. Called for every audit event of the process, so the common exit is first.
     It must never raise: an exception here would abort the audited operation."""
     handler = _HANDLERS.get(event)
-    if handler is None or TLS.busy or not STATE.enabled:
+    if handler is None or claimed() or not STATE.enabled:
         return
     try:
         handler(args)

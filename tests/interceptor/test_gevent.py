@@ -151,3 +151,41 @@ def test_gevent_patched_after_install_under_netaudit_run_loses_nothing(tmp_path)
     assert [(r["method"], r["dst_port"]) for r in every if r["channel"] == "socket"] == [("sendto", 2002)]
     assert [(r["url_path"], r["status"], r["module"]) for r in every if r["channel"] == "http"] \
         == [("/p", "200", "late")]
+
+
+WAITING_PROGRAM = r"""
+from gevent import monkey; monkey.patch_all()  # after `netaudit run`'s bootstrap installed the interceptor
+import gevent, socket, urllib.request
+""" + SERVE + r"""
+def fetch():  # its connect waits on gevent's resolver for "localhost", inside the claimed endheaders
+    urllib.request.urlopen(f"http://localhost:{port}/p").read()
+def datagrams():  # meanwhile, on the same thread, another greenlet sends
+    for i in range(20):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.sendto(b"abc", ("127.0.0.1", 3000 + i))
+        u.close()
+        gevent.sleep(0)
+gevent.joinall([gevent.spawn(fetch), gevent.spawn(datagrams)])
+print(port)
+"""
+
+
+def test_a_claimed_call_waiting_in_gevent_hides_no_other_greenlets_call(tmp_path):
+    """A wrapper claims the call it audits, so the layers below stay silent. Under gevent patched
+    after install, that claim was a threading.local made before the patch: a thread's, not a
+    greenlet's. While one greenlet's request waited inside its claim (its DNS lookup, its connect),
+    every other greenlet's call on that thread was skipped: 0 of these 20 datagrams were recorded.
+    The claim is a context variable now, and each greenlet has its own context."""
+    program = tmp_path / "waiting.py"
+    program.write_text(WAITING_PROGRAM)
+    ledger = tmp_path / "l.sqlite"
+    r = subprocess.run([sys.executable, "-m", "ledger.cli", "run", "--ledger", str(ledger), "--key-dir",
+                        str(tmp_path / "keys"), "--", sys.executable, str(program)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with Ledger.open(str(ledger), readonly=True) as led:
+        every = [r for r in led.rows() if r["channel"] != "audit"]
+    assert sorted(r["dst_port"] for r in every if r["method"] == "sendto") == list(range(3000, 3020))
+    # the request is still one event: its own lookup and connect stay under its claim
+    assert [(r["channel"], r["method"]) for r in every if r["method"] != "sendto"] \
+        == [("dns", "getaddrinfo"), ("http", "GET")]
