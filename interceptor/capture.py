@@ -12,13 +12,14 @@ fingerprint cannot be checked against a guessed payload, as with a plain HMAC of
 In a child of `netaudit run` the writer thread sends the plain SHA-256 to the parent, which holds
 the salt (interceptor.relay): that digest crosses the run's private local socket, never the ledger.
 
-The claim (`claim()`, `claimed()`, `release()`) is the suppress context: while a wrapper runs the audited
-call, every lower layer below it (a nested wrapper, the socket hooks) stays silent, so one call is
-one event. It is a context variable, not a thread-local: a thread, a greenlet and an asyncio task
+The claim (`claim()`, `claimed()`, `release()`) is the suppress context: while a wrapper runs the
+audited call, every layer below it (a nested wrapper, the socket hooks) stays silent, so one call
+is one event. It is a context variable, not a thread-local: a thread, a greenlet and an asyncio task
 each have a context of their own, so a wrapper waiting inside a gevent-patched socket (the hub runs
 other greenlets meanwhile, on the same thread) hides nothing of theirs, whether gevent patched
 before or after the interceptor was installed. (A `threading.local` made before the patch stays a
-thread's: it hid every other greenlet's calls while one waited in a claimed call.)
+thread's: it hid every other greenlet's calls while one waited in a claimed call.) The claim is
+also the claiming thread's only, and ends for every copy of the context at release (claim()).
 """
 from __future__ import annotations
 
@@ -33,22 +34,42 @@ from hashlib import sha256
 
 from .event import EGRESS, NetEvent
 from .guard import GUARD
+from .native import get_ident as _ident
 from .redact import clean_host, clean_name, clean_names, clean_path, utf8_safe
 
 FINGERPRINT_HEX = 32  # 128 bits
 
-_CLAIM = contextvars.ContextVar("netaudit_claim", default=False)
-claimed = _CLAIM.get    # True while a wrapper runs the audited call in this context (the hot paths' read)
-claim = _CLAIM.set      # claim(True) -> a token for release(); the wrappers call these two directly
+_CLAIM = contextvars.ContextVar("netaudit_claim", default=None)
+_get, _set, _reset = _CLAIM.get, _CLAIM.set, _CLAIM.reset
 
 
-def release(token) -> None:
-    """End the claim `token` = claim() made. Never raises: a token from another context (never seen:
-    a call that left its context switched) ends the claim all the same."""
+def claimed() -> bool:
+    """True while a wrapper runs the audited call in this context, on this thread."""
+    held = _get()
+    return held is not None and held[0] == _ident()
+
+
+def claim():
+    """Claim the call about to run: the layers below it stay silent until release(the token).
+
+    The claim is a one-item list, [the OS thread's id], set in the context variable. A context
+    copied while it is held (asyncio's call_soon_threadsafe from a request body's generator, a
+    thread that inherits its starter's context) shares that list: it counts as claimed only on
+    the thread that claimed, and release() empties it for every copy, where a plain True would
+    have stayed set in the copy for its life and silenced its calls (review 23, H1)."""
+    held = [_ident()]
+    return held, _set(held)
+
+
+def release(claim_token) -> None:
+    """End the claim claim() returned. Never raises: a token from another context (never seen: a
+    call that left its context switched) ends the claim all the same."""
+    held, token = claim_token
+    held[0] = None
     try:
-        _CLAIM.reset(token)
+        _reset(token)
     except Exception:
-        _CLAIM.set(False)
+        _set(None)
 
 
 class State:
@@ -83,7 +104,7 @@ STATE = State()
 
 def _after_fork_in_child() -> None:
     STATE.pid = os.getpid()
-    _CLAIM.set(False)
+    _set(None)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -239,7 +239,7 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
             except Exception as exc:
                 GUARD.fault("capture", exc, rec.ts)
     self._netaudit_phase = SENDING
-    claim_token = claim(True)
+    claim_token = claim()
     try:
         result = _endheaders(self, body, encode_chunked=encode_chunked)
     except BaseException as exc:
@@ -281,7 +281,7 @@ def http_send_wrapper(self, data):
         _hash(rec, data)
         if self._netaudit_fx is not None:
             self._netaudit_fx.add_request(data)
-    claim_token = claim(True)
+    claim_token = claim()
     try:
         return _send(self, data)
     except BaseException as exc:
@@ -476,11 +476,11 @@ def _forget_held_in_child() -> None:
 
 def _make_connect_wrapper(original):
     def http_connect_wrapper(self, *args, **kwargs):
-        """Wraps a HTTPConnection(-subclass).connect: claims the thread, so the socket layer stays
+        """Wraps a HTTPConnection(-subclass).connect: claims the call, so the socket layer stays
         silent; a connect that fails outside any request is an event of its own."""
         if claimed():
             return original(self, *args, **kwargs)
-        claim_token = claim(True)
+        claim_token = claim()
         try:
             return original(self, *args, **kwargs)
         except BaseException as exc:

@@ -83,7 +83,7 @@ def _make_wrapper(original, spec: Spec):
             rec, args, kwargs = spec.begin(self, args, kwargs, sys._getframe(1))
         except Exception as exc:
             GUARD.fault("capture", exc)
-        claim_token = claim(True)
+        claim_token = claim()
         try:
             result = original(self, *args, **kwargs)
         except BaseException as exc:

@@ -190,7 +190,7 @@ class RelayWriter:
         if self._sock is None:
             self._sock = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.settimeout(self.send_timeout)
-        claim_token = claim(True)   # our own channel: no layer of the interceptor records it
+        claim_token = claim()   # our own channel: no layer of the interceptor records it
         try:
             self._sock.sendto(data, self.path)
         finally:
@@ -291,7 +291,7 @@ class RelayWriter:
         try:
             sock.setblocking(False)
             while True:
-                claim_token = claim(True)  # our own channel, as in _send
+                claim_token = claim()  # our own channel, as in _send
                 try:
                     sock.sendto(data, self.path)
                     break

@@ -148,7 +148,7 @@ class CountingSocket(socket.socket):
             # a datagram to an address: its own event, by socket_hooks' wrapper (socket.socket's
             # sendto once installed; looked up now, not saved at import)
             return _ss.sendto(self, *args, **kwargs)
-        claim_token = claim(True)  # the kernel ignores the address of a connected stream: one connection
+        claim_token = claim()  # the kernel ignores the address of a connected stream: one connection
         try:
             n = _sendto(self, *args, **kwargs)
         finally:
@@ -161,7 +161,7 @@ class CountingSocket(socket.socket):
         addressed = (len(args) > 3 and args[3] is not None) or kwargs.get("address") is not None
         if rec is None or (addressed and rec.protocol != "tcp") or claimed():
             return _ss.sendmsg(self, *args, **kwargs)  # as sendto: a datagram's own event
-        claim_token = claim(True)
+        claim_token = claim()
         try:
             n = _sendmsg(self, *args, **kwargs)
         finally:

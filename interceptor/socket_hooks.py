@@ -125,7 +125,7 @@ def _try_begin_connect(sock, address, frame):
 
 def _connect_again(self, original: str, address):
     """connect/connect_ex on a socket whose connect is in progress: that attempt's outcome."""
-    claim_token = claim(True)
+    claim_token = claim()
     try:
         result = _orig[original](self, address)
     except OSError as exc:
@@ -145,7 +145,7 @@ def socket_connect_wrapper(self, address):
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect", address)
     rec = _try_begin_connect(self, address, sys._getframe(1))
-    claim_token = claim(True)
+    claim_token = claim()
     try:
         result = _orig["connect"](self, address)
     except BaseException as exc:
@@ -170,7 +170,7 @@ def socket_connect_ex_wrapper(self, address):
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect_ex", address)
     rec = _try_begin_connect(self, address, sys._getframe(1))
-    claim_token = claim(True)
+    claim_token = claim()
     try:
         result = _orig["connect_ex"](self, address)
     except BaseException as exc:
@@ -205,7 +205,7 @@ def socket_create_connection_wrapper(address, *args, **kwargs):
         rec.dst_ip = _ip_literal(address[0])
     except Exception as exc:
         GUARD.fault("capture", exc)
-    claim_token = claim(True)
+    claim_token = claim()
     try:
         sock = _orig["create_connection"](address, *args, **kwargs)
     except BaseException as exc:
@@ -236,7 +236,7 @@ def _datagram(self, original: str, args, address):
         rec = _begin_socket(self, address, "sendto", sys._getframe(2))
     except Exception as exc:
         GUARD.fault("capture", exc)
-    claim_token = claim(True)
+    claim_token = claim()
     try:
         n = _orig[original](self, *args)
     except BaseException as exc:
@@ -335,7 +335,7 @@ def _gevent_lookup(method: str, lookup, static: bool):
                         sys._getframe(1))
         except Exception as exc:
             GUARD.fault("capture", exc)
-        claim_token = claim(True)
+        claim_token = claim()
         try:
             result = lookup(*args, **kwargs)
         except BaseException as exc:

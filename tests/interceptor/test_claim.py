@@ -1,0 +1,82 @@
+"""The claim: while a wrapper runs the audited call, the layers below it stay silent (one call, one
+event), and nothing else does. Real programs, real local servers, real threads and asyncio.
+
+The claim lives in a context variable (a greenlet's waiting claim hid other greenlets' calls when it
+was a thread's: tests/interceptor/test_gevent.py). Review 23 (H1): a context copied while a claim
+was held kept it set for good. A request body's generator runs inside the claimed endheaders; there
+asyncio.run_coroutine_threadsafe copies the context into the task it starts, which then sent and
+connected unrecorded for its whole life. A copy run on another thread while the claim is still held
+must not be silenced either (a thread that inherits its starter's context: CPython 3.14t's default).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PROGRAM = r"""
+import asyncio, contextvars, http.server, json, socket, threading, time, urllib.request
+import interceptor
+from interceptor import MemoryWriter, Sink
+from interceptor.capture import claimed
+
+w = MemoryWriter()
+interceptor.install(sink=Sink(w, linger_s=0))
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+port = srv.server_address[1]
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+
+def dgram(p):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"p", ("127.0.0.1", p)); u.close()
+
+seen = {}
+async def report(i):
+    for later in (0, 0.3):                   # at once, and long after the POST's claim ended
+        await asyncio.sleep(later)
+        seen[(i, later)] = claimed()
+        dgram(4000 + 10 * i + int(later * 10))
+        r, wr = await asyncio.open_connection("127.0.0.1", port); wr.close()
+
+futures = []
+def body():
+    futures.append(asyncio.run_coroutine_threadsafe(report(0), loop))  # copies this (claimed) context
+    ctx = contextvars.copy_context()       # a copy run on another thread while the claim is held
+    t = threading.Thread(target=ctx.run, args=(dgram, 5000)); t.start(); t.join()
+    yield b"chunk"
+
+urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/up", data=body(), method="POST",
+                                              headers={"Content-Length": "5"})).read()
+asyncio.run_coroutine_threadsafe(report(1), loop).result(5)   # the same, outside any claimed call
+futures[0].result(5)
+interceptor.flush(5)
+print(json.dumps({"seen": sorted(str(k) + "=" + str(v) for k, v in seen.items()),
+                  "events": sorted([e.channel, e.method, e.dst_port == port or e.dst_port] for e in w.events
+                                   if e.channel != "dns")}))
+"""
+
+
+def test_a_context_copied_inside_a_claimed_call_is_not_claimed():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["seen"] == ["(0, 0)=False", "(0, 0.3)=False", "(1, 0)=False", "(1, 0.3)=False"]
+    connect = ["socket", "connect", True]
+    assert out["events"] == sorted([
+        ["http", "POST", True],                                   # the call itself: one event
+        ["socket", "sendto", 5000],                               # another thread, the claim still held
+        ["socket", "sendto", 4000], ["socket", "sendto", 4003], connect, connect,   # the copied task
+        ["socket", "sendto", 4010], ["socket", "sendto", 4013], connect, connect,   # the control
+    ])
