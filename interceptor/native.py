@@ -9,8 +9,8 @@ addon loads. Two things of ours must not be cooperative there:
   Here it is a real OS thread, waking and sleeping on real locks, sending on a real socket;
 - the classes socket_bytes subclasses. gevent's socket class wraps a `_socket.socket` instead of
   being one (it has no `__del__` to extend: the interceptor failed to install at all). The
-  originals gevent saved are used; a gevent socket is then one the byte counting cannot switch,
-  and its connection is recorded at connect, without sizes, as any other class's.
+  originals gevent saved are used; gevent's own socket class gets a counting subclass of its own
+  (interceptor.socket_bytes), made at its first connection.
 
 `original(module, name)` is gevent's saved original where gevent patched that module, and the
 module's own attribute otherwise. Standard library only: gevent is looked up in sys.modules,

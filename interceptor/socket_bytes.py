@@ -42,8 +42,13 @@ Decisions:
   are the C methods' own. The class is named like the one it stands in for (repr(), pickling
   errors), and multiprocessing's reducer for socket.socket is registered for it; only
   `type(sock) is socket.socket` tells the difference.
-- gevent: its socket classes wrap a real socket instead of being socket.socket, so theirs are
-  sockets of another class: recorded at connect, without sizes (interceptor.native).
+- gevent: its socket class wraps a real socket (`_sock`) instead of being socket.socket, and
+  sends and receives in Python on top of it; its own counting subclass (`_counting_gevent_class`,
+  made at the first connection of that class; gevent is never imported here) counts there, once.
+  TLS started on one (gevent's SSLSocket, not counted) ends its event there, as "tls" with the
+  bytes before it (ssl_wrap_socket_wrapper). Sockets of gevent patched after install are of a class
+  wrapped by nothing of ours: recorded at connect, without sizes. sendto/sendmsg on its connected
+  streams reach `_sock` directly: not counted.
 """
 from __future__ import annotations
 
@@ -91,11 +96,22 @@ def _add(sock, sent: int, received: int) -> None:
         GUARD.fault("capture", exc)
 
 
-def _ending(base):
+def _share(sock, dup) -> None:
+    """dup() of a counted socket: the two share the connection's record, emitted when both ended."""
+    try:
+        rec = _OPEN.get(hash(sock))
+        if rec is not None:
+            rec.netaudit_sockets += 1
+            _OPEN[hash(dup)] = rec
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+
+
+def _ending(base, finalize=_finalize):
     """detach, _real_close and __del__ for a counting subclass of `base`: each ends the connection's
-    record (emits its event), then runs base's own. They run during interpreter shutdown too, when
-    this module's globals may already be gone: the originals are bound as defaults, and a missing
-    _end is skipped."""
+    record (emits its event), then runs base's own (`finalize`: base's __del__, None where it has
+    none). They run during interpreter shutdown too, when this module's globals may already be gone:
+    the originals are bound as defaults, and a missing _end is skipped."""
 
     def detach(self, _detach=base.detach):
         try:
@@ -111,12 +127,13 @@ def _ending(base):
             pass
         _close(self)
 
-    def __del__(self, _finalize=_finalize):
+    def __del__(self, _finalize=finalize):
         try:
             _end(self, closing=True)
         except Exception:
             pass
-        _finalize(self)
+        if _finalize is not None:
+            _finalize(self)
 
     return detach, _real_close, __del__
 
@@ -220,16 +237,99 @@ class CountingSocket(socket.socket):
 
     def dup(self):
         sock = _ss.dup(self)  # built as self.__class__: a CountingSocket without a record yet
-        try:
-            rec = _OPEN.get(hash(self))
-            if rec is not None:
-                rec.netaudit_sockets += 1
-                _OPEN[hash(sock)] = rec
-        except Exception as exc:
-            GUARD.fault("capture", exc)
+        _share(self, sock)
         return sock
 
     detach, _real_close, __del__ = _ending(_ss)
+
+
+def _counting_gevent_class(base):
+    """The counting subclass of gevent's socket class (made at its first tracked connection).
+
+    gevent's socket wraps a real one (`_sock`) and implements send, recv... in Python on top of
+    it, its sendall and sendfile by calling its own send: so its send and recv methods count here,
+    and sendall counts its data once, under the claim, so the sends it makes are not counted
+    again. Not counted: sendto and sendmsg on a connected stream (they reach `_sock` directly)."""
+    names = ("send", "sendall", "recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "recvmsg_into", "dup")
+    o = {name: getattr(base, name, None) for name in names}
+
+    class CountingGeventSocket(base):
+        __slots__ = ()
+
+        def send(self, *args, _send=o["send"], **kwargs):
+            n = _send(self, *args, **kwargs)
+            if not claimed():
+                _add(self, n, 0)
+            return n
+
+        def sendall(self, *args, _sendall=o["sendall"], **kwargs):
+            claim_token = claim()
+            try:
+                result = _sendall(self, *args, **kwargs)
+            finally:
+                release(claim_token)
+            rec = _OPEN.get(hash(self))
+            if rec is not None and not claimed():
+                try:
+                    rec.req_bytes += _nbytes(args[0] if args else kwargs["data"])
+                except Exception as exc:
+                    GUARD.fault("capture", exc)
+            return result
+
+        def recv(self, *args, _recv=o["recv"], **kwargs):
+            data = _recv(self, *args, **kwargs)
+            _add(self, 0, len(data))
+            return data
+
+        def recv_into(self, *args, _recv_into=o["recv_into"], **kwargs):
+            n = _recv_into(self, *args, **kwargs)
+            _add(self, 0, n)
+            return n
+
+        def recvfrom(self, *args, _recvfrom=o["recvfrom"], **kwargs):
+            result = _recvfrom(self, *args, **kwargs)
+            _add(self, 0, len(result[0]))
+            return result
+
+        def recvfrom_into(self, *args, _recvfrom_into=o["recvfrom_into"], **kwargs):
+            result = _recvfrom_into(self, *args, **kwargs)
+            _add(self, 0, result[0])
+            return result
+
+        if o["recvmsg"] is not None:
+            def recvmsg(self, *args, _recvmsg=o["recvmsg"], **kwargs):
+                result = _recvmsg(self, *args, **kwargs)
+                _add(self, 0, len(result[0]))
+                return result
+
+        if o["recvmsg_into"] is not None:
+            def recvmsg_into(self, *args, _recvmsg_into=o["recvmsg_into"], **kwargs):
+                result = _recvmsg_into(self, *args, **kwargs)
+                _add(self, 0, result[0])
+                return result
+
+        def dup(self, _dup=o["dup"]):
+            sock = _dup(self)  # built as self.__class__, without a record yet
+            _share(self, sock)
+            return sock
+
+        detach, _real_close, __del__ = _ending(base, getattr(base, "__del__", None))
+
+    CountingGeventSocket.__module__ = base.__module__
+    CountingGeventSocket.__qualname__ = CountingGeventSocket.__name__ = base.__name__
+    return CountingGeventSocket
+
+
+def _counting_class(cls):
+    """The counting class for a socket of class `cls`, or None: socket.socket's, ssl.SSLSocket's,
+    or gevent's socket class's (made on first use: gevent is never imported here)."""
+    counting = _COUNTING.get(cls)
+    if counting is None:
+        gevent_socket = getattr(sys.modules.get("gevent._socket3"), "socket", None)
+        if gevent_socket is not None and cls is gevent_socket:
+            counting = _COUNTING[cls] = _counting_gevent_class(cls)
+            _COUNTED.add(counting)
+    return counting
 
 
 # repr() and error messages keep naming the class the program created
@@ -304,7 +404,7 @@ if ssl is not None:
 else:
     _SSLSocket = CountingSSLSocket = None
     _COUNTING = {_ss: CountingSocket}
-_COUNTED = frozenset(_COUNTING.values())
+_COUNTED = set(_COUNTING.values())  # and gevent's, once made (_counting_class)
 
 _orig_wrap_socket = None  # ssl.SSLContext.wrap_socket, saved at install
 MARK = "_netaudit_wrapped"
@@ -360,10 +460,11 @@ def track(sock, rec) -> bool:
     cls = type(sock)
     if cls in _COUNTED:
         _end(sock)  # connected again (a datagram socket): the previous peer's event ends here
-    elif cls in _COUNTING:
-        sock.__class__ = _COUNTING[cls]
     else:
-        return False
+        counting = _counting_class(cls)
+        if counting is None:
+            return False
+        sock.__class__ = counting
     rec.netaudit_sockets = 1
     rec.netaudit_sock = weakref.ref(sock)  # for a connect still in progress at exit (flush_open)
     _OPEN[hash(sock)] = rec
@@ -461,7 +562,7 @@ def _settle_at_end(rec, sock, closing: bool) -> None:
     if not closing:
         return  # the outcome is still the program's to learn; the event says "in_progress"
     try:
-        so_error = _getsockopt(sock, _SOL_SOCKET, _SO_ERROR)
+        so_error = _getsockopt(sock if isinstance(sock, _ss) else sock._sock, _SOL_SOCKET, _SO_ERROR)  # gevent's: its _sock
     except OSError:
         so_error = 0  # the descriptor was closed behind the socket's back
     if so_error:

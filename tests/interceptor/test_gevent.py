@@ -189,3 +189,110 @@ def test_a_claimed_call_waiting_in_gevent_hides_no_other_greenlets_call(tmp_path
     # the request is still one event: its own lookup and connect stay under its claim
     assert [(r["channel"], r["method"]) for r in every if r["method"] != "sendto"] \
         == [("dns", "getaddrinfo"), ("http", "GET")]
+
+
+BYTES_PROGRAM = r"""
+from gevent import monkey; monkey.patch_all()
+import gc, json, socket, sys
+sys.path.insert(0, %(root)r)
+import gevent, interceptor
+from ledger.process_writer import ProcessWriter
+
+interceptor.install(sink=interceptor.Sink(ProcessWriter(sys.argv[1], sys.argv[2])))
+BIG = 3 * 1024 * 1024 + 7   # more than one send: gevent's sendall sends in chunks, through its send
+REPLY = b"r" * 70000
+srv = socket.create_server(("127.0.0.1", 0))
+port = srv.getsockname()[1]
+def serve():
+    while True:
+        c, _ = srv.accept()
+        head = b""
+        while len(head) < 16:
+            head += c.recv(16 - len(head))
+        want, got = int(head), 0
+        while got < want:
+            got += len(c.recv(65536))
+        c.sendall(REPLY)
+        c.close()
+gevent.spawn(serve)
+
+s = socket.create_connection(("127.0.0.1", port))      # gevent's socket class
+assert s.send(b"%%16d" %% (BIG + 5)) == 16                # what follows, in 16 bytes
+s.sendall(memoryview(b"x" * BIG))
+s.sendall(b"tail!")
+d = s.dup()                                              # the same connection: one event
+f = d.makefile("rb", buffering=0)
+first = f.read(1000)                                     # makefile: recv_into, at most 1000
+buf = bytearray(5000)
+n = s.recv_into(buf)
+rest = s.recv(100000)
+while len(first) + n + len(rest) < len(REPLY):
+    rest += s.recv(100000)
+f.close(); d.close()
+s.close()
+g = socket.create_connection(("127.0.0.1", port))      # dropped without close: ended when collected
+g.sendall(b"%%16d" %% 3 + b"abc")
+del g
+gc.collect()
+h = socket.create_connection(("127.0.0.1", port))      # still open at exit: ended by the exit flush
+h.send(b"%%16d" %% 1)
+print(json.dumps({"port": port, "sent": 16 + BIG + 5, "received": len(REPLY)}))
+"""
+
+
+def test_a_raw_connection_of_gevents_socket_class_counts_its_bytes(tmp_path):
+    """gevent's socket class wraps a real socket instead of being one: its connections were recorded
+    at connect, without sizes. Now a counting subclass of it counts what it sends and receives, once
+    (its sendall sends through its own send), dup() and makefile() included, until it closes, is
+    collected unclosed, or the process exits with it open."""
+    program = tmp_path / "bytes.py"
+    program.write_text(BYTES_PROGRAM % {"root": str(ROOT)})
+    ledger, keys = tmp_path / "l.sqlite", tmp_path / "keys"
+    r = subprocess.run([sys.executable, str(program), str(ledger), str(keys)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert verify_ledger(str(ledger)).valid
+    with Ledger.open(str(ledger), readonly=True) as led:
+        rows = [r for r in led.rows() if r["channel"] == "socket"]
+    assert [(r["method"], r["dst_port"], r["req_bytes"], r["resp_bytes"], r["error"]) for r in rows] \
+        == [("connect", out["port"], out["sent"], out["received"], ""), ("connect", out["port"], 19, 0, ""),
+            ("connect", out["port"], 16, 0, "")]
+    assert all(r["src_port"] > 0 for r in rows) and rows[0]["duration_ms"] > 0
+
+
+TLS_PROGRAM = r"""
+from gevent import monkey; monkey.patch_all()
+import json, socket, ssl, sys
+sys.path.insert(0, %(root)r)
+import gevent, interceptor
+from interceptor import MemoryWriter, Sink
+w = MemoryWriter()
+sink = Sink(w, linger_s=0)
+interceptor.install(sink=sink)
+srv = socket.create_server(("127.0.0.1", 0))
+def serve():
+    c, _ = srv.accept()
+    c.recv(5)
+    c.sendall(b"no TLS here\r\n")
+    c.close()
+gevent.spawn(serve)
+s = socket.create_connection(srv.getsockname())
+s.sendall(b"hello")
+try:
+    ssl.create_default_context().wrap_socket(s, server_hostname="localhost")
+except ssl.SSLError:
+    pass
+sink.flush(5)
+print(json.dumps([[e.protocol, e.req_bytes, e.error] for e in w.events if e.channel == "socket"]))
+"""
+
+
+def test_tls_started_on_a_counted_gevent_connection_ends_its_event_as_tls(tmp_path):
+    """gevent's SSLSocket is not counted: the connection's event ends where TLS starts, as "tls",
+    with the bytes sent before it and the failed handshake's error; the call's exception is its own."""
+    program = tmp_path / "tls.py"
+    program.write_text(TLS_PROGRAM % {"root": str(ROOT)})
+    r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1]) == [["tls", 5, "SSLError"]]
