@@ -45,10 +45,13 @@ Decisions:
 - gevent: its socket class wraps a real socket (`_sock`) instead of being socket.socket, and
   sends and receives in Python on top of it; its own counting subclass (`_counting_gevent_class`,
   made at the first connection of that class; gevent is never imported here) counts there, once.
-  TLS started on one (gevent's SSLSocket, not counted) ends its event there, as "tls" with the
-  bytes before it (ssl_wrap_socket_wrapper). Sockets of gevent patched after install are of a class
-  wrapped by nothing of ours: recorded at connect, without sizes. sendto/sendmsg on its connected
-  streams reach `_sock` directly: not counted.
+  As with CountingSocket, only `type(sock)` tells it from gevent's class. A non-blocking connect is
+  settled as above (a second connect, the program's read of SO_ERROR, close). TLS started on one
+  (gevent's SSLSocket, not counted) ends its event there, as "tls" with the bytes before it
+  (ssl_wrap_socket_wrapper). sendto/sendmsg on its connected streams reach `_sock` directly: one
+  with an address is an event of its own (socket_hooks' wrappers), one without is not counted.
+  Sockets of gevent patched after install are of a class nothing of ours wraps: recorded at
+  connect, without sizes.
 """
 from __future__ import annotations
 
@@ -249,7 +252,8 @@ def _counting_gevent_class(base):
     gevent's socket wraps a real one (`_sock`) and implements send, recv... in Python on top of
     it, its sendall and sendfile by calling its own send: so its send and recv methods count here,
     and sendall counts its data once, under the claim, so the sends it makes are not counted
-    again. Not counted: sendto and sendmsg on a connected stream (they reach `_sock` directly)."""
+    again. Not counted: sendto and sendmsg on a connected stream (they reach `_sock` directly; see
+    the module docstring)."""
     names = ("send", "sendall", "recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "recvmsg_into", "dup")
     o = {name: getattr(base, name, None) for name in names}
 
@@ -308,6 +312,12 @@ def _counting_gevent_class(base):
                 _add(self, 0, result[0])
                 return result
 
+        def getsockopt(self, *args, _getsockopt=base.getsockopt, **kwargs):
+            result = _getsockopt(self, *args, **kwargs)
+            if args[:2] == (_SOL_SOCKET, _SO_ERROR) and len(args) == 2:  # a loop learns a connect's outcome
+                _settle(self, result)
+            return result
+
         def dup(self, _dup=o["dup"]):
             sock = _dup(self)  # built as self.__class__, without a record yet
             _share(self, sock)
@@ -323,12 +333,14 @@ def _counting_gevent_class(base):
 def _counting_class(cls):
     """The counting class for a socket of class `cls`, or None: socket.socket's, ssl.SSLSocket's,
     or gevent's socket class's (made on first use: gevent is never imported here)."""
+    global _reducers_registered
     counting = _COUNTING.get(cls)
     if counting is None:
         gevent_socket = getattr(sys.modules.get("gevent._socket3"), "socket", None)
         if gevent_socket is not None and cls is gevent_socket:
             counting = _COUNTING[cls] = _counting_gevent_class(cls)
             _COUNTED.add(counting)
+            _reducers_registered = False  # multiprocessing's reducer for gevent's class: for this one too
     return counting
 
 
@@ -455,8 +467,6 @@ def track(sock, rec) -> bool:
     """Count `sock`'s bytes into `rec` until it closes, when rec is emitted. False when the socket
     cannot be counted (of a class other than socket.socket or ssl.SSLSocket): the caller emits rec
     now. May raise (guarded by the caller)."""
-    if not _reducers_registered:
-        _register_reducers()
     cls = type(sock)
     if cls in _COUNTED:
         _end(sock)  # connected again (a datagram socket): the previous peer's event ends here
@@ -465,6 +475,8 @@ def track(sock, rec) -> bool:
         if counting is None:
             return False
         sock.__class__ = counting
+    if not _reducers_registered:  # after the switch: a class made just now gets its reducer too
+        _register_reducers()
     rec.netaudit_sockets = 1
     rec.netaudit_sock = weakref.ref(sock)  # for a connect still in progress at exit (flush_open)
     _OPEN[hash(sock)] = rec

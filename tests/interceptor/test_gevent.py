@@ -7,6 +7,7 @@ resolver threads): its events were lost. Real gevent, a real writer process, rea
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -128,22 +129,28 @@ print(port)
 """
 
 
+def _under_netaudit_run(tmp_path, name: str, source: str) -> tuple[str, list]:
+    """Run the program `source`, saved as NAME.py (its module's name in the rows), under `netaudit
+    run`: (its stdout, every row of the run's ledger)."""
+    program = tmp_path / f"{name}.py"
+    program.write_text(source)
+    ledger = tmp_path / "l.sqlite"
+    r = subprocess.run([sys.executable, "-m", "ledger.cli", "run", "--ledger", str(ledger), "--key-dir",
+                        str(tmp_path / "keys"), "--", sys.executable, str(program)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with Ledger.open(str(ledger), readonly=True) as led:
+        return r.stdout, list(led.rows())
+
+
 def test_gevent_patched_after_install_under_netaudit_run_loses_nothing(tmp_path):
     """`netaudit run` installs the interceptor before the program patches. gevent's resolver is not
     wrapped then, and its lookups are recorded where its pool runs them, without their caller.
     Review 21: wrapping it at its first lookup lost the lookups already under way (H1), and the
     wrapper's claim, a thread's and not a greenlet's there, hid other greenlets' calls while a
     lookup waited (H2): 5 concurrent lookups and a datagram gave one row."""
-    program = tmp_path / "late.py"
-    program.write_text(LATE_PROGRAM)
-    ledger = tmp_path / "l.sqlite"
-    r = subprocess.run([sys.executable, "-m", "ledger.cli", "run", "--ledger", str(ledger), "--key-dir",
-                        str(tmp_path / "keys"), "--", sys.executable, str(program)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert r.returncode == 0, r.stderr
-    port = int(r.stdout.split()[-1])
-    with Ledger.open(str(ledger), readonly=True) as led:
-        every = list(led.rows())
+    stdout, every = _under_netaudit_run(tmp_path, "late", LATE_PROGRAM)
+    port = int(stdout.split()[-1])
     assert [r["method"] for r in every if r["channel"] == "audit"] == ["ledger_opened", "interceptor_installed"]
     lookups = sorted(r["dst_port"] for r in every if r["channel"] == "dns")
     assert set(lookups) >= {1000, 1001, 1002, 1003, 1004}, lookups
@@ -176,15 +183,8 @@ def test_a_claimed_call_waiting_in_gevent_hides_no_other_greenlets_call(tmp_path
     greenlet's. While one greenlet's request waited inside its claim (its DNS lookup, its connect),
     every other greenlet's call on that thread was skipped: 0 of these 20 datagrams were recorded.
     The claim is a context variable now, and each greenlet has its own context."""
-    program = tmp_path / "waiting.py"
-    program.write_text(WAITING_PROGRAM)
-    ledger = tmp_path / "l.sqlite"
-    r = subprocess.run([sys.executable, "-m", "ledger.cli", "run", "--ledger", str(ledger), "--key-dir",
-                        str(tmp_path / "keys"), "--", sys.executable, str(program)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert r.returncode == 0, r.stderr
-    with Ledger.open(str(ledger), readonly=True) as led:
-        every = [r for r in led.rows() if r["channel"] != "audit"]
+    _, every = _under_netaudit_run(tmp_path, "waiting", WAITING_PROGRAM)
+    every = [r for r in every if r["channel"] != "audit"]
     assert sorted(r["dst_port"] for r in every if r["method"] == "sendto") == list(range(3000, 3020))
     # the request is still one event: its own lookup and connect stay under its claim
     assert [(r["channel"], r["method"]) for r in every if r["method"] != "sendto"] \
@@ -261,15 +261,29 @@ def test_a_raw_connection_of_gevents_socket_class_counts_its_bytes(tmp_path):
     assert all(r["src_port"] > 0 for r in rows) and rows[0]["duration_ms"] > 0
 
 
-TLS_PROGRAM = r"""
+# gevent patched first, then the interceptor installed with a sink that keeps the events in `w`
+MEMORY_PRELUDE = r"""
 from gevent import monkey; monkey.patch_all()
-import json, socket, ssl, sys
+import io, json, multiprocessing.reduction, socket, ssl, sys
 sys.path.insert(0, %(root)r)
 import gevent, interceptor
 from interceptor import MemoryWriter, Sink
 w = MemoryWriter()
 sink = Sink(w, linger_s=0)
 interceptor.install(sink=sink)
+"""
+
+
+def _memory_run(tmp_path, name: str, body: str, **values):
+    """Run MEMORY_PRELUDE + body (formatted with `values`) as NAME.py: the JSON of its last line."""
+    program = tmp_path / f"{name}.py"
+    program.write_text((MEMORY_PRELUDE + body) % {"root": str(ROOT), **values})
+    r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+TLS_PROGRAM = r"""
 srv = socket.create_server(("127.0.0.1", 0))
 def serve():
     c, _ = srv.accept()
@@ -291,8 +305,31 @@ print(json.dumps([[e.protocol, e.req_bytes, e.error] for e in w.events if e.chan
 def test_tls_started_on_a_counted_gevent_connection_ends_its_event_as_tls(tmp_path):
     """gevent's SSLSocket is not counted: the connection's event ends where TLS starts, as "tls",
     with the bytes sent before it and the failed handshake's error; the call's exception is its own."""
-    program = tmp_path / "tls.py"
-    program.write_text(TLS_PROGRAM % {"root": str(ROOT)})
-    r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.splitlines()[-1]) == [["tls", 5, "SSLError"]]
+    assert _memory_run(tmp_path, "tls", TLS_PROGRAM) == [["tls", 5, "SSLError"]]
+
+
+SETTLE_PROGRAM = r"""
+srv = socket.create_server(("127.0.0.1", 0))
+s = socket.create_connection(srv.getsockname())
+multiprocessing.reduction.ForkingPickler(io.BytesIO()).dump(s)  # as multiprocessing hands a socket over
+s.close()
+r = socket.socket()
+r.setblocking(False)
+first = r.connect_ex(("127.0.0.1", %(refused)d))
+gevent.sleep(0.2)
+so_error = r.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)   # how a selector loop learns the outcome
+r.close()
+sink.flush(5)
+print(json.dumps({"codes": [first, so_error], "events": [[e.method, e.status, e.error] for e in w.events
+                                                         if e.channel == "socket"]}))
+"""
+
+
+def test_a_counted_gevent_socket_pickles_and_settles_as_a_stdlib_one_does(tmp_path):
+    """Review 24: multiprocessing's reducer for gevent's socket class was not registered for the
+    counting subclass (M1: ForkingPickler raised "Cannot serialize socket object", where it
+    pickled before), and the program's read of SO_ERROR did not settle a refused non-blocking
+    connect (L1: closed as ENOTCONN, still "in_progress")."""
+    out = _memory_run(tmp_path, "settle", SETTLE_PROGRAM, refused=free_port())
+    assert out["codes"] == [errno.EINPROGRESS, errno.ECONNREFUSED]
+    assert out["events"] == [["connect", "", ""], ["connect", "", "ECONNREFUSED"]]
