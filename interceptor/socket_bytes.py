@@ -46,9 +46,9 @@ Decisions:
   sends and receives in Python on top of it; its own counting subclass (`_counting_gevent_class`,
   made at the first connection of that class; gevent is never imported here) counts there, once.
   As with CountingSocket, only `type(sock)` tells it from gevent's class. A non-blocking connect is
-  settled as above (a second connect, the program's read of SO_ERROR, close). TLS started on one
-  (gevent's SSLSocket, not counted) ends its event there, as "tls" with the bytes before it
-  (ssl_wrap_socket_wrapper). sendto/sendmsg on its connected streams reach `_sock` directly: one
+  settled as above (a second connect, the program's read of SO_ERROR, close). gevent's SSLSocket
+  gets one too (`_counting_gevent_ssl_class`): TLS started on a counted connection keeps it one
+  event, "tls", counting the application bytes, as for the standard library's. sendto/sendmsg on its connected streams reach `_sock` directly: one
   with an address is an event of its own (socket_hooks' wrappers), one without is not counted.
   Sockets of gevent patched after install are of a class nothing of ours wraps: recorded at
   connect, without sizes.
@@ -325,28 +325,79 @@ def _counting_gevent_class(base):
 
         detach, _real_close, __del__ = _ending(base, getattr(base, "__del__", None))
 
-    CountingGeventSocket.__module__ = base.__module__
-    CountingGeventSocket.__qualname__ = CountingGeventSocket.__name__ = base.__name__
-    return CountingGeventSocket
+    return _named_as(CountingGeventSocket, base)
+
+
+def _counting_gevent_ssl_class(base):
+    """The counting subclass of gevent's SSLSocket (made at the first one a counted connection or
+    a connect of its own produces). With TLS up, its recv and recv_into read through its read,
+    its send writes to the TLS object itself, its sendall sends through its send: read, write and
+    send count (the plaintext), recv and recv_into only before TLS is up or after unwrap()."""
+    o = {name: getattr(base, name) for name in ("read", "write", "send", "recv", "recv_into")}
+
+    class CountingGeventSSLSocket(base):
+        __slots__ = ()
+
+        def read(self, *args, _read=o["read"], **kwargs):
+            result = _read(self, *args, **kwargs)
+            _add(self, 0, result if type(result) is int else len(result))
+            return result
+
+        def write(self, *args, _write=o["write"], **kwargs):
+            n = _write(self, *args, **kwargs)
+            _add(self, n, 0)
+            return n
+
+        def send(self, *args, _send=o["send"], **kwargs):
+            n = _send(self, *args, **kwargs)
+            _add(self, n, 0)
+            return n
+
+        def recv(self, *args, _recv=o["recv"], **kwargs):
+            plain = self._sslobj is None
+            data = _recv(self, *args, **kwargs)
+            if plain:
+                _add(self, 0, len(data))
+            return data
+
+        def recv_into(self, *args, _recv_into=o["recv_into"], **kwargs):
+            plain = self._sslobj is None
+            n = _recv_into(self, *args, **kwargs)
+            if plain:
+                _add(self, 0, n)
+            return n
+
+        detach, _real_close, __del__ = _ending(base, getattr(base, "__del__", None))
+
+    return _named_as(CountingGeventSSLSocket, base)
 
 
 def _counting_class(cls):
     """The counting class for a socket of class `cls`, or None: socket.socket's, ssl.SSLSocket's,
-    or gevent's socket class's (made on first use: gevent is never imported here)."""
+    or gevent's socket class's or SSLSocket's (made on first use: gevent is never imported here)."""
     global _reducers_registered
     counting = _COUNTING.get(cls)
     if counting is None:
-        gevent_socket = getattr(sys.modules.get("gevent._socket3"), "socket", None)
-        if gevent_socket is not None and cls is gevent_socket:
-            counting = _COUNTING[cls] = _counting_gevent_class(cls)
-            _COUNTED.add(counting)
-            _reducers_registered = False  # multiprocessing's reducer for gevent's class: for this one too
+        if cls is getattr(sys.modules.get("gevent._socket3"), "socket", None):
+            counting = _counting_gevent_class(cls)
+        elif cls is getattr(sys.modules.get("gevent.ssl"), "SSLSocket", None):
+            counting = _counting_gevent_ssl_class(cls)
+        else:
+            return None
+        _COUNTING[cls] = counting
+        _COUNTED.add(counting)
+        _reducers_registered = False  # multiprocessing's reducer for gevent's class: for this one too
     return counting
 
 
-# repr() and error messages keep naming the class the program created
-CountingSocket.__module__ = _ss.__module__
-CountingSocket.__qualname__ = CountingSocket.__name__ = _ss.__name__
+def _named_as(counting, base):
+    """repr() and error messages keep naming the class the program created."""
+    counting.__module__ = base.__module__
+    counting.__qualname__ = counting.__name__ = base.__name__
+    return counting
+
+
+_named_as(CountingSocket, _ss)
 
 try:
     import ssl
@@ -410,8 +461,7 @@ if ssl is not None:
 
         detach, _real_close, __del__ = _ending(_SSLSocket)
 
-    CountingSSLSocket.__module__ = _SSLSocket.__module__
-    CountingSSLSocket.__qualname__ = CountingSSLSocket.__name__ = _SSLSocket.__name__
+    _named_as(CountingSSLSocket, _SSLSocket)
     _COUNTING = {_ss: CountingSocket, _SSLSocket: CountingSSLSocket}
 else:
     _SSLSocket = CountingSSLSocket = None
@@ -441,8 +491,9 @@ def ssl_wrap_socket_wrapper(self, sock, *args, **kwargs):
         raise
     if rec is not None:
         try:
-            if type(ssock) is _SSLSocket:
-                ssock.__class__ = CountingSSLSocket
+            counting = _counting_class(type(ssock))
+            if counting is not None and counting is not CountingSocket:  # an SSLSocket, ours or gevent's
+                ssock.__class__ = counting
                 rec.netaudit_sock = weakref.ref(ssock)  # the raw socket is detached now
                 _OPEN[hash(ssock)] = rec
                 return ssock

@@ -302,9 +302,9 @@ print(json.dumps([[e.protocol, e.req_bytes, e.error] for e in w.events if e.chan
 """
 
 
-def test_tls_started_on_a_counted_gevent_connection_ends_its_event_as_tls(tmp_path):
-    """gevent's SSLSocket is not counted: the connection's event ends where TLS starts, as "tls",
-    with the bytes sent before it and the failed handshake's error; the call's exception is its own."""
+def test_a_failed_handshake_on_a_counted_gevent_connection_ends_its_event_as_tls(tmp_path):
+    """TLS started on a counted gevent connection, to a peer that speaks none: one event, "tls",
+    with the bytes sent before it and the handshake's error; the call's exception is its own."""
     assert _memory_run(tmp_path, "tls", TLS_PROGRAM) == [["tls", 5, "SSLError"]]
 
 
@@ -333,3 +333,50 @@ def test_a_counted_gevent_socket_pickles_and_settles_as_a_stdlib_one_does(tmp_pa
     out = _memory_run(tmp_path, "settle", SETTLE_PROGRAM, refused=free_port())
     assert out["codes"] == [errno.EINPROGRESS, errno.ECONNREFUSED]
     assert out["events"] == [["connect", "", ""], ["connect", "", "ECONNREFUSED"]]
+
+
+TLS_BYTES_PROGRAM = r"""
+server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+server_ctx.load_cert_chain(%(cert)r, %(key)r)
+srv = socket.create_server(("127.0.0.1", 0))
+def serve():
+    c, _ = srv.accept()
+    t = server_ctx.wrap_socket(c, server_side=True)
+    got = 0
+    while got < 200000:
+        got += len(t.recv(65536))
+    t.sendall(b"r" * 90000)
+    t.close()
+gevent.spawn(serve)
+client_ctx = ssl.create_default_context()
+client_ctx.check_hostname, client_ctx.verify_mode = False, ssl.CERT_NONE   # a throwaway certificate
+raw = socket.create_connection(srv.getsockname())
+raw.sendall(b"")                                        # nothing yet: TLS from the first byte
+s = client_ctx.wrap_socket(raw, server_hostname="localhost")
+s.sendall(b"x" * 150000)                                # sendall: through its send
+s.write(b"y" * 50000)                                   # write
+f = s.makefile("rb", buffering=0)
+first = f.read(1000)                                    # recv_into, through read
+rest = b""
+while len(first) + len(rest) < 90000:
+    rest += s.recv(65536)                               # recv, through read
+f.close()
+s.close()
+sink.flush(5)
+print(json.dumps([[e.protocol, e.req_bytes, e.resp_bytes, e.error] for e in w.events if e.channel == "socket"]))
+"""
+
+
+def test_tls_on_a_gevent_connection_counts_the_application_bytes(tmp_path):
+    """gevent's SSLSocket gets a counting subclass too: a connection that starts TLS stays one
+    event, "tls", counting the plaintext (not the TLS records), whichever method moved it."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    events = _memory_run(tmp_path, "tls_bytes", TLS_BYTES_PROGRAM, cert=str(tmp_path / "cert.pem"),
+                         key=str(tmp_path / "key.pem"))
+    assert events == [["tls", 200000, 90000, ""]]
