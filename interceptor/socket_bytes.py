@@ -14,7 +14,8 @@ under their claim, so their sockets are never switched.
 Decisions:
 - dup() shares the connection's record; it is emitted when the last of the two closes.
 - makefile() needs nothing more: socket.SocketIO calls recv_into/send on this object.
-- ssl: `SSLContext.wrap_socket` (ssl.wrap_socket too) of a counted socket moves its record to the
+- ssl: `SSLContext.wrap_socket` (the standard library's ssl.wrap_socket too, which calls it) of a
+  counted socket moves its record to the
   new SSLSocket, switched to CountingSSLSocket (same layout as ssl.SSLSocket): still one event,
   protocol "tls", counting application bytes (plaintext, not the TLS records' overhead) until
   the SSLSocket closes; a failed handshake ends it with the error. An SSLSocket that connects
@@ -47,8 +48,11 @@ Decisions:
   made at the first connection of that class; gevent is never imported here) counts there, once.
   As with CountingSocket, only `type(sock)` tells it from gevent's class. A non-blocking connect is
   settled as above (a second connect, the program's read of SO_ERROR, close). gevent's SSLSocket
-  gets one too (`_counting_gevent_ssl_class`): TLS started on a counted connection keeps it one
-  event, "tls", counting the application bytes, as for the standard library's. sendto/sendmsg on its connected streams reach `_sock` directly: one
+  gets one too (`_counting_gevent_ssl_class`): TLS started on a counted connection through an
+  SSLContext keeps it one event, "tls", counting the application bytes, as for the standard
+  library's. gevent's own ssl.wrap_socket (deprecated, gone in Python 3.12) and an SSLSocket built
+  directly on a counted socket never call SSLContext.wrap_socket: the detach ends the event there,
+  as "tcp", and the TLS bytes are not counted. sendto/sendmsg on its connected streams reach `_sock` directly: one
   with an address is an event of its own (socket_hooks' wrappers), one without is not counted.
   Sockets of gevent patched after install are of a class nothing of ours wraps: recorded at
   connect, without sizes.
@@ -382,6 +386,7 @@ def _counting_class(cls):
             counting = _counting_gevent_class(cls)
         elif cls is getattr(sys.modules.get("gevent.ssl"), "SSLSocket", None):
             counting = _counting_gevent_ssl_class(cls)
+            _TLS_COUNTED.add(counting)
         else:
             return None
         _COUNTING[cls] = counting
@@ -467,6 +472,7 @@ else:
     _SSLSocket = CountingSSLSocket = None
     _COUNTING = {_ss: CountingSocket}
 _COUNTED = set(_COUNTING.values())  # and gevent's, once made (_counting_class)
+_TLS_COUNTED = {CountingSSLSocket} - {None}  # the counting classes of SSLSockets, gevent's once made
 
 _orig_wrap_socket = None  # ssl.SSLContext.wrap_socket, saved at install
 MARK = "_netaudit_wrapped"
@@ -492,7 +498,7 @@ def ssl_wrap_socket_wrapper(self, sock, *args, **kwargs):
     if rec is not None:
         try:
             counting = _counting_class(type(ssock))
-            if counting is not None and counting is not CountingSocket:  # an SSLSocket, ours or gevent's
+            if counting in _TLS_COUNTED:  # an SSLSocket class we count, the standard library's or gevent's
                 ssock.__class__ = counting
                 rec.netaudit_sock = weakref.ref(ssock)  # the raw socket is detached now
                 _OPEN[hash(ssock)] = rec
