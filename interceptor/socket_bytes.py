@@ -18,7 +18,8 @@ Decisions:
   counted socket moves its record to the
   new SSLSocket, switched to CountingSSLSocket (same layout as ssl.SSLSocket): still one event,
   protocol "tls", counting application bytes (plaintext, not the TLS records' overhead) until
-  the SSLSocket closes; a failed handshake ends it with the error. An SSLSocket that connects
+  the SSLSocket closes; a failed handshake ends it with the error (one of an SSLSocket that
+  connects itself, after its TCP connect, is its error when it closes). An SSLSocket that connects
   itself is counted the same way. A socket of another class (a subclass of either, a custom
   `sslsocket_class`) keeps an immediate connect event with no sizes. asyncio's TLS runs over
   its raw socket: there the counts are the bytes on the wire, TLS records included.
@@ -101,6 +102,28 @@ def _add(sock, sent: int, received: int) -> None:
             rec.resp_bytes += received
     except Exception as exc:
         GUARD.fault("capture", exc)
+
+
+def _handshake(base):
+    """do_handshake for a counting SSLSocket class. An SSLSocket that connects itself is tracked by
+    its TCP connect, and its handshake comes after: one that fails is the connection's error (the
+    caller gets the exception as it was). One a non-blocking socket must retry (SSLWant*) is not."""
+
+    def do_handshake(self, *args, _do_handshake=base.do_handshake, **kwargs):
+        try:
+            return _do_handshake(self, *args, **kwargs)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except Exception as exc:
+            try:
+                rec = _OPEN.get(hash(self))
+                if rec is not None and not rec.error:
+                    rec.error = type(exc).__name__
+            except Exception as fault:
+                GUARD.fault("capture", fault)
+            raise
+
+    return do_handshake
 
 
 def _share(sock, dup) -> None:
@@ -371,6 +394,7 @@ def _counting_gevent_ssl_class(base):
                 _add(self, 0, n)
             return n
 
+        do_handshake = _handshake(base)
         detach, _real_close, __del__ = _ending(base, getattr(base, "__del__", None))
 
     return _named_as(CountingGeventSSLSocket, base)
@@ -464,6 +488,7 @@ if ssl is not None:
                 _add(self, 0, n)
             return n
 
+        do_handshake = _handshake(_SSLSocket)
         detach, _real_close, __del__ = _ending(_SSLSocket)
 
     _named_as(CountingSSLSocket, _SSLSocket)

@@ -283,14 +283,18 @@ def _memory_run(tmp_path, name: str, body: str, **values):
     return json.loads(r.stdout.splitlines()[-1])
 
 
-TLS_PROGRAM = r"""
+# a peer that answers whatever it is sent with a line that is no TLS
+NOT_TLS_SERVER = r"""
 srv = socket.create_server(("127.0.0.1", 0))
 def serve():
     c, _ = srv.accept()
-    c.recv(5)
+    c.recv(1000)
     c.sendall(b"no TLS here\r\n")
     c.close()
 gevent.spawn(serve)
+"""
+
+TLS_PROGRAM = NOT_TLS_SERVER + r"""
 s = socket.create_connection(srv.getsockname())
 s.sendall(b"hello")
 try:
@@ -380,3 +384,23 @@ def test_tls_on_a_gevent_connection_counts_the_application_bytes(tmp_path):
     events = _memory_run(tmp_path, "tls_bytes", TLS_BYTES_PROGRAM, cert=str(tmp_path / "cert.pem"),
                          key=str(tmp_path / "key.pem"))
     assert events == [["tls", 200000, 90000, ""]]
+
+
+HANDSHAKE_PROGRAM = NOT_TLS_SERVER + r"""
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+s = ctx.wrap_socket(socket.socket(), server_hostname="localhost")   # gevent's SSLSocket, connecting itself
+try:
+    s.connect(srv.getsockname())
+except ssl.SSLError as exc:
+    raised = type(exc).__name__
+s.close()
+sink.flush(5)
+print(json.dumps([raised] + [[e.protocol, e.error] for e in w.events if e.channel == "socket"]))
+"""
+
+
+def test_a_gevent_sslsocket_whose_own_handshake_fails_records_the_error(tmp_path):
+    """As for the standard library's (test_socket_bytes.py): the handshake after the TCP connect
+    of an SSLSocket that connects itself failed, and the event said a good "tls" connection."""
+    assert _memory_run(tmp_path, "handshake", HANDSHAKE_PROGRAM) == ["SSLError", ["tls", "SSLError"]]

@@ -687,3 +687,49 @@ def test_counted_socket_still_pickles_for_multiprocessing(captured, count_port):
     with pytest.raises(TypeError, match="cannot pickle 'socket' object"):  # plain pickle: the same error
         __import__("pickle").dumps(sock)
     sock.close()
+
+
+def test_a_self_connecting_sslsocket_whose_handshake_fails_records_the_error(captured):
+    """An SSLSocket that connects itself is tracked from its TCP connect, which succeeds; its
+    handshake comes after. Review 25: one that failed left the event without an error (a good
+    "tls" connection). Now the handshake's exception is the event's error; the caller's is its own."""
+    import ssl
+
+    srv = socket.create_server((HOST, 0))
+    port = srv.getsockname()[1]
+
+    def answer():
+        conn, _ = srv.accept()
+        conn.recv(1000)
+        conn.sendall(b"no TLS here\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    tls = _client_context().wrap_socket(socket.socket(), server_hostname="localhost")
+    with pytest.raises(ssl.SSLError):
+        tls.connect((HOST, port))
+    tls.close()
+    srv.close()
+    (e,) = _socket_events(captured)
+    assert (e.protocol, e.method, e.dst_port, e.error) == ("tls", "connect", port, "SSLError")
+
+
+def test_a_handshake_a_non_blocking_socket_must_retry_is_no_error(captured, tls_port):
+    """SSLWantReadError from a non-blocking handshake asks the caller to try again: not a failure."""
+    import ssl
+
+    tls = _client_context().wrap_socket(socket.socket(), server_hostname="localhost",
+                                        do_handshake_on_connect=False)
+    tls.connect((HOST, tls_port))
+    tls.setblocking(False)
+    wants = 0
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            wants += 1
+            select.select([tls], [tls], [], 5)
+    tls.close()
+    (e,) = _socket_events(captured)
+    assert wants and (e.protocol, e.error) == ("tls", "")
