@@ -12,14 +12,14 @@ fingerprint cannot be checked against a guessed payload, as with a plain HMAC of
 In a child of `netaudit run` the writer thread sends the plain SHA-256 to the parent, which holds
 the salt (interceptor.relay): that digest crosses the run's private local socket, never the ledger.
 
-The claim (`claim()`, `claimed()`, `release()`) is the suppress context: while a wrapper runs the
+The claim (`claim()`, `claimed()`) is the suppress context: while a wrapper runs the
 audited call, every layer below it (a nested wrapper, the socket hooks) stays silent, so one call
 is one event. It is a context variable, not a thread-local: a thread, a greenlet and an asyncio task
 each have a context of their own, so a wrapper waiting inside a gevent-patched socket (the hub runs
 other greenlets meanwhile, on the same thread) hides nothing of theirs, whether gevent patched
 before or after the interceptor was installed. (A `threading.local` made before the patch stays a
 thread's: it hid every other greenlet's calls while one waited in a claimed call.) The claim is
-also the claiming thread's only, and ends for every copy of the context at release (claim()).
+also the claiming thread's only, and ends for every copy of the context with the call (claim()).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from .redact import clean_host, clean_name, clean_names, clean_path, utf8_safe
 FINGERPRINT_HEX = 32  # 128 bits
 
 _CLAIM = contextvars.ContextVar("netaudit_claim", default=None)
-_get, _set, _reset = _CLAIM.get, _CLAIM.set, _CLAIM.reset
+_get, _set = _CLAIM.get, _CLAIM.set
 
 
 def claimed() -> bool:
@@ -49,27 +49,33 @@ def claimed() -> bool:
     return held is not None and held[0] == _ident()
 
 
-def claim():
-    """Claim the call about to run: the layers below it stay silent until release(the token).
+def claim(held: list) -> None:
+    """Claim the call about to run: the layers below it stay silent until the caller empties
+    `held`, a one-item list it made before its `try`:
 
-    The claim is a one-item list, [the OS thread's id], set in the context variable. A context
-    copied while it is held (asyncio's call_soon_threadsafe from a request body's generator, a
-    thread that inherits its starter's context) shares that list: it counts as claimed only on
-    the thread that claimed, and release() empties it for every copy, where a plain True would
-    have stayed set in the copy for its life and silenced its calls (review 23, H1)."""
-    held = [_ident()]
-    return held, _set(held)
+        held = [None]
+        try:
+            claim(held)
+            ...the audited call...
+        finally:
+            held[0] = None   # first: a plain store, which nothing can interrupt
 
-
-def release(claim_token) -> None:
-    """End the claim claim() returned. Never raises: a token from another context (never seen: a
-    call that left its context switched) ends the claim all the same."""
-    held, token = claim_token
-    held[0] = None
-    try:
-        _reset(token)
-    except Exception:
-        _set(None)
+    The claim is that list, [the OS thread's id], set in the context variable. A context copied
+    while it is held (asyncio's call_soon_threadsafe from a request body's generator, a thread
+    that inherits its starter's context) shares it: claimed only on the thread that claimed, and
+    emptied for every copy at the end, where a plain True stayed set in a copy for its life and
+    silenced its calls (review 23, H1). Nothing is reset: the context keeps the emptied list,
+    which claims nothing. A call made while this thread's claim is held does not claim again (the
+    outer claim stands). Review 26, H1: an exception a signal handler raises can land between any
+    two calls; with the claim set inside the caller's `try` and ended by a store in its `finally`,
+    none can leave it set (a claim()/release() pair left it set for good when one landed between
+    the set and the `try`, or at release()'s entry)."""
+    current = _get()
+    me = _ident()
+    if current is not None and current[0] == me:
+        return
+    held[0] = me
+    _set(held)
 
 
 class State:

@@ -41,7 +41,7 @@ import sys
 import time
 
 from . import forensic as _fx
-from .capture import GUARD, STATE, Record, begin, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer, release
+from .capture import GUARD, STATE, Record, begin, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer
 from .redact import query_names, split_url
 
 MARK = "_netaudit_wrapped"     # set on every function we installed (idempotent install)
@@ -239,14 +239,15 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
             except Exception as exc:
                 GUARD.fault("capture", exc, rec.ts)
     self._netaudit_phase = SENDING
-    claim_token = claim()
+    claim_held = [None]
     try:
+        claim(claim_held)
         result = _endheaders(self, body, encode_chunked=encode_chunked)
     except BaseException as exc:
         _abandon(self, rec, exc)
         raise
     finally:
-        release(claim_token)
+        claim_held[0] = None
     self._netaudit_phase = BODY
     try:
         sock = self.sock
@@ -281,14 +282,15 @@ def http_send_wrapper(self, data):
         _hash(rec, data)
         if self._netaudit_fx is not None:
             self._netaudit_fx.add_request(data)
-    claim_token = claim()
+    claim_held = [None]
     try:
+        claim(claim_held)
         return _send(self, data)
     except BaseException as exc:
         _abandon(self, rec, exc)
         raise
     finally:
-        release(claim_token)
+        claim_held[0] = None
 
 
 def http_getresponse_wrapper(self):
@@ -480,8 +482,9 @@ def _make_connect_wrapper(original):
         silent; a connect that fails outside any request is an event of its own."""
         if claimed():
             return original(self, *args, **kwargs)
-        claim_token = claim()
+        claim_held = [None]
         try:
+            claim(claim_held)
             return original(self, *args, **kwargs)
         except BaseException as exc:
             try:
@@ -492,7 +495,7 @@ def _make_connect_wrapper(original):
                 fail(rec, exc)
             raise
         finally:
-            release(claim_token)
+            claim_held[0] = None
 
     http_connect_wrapper.__wrapped__ = original
     setattr(http_connect_wrapper, MARK, True)

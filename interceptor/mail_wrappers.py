@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from .capture import GUARD, begin, claim, claimed, emit, fail, peer, release
+from .capture import GUARD, begin, claim, claimed, emit, fail, peer
 
 MARK = "_netaudit_wrapped"
 PEER = "_netaudit_peer"
@@ -83,15 +83,16 @@ def _make_wrapper(original, spec: Spec):
             rec, args, kwargs = spec.begin(self, args, kwargs, sys._getframe(1))
         except Exception as exc:
             GUARD.fault("capture", exc)
-        claim_token = claim()
+        claim_held = [None]
         try:
+            claim(claim_held)
             result = original(self, *args, **kwargs)
         except BaseException as exc:
             if rec is not None:
                 fail(rec, exc)
             raise
         finally:
-            release(claim_token)
+            claim_held[0] = None
         if rec is not None:
             try:
                 spec.end(self, rec, result)

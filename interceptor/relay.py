@@ -51,7 +51,7 @@ import time
 from operator import attrgetter, itemgetter
 
 from . import native
-from .capture import _INT_MAX, _INT_MIN, _as_int, claim, fingerprint, release
+from .capture import _INT_MAX, _INT_MIN, _as_int, claim, fingerprint
 from .event import AUDIT, NetEvent
 from .redact import clean_path
 from .sink import YIELD_EVERY
@@ -190,11 +190,12 @@ class RelayWriter:
         if self._sock is None:
             self._sock = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.settimeout(self.send_timeout)
-        claim_token = claim()   # our own channel: no layer of the interceptor records it
+        claim_held = [None]   # our own channel: no layer of the interceptor records it
         try:
+            claim(claim_held)
             self._sock.sendto(data, self.path)
         finally:
-            release(claim_token)
+            claim_held[0] = None
         self.datagrams += 1
 
     def _say_hello(self) -> None:
@@ -291,14 +292,15 @@ class RelayWriter:
         try:
             sock.setblocking(False)
             while True:
-                claim_token = claim()  # our own channel, as in _send
+                claim_held = [None]  # our own channel, as in _send
                 try:
+                    claim(claim_held)
                     sock.sendto(data, self.path)
                     break
                 except BlockingIOError:  # the queue is full: wait a little, within the deadline
                     pass
                 finally:
-                    release(claim_token)
+                    claim_held[0] = None
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

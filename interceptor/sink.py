@@ -121,17 +121,28 @@ class Sink:
         # Made outside the lock: a collection during the construction may emit and start a writer
         # itself, and then this one is not needed.
         t = native.Thread(target=self._run, name="netaudit-writer")
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = t
+        started = False
         try:
+            with self._lock:
+                if self._thread is not None:
+                    started = True  # another call started one: nothing of ours to undo
+                    return
+                self._thread = t
             t.start()
+            started = True
         except RuntimeError:  # 3.12 once its main thread has returned, or no thread is left: the
-            with self._lock:  # callers write the events themselves from now on (_start_or_write)
+            started = True    # callers write the events themselves from now on (_start_or_write)
+            with self._lock:
                 if self._thread is t:
                     self._thread = None
                     self._threadless = True
+        finally:
+            # Another exception (one the program's signal handler raised here) may have come before
+            # the thread started: a sink whose _thread never ran would queue every event for good.
+            # The next submit starts one (should this one have started after all, the two writers
+            # take turns: one write at a time, _writing).
+            if not started and self._thread is t:
+                self._thread = None
 
     def _start_or_write(self, deadline: float) -> None:
         """Start the writer thread; where none can start, write the queue on this thread."""

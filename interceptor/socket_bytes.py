@@ -37,7 +37,7 @@ Decisions:
   connected if it has a peer or moved bytes, and keeps "in_progress" otherwise (its SO_ERROR is
   not ours to read there: reading clears it, and the program may still ask). A send or recv that
   raises counts nothing; so does a sendall interrupted by a timeout (its partial count is
-  unknown).
+  unknown), except on gevent's class, whose sendall sends through its counted send.
 - fork: a child forgets the parent's open connections (the parent emits them); a child's own are
   flushed at its exit, a multiprocessing child's from its exit finalizers.
 - Fail-open: a fault while counting is swallowed and counted by GUARD; results and exceptions
@@ -53,8 +53,9 @@ Decisions:
   SSLContext keeps it one event, "tls", counting the application bytes, as for the standard
   library's. gevent's own ssl.wrap_socket (deprecated, gone in Python 3.12) and an SSLSocket built
   directly on a counted socket never call SSLContext.wrap_socket: the detach ends the event there,
-  as "tcp", and the TLS bytes are not counted. sendto/sendmsg on its connected streams reach `_sock` directly: one
-  with an address is an event of its own (socket_hooks' wrappers), one without is not counted.
+  as "tcp", and the TLS bytes are not counted. sendto/sendmsg on its connected streams reach
+  `_sock` directly: one with an address is an event of its own (socket_hooks' wrappers), one
+  without is not counted.
   Sockets of gevent patched after install are of a class nothing of ours wraps: recorded at
   connect, without sizes.
 """
@@ -68,7 +69,7 @@ import sys
 import weakref
 
 from . import native
-from .capture import GUARD, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer, release
+from .capture import GUARD, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer
 
 # The Python class whose methods (C ones from _socket.socket) we call: the standard library's,
 # also where gevent put its own class in its place (interceptor.native).
@@ -109,10 +110,12 @@ def _handshake(base):
     its TCP connect, and its handshake comes after: one that fails is the connection's error (the
     caller gets the exception as it was). One a non-blocking socket must retry (SSLWant*) is not."""
 
-    def do_handshake(self, *args, _do_handshake=base.do_handshake, **kwargs):
+    # the originals and the exception classes bound now: it may run at shutdown (see _ending)
+    def do_handshake(self, *args, _do_handshake=base.do_handshake,
+                     _retry=(ssl.SSLWantReadError, ssl.SSLWantWriteError), **kwargs):
         try:
             return _do_handshake(self, *args, **kwargs)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except _retry:
             raise
         except Exception as exc:
             try:
@@ -195,11 +198,12 @@ class CountingSocket(socket.socket):
             # a datagram to an address: its own event, by socket_hooks' wrapper (socket.socket's
             # sendto once installed; looked up now, not saved at import)
             return _ss.sendto(self, *args, **kwargs)
-        claim_token = claim()  # the kernel ignores the address of a connected stream: one connection
+        claim_held = [None]  # the kernel ignores the address of a connected stream: one connection
         try:
+            claim(claim_held)
             n = _sendto(self, *args, **kwargs)
         finally:
-            release(claim_token)
+            claim_held[0] = None
         _add(self, n, 0)
         return n
 
@@ -208,11 +212,12 @@ class CountingSocket(socket.socket):
         addressed = (len(args) > 3 and args[3] is not None) or kwargs.get("address") is not None
         if rec is None or (addressed and rec.protocol != "tcp") or claimed():
             return _ss.sendmsg(self, *args, **kwargs)  # as sendto: a datagram's own event
-        claim_token = claim()
+        claim_held = [None]
         try:
+            claim(claim_held)
             n = _sendmsg(self, *args, **kwargs)
         finally:
-            release(claim_token)
+            claim_held[0] = None
         _add(self, n, 0)
         return n
 
@@ -277,35 +282,19 @@ def _counting_gevent_class(base):
     """The counting subclass of gevent's socket class (made at its first tracked connection).
 
     gevent's socket wraps a real one (`_sock`) and implements send, recv... in Python on top of
-    it, its sendall and sendfile by calling its own send: so its send and recv methods count here,
-    and sendall counts its data once, under the claim, so the sends it makes are not counted
-    again. Not counted: sendto and sendmsg on a connected stream (they reach `_sock` directly; see
-    the module docstring)."""
-    names = ("send", "sendall", "recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "recvmsg_into", "dup")
+    it, its sendall and sendfile by calling its own send: its send and recv methods count here,
+    and so a sendall cut short by a timeout counts what it did send. Not counted: sendto and
+    sendmsg on a connected stream (they reach `_sock` directly; see the module docstring)."""
+    names = ("send", "recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "recvmsg_into", "dup")
     o = {name: getattr(base, name, None) for name in names}
 
     class CountingGeventSocket(base):
         __slots__ = ()
 
-        def send(self, *args, _send=o["send"], **kwargs):
+        def send(self, *args, _send=o["send"], **kwargs):  # sendall and sendfile send through it
             n = _send(self, *args, **kwargs)
-            if not claimed():
-                _add(self, n, 0)
+            _add(self, n, 0)
             return n
-
-        def sendall(self, *args, _sendall=o["sendall"], **kwargs):
-            claim_token = claim()
-            try:
-                result = _sendall(self, *args, **kwargs)
-            finally:
-                release(claim_token)
-            rec = _OPEN.get(hash(self))
-            if rec is not None and not claimed():
-                try:
-                    rec.req_bytes += _nbytes(args[0] if args else kwargs["data"])
-                except Exception as exc:
-                    GUARD.fault("capture", exc)
-            return result
 
         def recv(self, *args, _recv=o["recv"], **kwargs):
             data = _recv(self, *args, **kwargs)
@@ -547,8 +536,8 @@ def _wrap_failed(sock, rec, exc) -> None:
 
 def track(sock, rec) -> bool:
     """Count `sock`'s bytes into `rec` until it closes, when rec is emitted. False when the socket
-    cannot be counted (of a class other than socket.socket or ssl.SSLSocket): the caller emits rec
-    now. May raise (guarded by the caller)."""
+    cannot be counted (of a class other than socket.socket, ssl.SSLSocket and gevent's two, see
+    _counting_class): the caller emits rec now. May raise (guarded by the caller)."""
     cls = type(sock)
     if cls in _COUNTED:
         _end(sock)  # connected again (a datagram socket): the previous peer's event ends here

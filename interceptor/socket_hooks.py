@@ -27,7 +27,7 @@ import socket
 import sys
 
 from . import native, socket_bytes
-from .capture import GUARD, STATE, begin, claim, claimed, emit, fail, peer, release
+from .capture import GUARD, STATE, begin, claim, claimed, emit, fail, peer
 
 MARK = "_netaudit_wrapped"
 _orig: dict[str, object] = {}
@@ -125,15 +125,16 @@ def _try_begin_connect(sock, address, frame):
 
 def _connect_again(self, original: str, address):
     """connect/connect_ex on a socket whose connect is in progress: that attempt's outcome."""
-    claim_token = claim()
+    claim_held = [None]
     try:
+        claim(claim_held)
         result = _orig[original](self, address)
     except OSError as exc:
         if exc.errno and not isinstance(exc, BlockingIOError):
             socket_bytes.connect_again(self, exc.errno)
         raise
     finally:
-        release(claim_token)
+        claim_held[0] = None
     socket_bytes.connect_again(self, result or 0)
     return result
 
@@ -145,8 +146,9 @@ def socket_connect_wrapper(self, address):
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect", address)
     rec = _try_begin_connect(self, address, sys._getframe(1))
-    claim_token = claim()
+    claim_held = [None]
     try:
+        claim(claim_held)
         result = _orig["connect"](self, address)
     except BaseException as exc:
         if rec is not None:
@@ -157,7 +159,7 @@ def socket_connect_wrapper(self, address):
                 fail(rec, exc)
         raise
     finally:
-        release(claim_token)
+        claim_held[0] = None
     if rec is not None:
         _finish_connect(rec, self)
     return result
@@ -170,15 +172,16 @@ def socket_connect_ex_wrapper(self, address):
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect_ex", address)
     rec = _try_begin_connect(self, address, sys._getframe(1))
-    claim_token = claim()
+    claim_held = [None]
     try:
+        claim(claim_held)
         result = _orig["connect_ex"](self, address)
     except BaseException as exc:
         if rec is not None:
             fail(rec, exc)
         raise
     finally:
-        release(claim_token)
+        claim_held[0] = None
     if rec is not None:
         connected = not result
         try:
@@ -205,15 +208,16 @@ def socket_create_connection_wrapper(address, *args, **kwargs):
         rec.dst_ip = _ip_literal(address[0])
     except Exception as exc:
         GUARD.fault("capture", exc)
-    claim_token = claim()
+    claim_held = [None]
     try:
+        claim(claim_held)
         sock = _orig["create_connection"](address, *args, **kwargs)
     except BaseException as exc:
         if rec is not None:
             fail(rec, exc)
         raise
     finally:
-        release(claim_token)
+        claim_held[0] = None
     if rec is not None:
         _finish_connect(rec, sock)
     return sock
@@ -236,15 +240,16 @@ def _datagram(self, original: str, args, address):
         rec = _begin_socket(self, address, "sendto", sys._getframe(2))
     except Exception as exc:
         GUARD.fault("capture", exc)
-    claim_token = claim()
+    claim_held = [None]
     try:
+        claim(claim_held)
         n = _orig[original](self, *args)
     except BaseException as exc:
         if rec is not None and not isinstance(exc, _ARGUMENT_ERRORS):
             fail(rec, exc)
         raise
     finally:
-        release(claim_token)
+        claim_held[0] = None
     if rec is not None:
         rec.req_bytes = n
         emit(rec)
@@ -335,15 +340,16 @@ def _gevent_lookup(method: str, lookup, static: bool):
                         sys._getframe(1))
         except Exception as exc:
             GUARD.fault("capture", exc)
-        claim_token = claim()
+        claim_held = [None]
         try:
+            claim(claim_held)
             result = lookup(*args, **kwargs)
         except BaseException as exc:
             if rec is not None and not isinstance(exc, _ARGUMENT_ERRORS):
                 fail(rec, exc)
             raise
         finally:
-            release(claim_token)
+            claim_held[0] = None
         if rec is not None:
             emit(rec)
         return result

@@ -80,3 +80,79 @@ def test_a_context_copied_inside_a_claimed_call_is_not_claimed():
         ["socket", "sendto", 4000], ["socket", "sendto", 4003], connect, connect,   # the copied task
         ["socket", "sendto", 4010], ["socket", "sendto", 4013], connect, connect,   # the control
     ])
+
+
+INTERRUPTED = r"""
+import json, socket, sys
+import interceptor
+from interceptor import MemoryWriter, Sink
+from interceptor.capture import claim, claimed
+
+w = MemoryWriter()
+sink = Sink(w, linger_s=0)
+interceptor.install(sink=sink)
+
+class Boom(Exception):  # what a program's signal handler raises (Ctrl-C caught, Odoo's time limit)
+    pass
+
+fired = []
+def tracer(frame, event, arg):  # raises Boom as claim() returns, once: right after the claim is set
+    if frame.f_code is not claim.__code__:
+        return None
+    def local(frame, event, arg):
+        if event == "return" and not fired:
+            fired.append(True)
+            raise Boom()
+        return local
+    return local
+
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sys.settrace(tracer)
+try:
+    u.sendto(b"x", ("127.0.0.1", 4000))
+    outcome = "sent"
+except Boom:
+    outcome = "Boom"
+sys.settrace(None)
+after = claimed()
+u.sendto(b"y", ("127.0.0.1", 4001))
+sink.flush(5)
+print(json.dumps({"fired": fired, "outcome": outcome, "claimed_after": after,
+                  "events": [[e.dst_port, e.error] for e in w.events]}))
+"""
+
+
+def test_an_exception_landing_right_after_the_claim_is_set_does_not_leave_it_set():
+    """Review 26, H1: an exception a signal handler raises can land between any two calls. With a
+    claim()/release() pair, one landing after the set and before the caller's `try` left the claim
+    set for good, and every later call on that thread went unrecorded (reproduced with a SIGALRM
+    storm: stuck within 6 datagrams). Here the exception is raised, deterministically, as claim()
+    returns; the claim is set inside the caller's `try` now, and its `finally` ends it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", INTERRUPTED], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["fired"] == [True] and out["outcome"] == "Boom"   # the caller gets the exception
+    assert out["claimed_after"] is False
+    assert out["events"] == [[4000, "Boom"], [4001, ""]]          # the next call is recorded
+
+
+def test_a_claim_inside_a_claim_leaves_the_outer_one_standing():
+    """A call that claims while this thread's claim is held (the relay's send, a nested wrapper)
+    does not end the outer claim when it ends."""
+    from interceptor.capture import claim, claimed
+
+    outer = [None]
+    try:
+        claim(outer)
+        assert claimed()
+        inner = [None]
+        try:
+            claim(inner)
+            assert claimed()
+        finally:
+            inner[0] = None
+        assert claimed(), "the inner claim's end ended the outer one"
+    finally:
+        outer[0] = None
+    assert not claimed()

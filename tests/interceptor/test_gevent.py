@@ -404,3 +404,33 @@ def test_a_gevent_sslsocket_whose_own_handshake_fails_records_the_error(tmp_path
     """As for the standard library's (test_socket_bytes.py): the handshake after the TCP connect
     of an SSLSocket that connects itself failed, and the event said a good "tls" connection."""
     assert _memory_run(tmp_path, "handshake", HANDSHAKE_PROGRAM) == ["SSLError", ["tls", "SSLError"]]
+
+
+UNDER_CLAIM_PROGRAM = r"""
+from interceptor.capture import claim
+srv = socket.create_server(("127.0.0.1", 0))
+def serve():
+    c, _ = srv.accept()
+    while c.recv(65536):
+        pass
+gevent.spawn(serve)
+s = socket.create_connection(srv.getsockname())
+s.send(b"x" * 10)
+held = [None]
+try:
+    claim(held)                      # an outer call's claim (conn.sock = a counted raw socket, say)
+    s.sendall(b"y" * 20)
+    s.send(b"z" * 5)
+finally:
+    held[0] = None
+s.close()
+sink.flush(5)
+print(json.dumps([e.req_bytes for e in w.events if e.channel == "socket"]))
+"""
+
+
+def test_bytes_a_counted_gevent_socket_sends_under_a_claim_count(tmp_path):
+    """Review 26, L1: gevent's sendall counted its data under a claim of its own, and send counted
+    nothing while any claim was held, so bytes sent inside an outer call's claim were lost (10 of
+    35); the standard library's CountingSocket counts them. Now send counts, whatever the claim."""
+    assert _memory_run(tmp_path, "under_claim", UNDER_CLAIM_PROGRAM) == [35]
