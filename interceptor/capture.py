@@ -46,7 +46,7 @@ _get, _set = _CLAIM.get, _CLAIM.set
 def claimed() -> bool:
     """True while a wrapper runs the audited call in this context, on this thread."""
     held = _get()
-    return held is not None and held[0] == _ident()
+    return held is not None and held[0] is not None and held[0] == _ident()  # an ended claim: no id call
 
 
 def claim(held: list) -> None:

@@ -108,7 +108,10 @@ class Thread:
         try:
             self._target()
         finally:
-            self._done.release()
+            try:
+                self._done.release()
+            except RuntimeError:  # start() released it: an exception (a signal handler's) reached
+                pass              # start() after the thread had started
 
     def is_alive(self) -> bool:
         return self._done.locked()

@@ -120,7 +120,7 @@ class Sink:
             return
         # Made outside the lock: a collection during the construction may emit and start a writer
         # itself, and then this one is not needed.
-        t = native.Thread(target=self._run, name="netaudit-writer")
+        t = native.Thread(target=lambda: self._run(t), name="netaudit-writer")
         started = False
         try:
             with self._lock:
@@ -139,8 +139,8 @@ class Sink:
         finally:
             # Another exception (one the program's signal handler raised here) may have come before
             # the thread started: a sink whose _thread never ran would queue every event for good.
-            # The next submit starts one (should this one have started after all, the two writers
-            # take turns: one write at a time, _writing).
+            # The next submit starts one. Should this one have started after all, it takes the
+            # place back or gives way (_run), so one writer runs.
             if not started and self._thread is t:
                 self._thread = None
 
@@ -150,10 +150,16 @@ class Sink:
         if self._thread is None:
             self._write_here(deadline)
 
-    def _run(self) -> None:
+    def _run(self, me) -> None:
         q = self._q
         backoff = 0.0
         while True:
+            if self._thread is not me:  # _start undid this thread's start (see there): one writer only
+                with self._lock:
+                    if self._thread is None:
+                        self._thread = me
+                    elif self._thread is not me:
+                        return
             if not q and not (self._gap_n and backoff == 0.0):
                 if self._stop:
                     return

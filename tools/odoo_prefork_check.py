@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,11 +125,31 @@ def fail(msg: str) -> int:
     return 1
 
 
+def _free_port(preferred: int) -> int:
+    """`preferred` if nothing listens or is bound there on 127.0.0.1, else a port the kernel picks.
+    PORT+1 and PORT+2 were taken as they came, and on a busy machine one was in use
+    ("client: OSError: [Errno 98] Address already in use")."""
+    for candidate in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
+
+
 def main(argv: list[str]) -> int:
     sep = argv.index("--")
     script, db, data_dir, port = argv[:sep]
     options = argv[sep + 1:]
-    stand_in, evented_port = int(port) + 1, int(port) + 2
+    port = str(_free_port(int(port)))
+    stand_in = _free_port(int(port) + 1)
+    evented_port = _free_port(int(port) + 2)
+    while evented_port in (int(port), stand_in):
+        evented_port = _free_port(0)
+    while stand_in == int(port):
+        stand_in = _free_port(0)
     conf = os.path.join(data_dir, "prefork-check.conf")
     with open(conf, "w") as fh:  # publisher_warranty_url has no command-line option
         fh.write(f"[options]\npublisher_warranty_url = http://127.0.0.1:{stand_in}/publisher-warranty/\n")

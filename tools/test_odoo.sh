@@ -39,7 +39,8 @@ grep -q "^version_info = (18, 0" "$ODOO_SRC/odoo/release.py" || die "$ODOO_SRC i
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${ODOO_VENV:-$ROOT/.venv-odoo}
 DB=${ODOO_TEST_DB:-netaudit_test}
-# a free port on 127.0.0.1 unless told (the prefork check uses PORT+10 and PORT+11)
+# a free port on 127.0.0.1 unless told (the prefork check starts at PORT+10, PORT+11, PORT+12 and
+# takes other free ports where those are in use)
 PORT=${ODOO_HTTP_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 PYTHON=${PYTHON:-python3}
 T0=$(date +%s)
