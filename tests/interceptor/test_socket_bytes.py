@@ -455,26 +455,24 @@ atexit.register(_ask_so_error)
 
 _IN_PROGRESS_AT_EXIT = _ASKS_AFTER_OUR_EXIT + _PRINTING + """
 import errno, select
-OK = socket.socket()
-OK.setblocking(False)
-OK.connect_ex(("127.0.0.1", %(port)d))
-select.select([], [OK], [], 5)
-OK.setblocking(True)
-OK.sendall(b"7 9\\n" + b"q" * 7)
-got = 0
-while got < 9:
-    got += len(OK.recv(100))
-ORIGINAL = socket.socket()
-ORIGINAL.setblocking(False)
-ORIGINAL.connect_ex(("127.0.0.1", %(port)d))
-select.select([], [ORIGINAL], [], 5)
+def connected():  # a non-blocking connect, until it is up
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex(("127.0.0.1", %(port)d))
+    select.select([], [s], [], 5)
+    return s
+def ask(s, n, m):  # the count server: n bytes up, m back
+    s.setblocking(True)
+    s.sendall(b"%%d %%d\\n" %% (n, m) + b"q" * n)
+    got = 0
+    while got < m:
+        got += len(s.recv(100))
+OK = connected()
+ask(OK, 7, 9)
+ORIGINAL = connected()
 DUPPED = ORIGINAL.dup()  # outlives the socket that connected, so the weak reference is dead at exit
 del ORIGINAL
-DUPPED.setblocking(True)
-DUPPED.sendall(b"3 4\\n" + b"d" * 3)
-got = 0
-while got < 4:
-    got += len(DUPPED.recv(100))
+ask(DUPPED, 3, 4)
 REFUSED = socket.socket()
 REFUSED.setblocking(False)
 print("in progress", REFUSED.connect_ex(("127.0.0.1", %(refused)d)) in (errno.EINPROGRESS, errno.EWOULDBLOCK), flush=True)
