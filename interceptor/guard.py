@@ -3,11 +3,71 @@
 The audited call never sees the auditor fail. A step that raises is swallowed, counted by step
 and by exception class, and reported to the sink as a miss, so the ledger later shows a `gap` row
 for the event that could not be recorded (DESIGN.md: a fail-open miss is visible, never silent).
+
+One exception is not ours to swallow: one that a signal handler of the program raised while our
+code ran (`handler_raised`). Odoo's prefork worker raises `Exception('CPU time limit exceeded.')`
+from its SIGXCPU handler, and a program's SIGALRM timeout often raises so: it lands in whatever
+runs, and where that is one of our steps, swallowing it would let the program go on past its own
+time limit. `fault` passes it on (re-raises it), as it would have reached the program without us;
+sites that swallow silently call `pass_on`.
 """
 from __future__ import annotations
 
+import signal
 import time
+import types
 from typing import Callable
+
+
+def _handler_code(handler):
+    """The code object a Python signal handler runs first (None for SIG_DFL, SIG_IGN, builtins)."""
+    for _ in range(4):  # a partial of a bound method of an object with __call__: unwrap a few levels
+        if isinstance(handler, types.FunctionType):
+            return handler.__code__
+        if isinstance(handler, types.MethodType):
+            handler = handler.__func__
+        elif hasattr(handler, "func"):  # functools.partial
+            handler = handler.func
+        else:
+            handler = getattr(type(handler), "__call__", None)
+    return None
+
+
+def handler_raised(exc: BaseException) -> bool:
+    """True when `exc` was raised by a Python signal handler of the program (or code it called):
+    its traceback runs through the handler's frame. A handler runs between two bytecodes of the
+    code it interrupts, so its exception comes out of whatever ran, ours included. Only on a fault
+    path: it reads each signal's handler."""
+    tb = exc.__traceback__
+    if tb is None or tb.tb_next is None:  # raised in the frame that caught it: not through a handler
+        return False
+    codes = set()
+    for sig in signal.valid_signals():
+        try:
+            code = _handler_code(signal.getsignal(sig))
+        except Exception:  # an odd handler, or a signal getsignal refuses
+            continue
+        if code is not None:
+            codes.add(code)
+    if not codes:
+        return False
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def pass_on(exc: BaseException) -> None:
+    """Re-raise `exc` if the program's signal handler raised it (see the module docstring); else
+    nothing: the caller swallows it as its own fault. Raises nothing else (it runs at interpreter
+    shutdown too, from a socket's close)."""
+    try:
+        program = handler_raised(exc)
+    except Exception:
+        return
+    if program:
+        raise exc
 
 
 class Guard:
@@ -22,7 +82,25 @@ class Guard:
         self.on_miss: Callable[[int, str], None] | None = None
 
     def fault(self, step: str, exc: BaseException, ts: int = 0) -> None:
-        """Swallow one fault of `step`. Never raises, whatever the sink does."""
+        """Swallow one fault of `step`. Never raises, whatever the sink does, but for an exception
+        the program's signal handler raised: that one is counted (what the step was doing is lost)
+        and then re-raised, to the program."""
+        try:
+            program = handler_raised(exc)
+        except Exception as again:  # a second one landed in this check (or an audit hook refused)
+            program = False
+            try:
+                landed = handler_raised(again)
+            except Exception:
+                landed = False
+            if landed:
+                self._count(step, exc, ts)
+                raise again from None
+        self._count(step, exc, ts)
+        if program:
+            raise exc
+
+    def _count(self, step: str, exc: BaseException, ts: int) -> None:
         try:
             reason = type(exc).__name__
             self.faults += 1
@@ -31,8 +109,8 @@ class Guard:
             on_miss = self.on_miss
             if on_miss is not None:
                 on_miss(ts or time.time_ns(), reason)
-        except Exception:  # the guard itself must never be the reason a call fails
-            pass
+        except Exception as exc:  # the guard itself must never be the reason a call fails
+            pass_on(exc)
 
     def snapshot(self) -> dict:
         return {"faults": self.faults, "by_step": dict(self.by_step), "last": self.last}

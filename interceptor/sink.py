@@ -27,6 +27,7 @@ from collections import deque
 
 from . import native
 from .capture import Record, flush_at_multiprocessing_exit
+from .guard import pass_on
 
 DEFAULT_MAXSIZE = 10_000
 DEFAULT_BATCH = 512
@@ -224,6 +225,7 @@ class Sink:
             self.last_fault = type(exc).__name__
             if batch:
                 self.miss(batch[0].ts, type(exc).__name__, n=len(batch), until=batch[-1].ts)
+            pass_on(exc)  # written here by the calling thread: its signal handler's exception goes on
             return False
 
     # ---- flush, exit, fork --------------------------------------------------------------------
@@ -246,7 +248,8 @@ class Sink:
             return True
         try:
             return bool(sync(max(0.0, deadline - time.monotonic())))
-        except Exception:
+        except Exception as exc:
+            pass_on(exc)
             return False
 
     def _write_here(self, deadline: float) -> None:
@@ -279,8 +282,8 @@ class Sink:
         if close is not None and not self._busy:
             try:
                 close()
-            except Exception:
-                pass
+            except Exception as exc:
+                pass_on(exc)
 
     def _after_fork_in_child(self) -> None:
         self._arm()  # the parent's queued events are the parent's to write

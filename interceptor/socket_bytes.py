@@ -70,6 +70,7 @@ import weakref
 
 from . import native
 from .capture import GUARD, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer
+from .guard import pass_on
 
 # The Python class whose methods (C ones from _socket.socket) we call: the standard library's,
 # also where gevent put its own class in its place (interceptor.native).
@@ -146,18 +147,22 @@ def _ending(base, finalize=_finalize):
     none). They run during interpreter shutdown too, when this module's globals may already be gone:
     the originals are bound as defaults, and a missing _end is skipped."""
 
-    def detach(self, _detach=base.detach):
+    def detach(self, _detach=base.detach, _pass_on=pass_on):
         try:
             _end(self)
-        except Exception:
-            pass
+        except Exception as exc:
+            _pass_on(exc)  # the program's signal handler's exception goes on; ours is swallowed
         return _detach(self)
 
-    def _real_close(self, _close=base._real_close):
+    def _real_close(self, _close=base._real_close, _pass_on=pass_on):
         try:
             _end(self, closing=True)
-        except Exception:
-            pass
+        except Exception as exc:
+            try:
+                _pass_on(exc)
+            finally:
+                _close(self)  # closed however the record ended
+            return
         _close(self)
 
     def __del__(self, _finalize=finalize):

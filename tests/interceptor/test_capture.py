@@ -190,6 +190,7 @@ def test_wsgi_middleware_records_ingress(captured):
 
 
 def test_results_and_exceptions_pass_through_untouched(captured, servers):
+    faults = interceptor.GUARD.faults
     conn = http.client.HTTPConnection(HOST, servers.http)
     conn.request("GET", "/same")
     r = conn.getresponse()
@@ -200,7 +201,9 @@ def test_results_and_exceptions_pass_through_untouched(captured, servers):
         c.request("GET", "/1")
         c.request("GET", "/2")  # a response is pending: http.client's own error
     c.close()
-    assert interceptor.GUARD.faults == interceptor.GUARD.faults  # no fault needed for either
+    assert interceptor.GUARD.faults == faults  # no fault needed for either
+    seen = sorted((e.url_path, e.status, e.error) for e in captured.events("http"))
+    assert seen == [("/1", "", ""), ("/2", "", "CannotSendRequest"), ("/same", "200", "")]
 
 
 def test_double_install_is_harmless(captured, servers):
