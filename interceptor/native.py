@@ -21,6 +21,7 @@ afterwards keeps the real ones it already had.
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 import time
 
@@ -93,6 +94,7 @@ class Thread:
         self.name = name
         self.daemon = daemon
         self.ident = None
+        self.native_id = None
         self._done = _allocate_lock()
 
     def start(self) -> None:
@@ -106,6 +108,7 @@ class Thread:
 
     def _bootstrap(self) -> None:
         try:
+            self.native_id = _thread.get_native_id()
             self._target()
         finally:
             try:
@@ -119,3 +122,25 @@ class Thread:
     def join(self, timeout: float | None = None) -> None:
         if self._done.acquire(True, -1 if timeout is None else max(0.0, timeout)):
             self._done.release()
+
+
+def wait_exited(thread: Thread, timeout: float) -> bool:
+    """Wait until the OS thread of a joined Thread is gone (Linux: its /proc/self/task entry).
+    join() returns once the thread's Python part has ended; the OS thread ends a moment later, and
+    until then a fork counts it (Python 3.12+ warns of a multi-threaded fork). True if gone (or
+    nothing to tell by)."""
+    tid = thread.native_id
+    if tid is None or not os.path.isdir("/proc/self/task"):
+        return True
+    path = f"/proc/self/task/{tid}"
+    deadline = time.monotonic() + timeout
+    spins = 0
+    while os.path.exists(path):
+        if time.monotonic() >= deadline:
+            return False
+        spins += 1
+        if spins < 50:
+            os.sched_yield()   # it is only returning from its last call: microseconds
+        else:
+            sleep(0.0001)
+    return True

@@ -11,7 +11,12 @@ which holds the salt).
 The audited thread only appends to a deque. When the queue is full, or the writer raises, the
 events are dropped and counted (with the first and last timestamp and the reasons); the writer
 writes one gap row for them as soon as writing works again. After `os.fork` the child gets a fresh
-queue and writer thread; the queue is flushed at exit. Where no writer thread can start (Python
+queue and writer thread; the queue is flushed at exit. Before `os.fork` the writer thread is
+stopped once it has written what is queued (`_park`, waited for at most FORK_PARK_S): a process
+forks with no thread of ours, so the child cannot inherit a lock our writer held in SQLite or
+elsewhere, and Python 3.12+ does not warn that the process is multi-threaded (Odoo logs that
+DeprecationWarning with a traceback at every worker its master forks). The next event starts a
+writer again. Where no writer thread can start (Python
 3.12 starts none once its main thread has returned), the calling thread writes its events itself.
 The writer is a real OS thread with the OS's own locks, also where gevent patched threading
 (interceptor.native: a greenlet writer may never run). Started with `_thread`, not threading, it
@@ -40,6 +45,7 @@ QUEUE_FULL = "QueueFull"
 # writer 9 us of wall time per event; a shorter offer (os.sched_yield) does not hand the GIL over.
 YIELD_EVERY = 64
 INLINE_S = 5.0           # the longest a call waits on its own write, where no writer thread can start
+FORK_PARK_S = 1.0        # the longest a fork waits for the writer thread to stop (the batch in hand)
 
 _SINKS: "weakref.WeakSet[Sink]" = weakref.WeakSet()
 
@@ -76,6 +82,7 @@ class Sink:
         self._stop = False
         self._thread: native.Thread | None = None
         self._threadless = False  # a thread start was refused: the callers write (_write_here)
+        self._parking = False     # a fork is under way: no writer runs or starts (_park)
         self._gap_n = 0
         self._gap_t1 = 0
         self._gap_t2 = 0
@@ -117,8 +124,9 @@ class Sink:
     # ---- the writer thread --------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._thread is not None or self._threadless:
+        if self._thread is not None or self._threadless or self._parking:
             return
+        _register_fork_hooks()
         # Made outside the lock: a collection during the construction may emit and start a writer
         # itself, and then this one is not needed.
         t = native.Thread(target=lambda: self._run(t), name="netaudit-writer")
@@ -148,13 +156,18 @@ class Sink:
     def _start_or_write(self, deadline: float) -> None:
         """Start the writer thread; where none can start, write the queue on this thread."""
         self._start()
-        if self._thread is None:
+        if self._thread is None and not self._parking:
             self._write_here(deadline)
 
     def _run(self, me) -> None:
         q = self._q
         backoff = 0.0
         while True:
+            if self._parking and (not q or backoff):  # a fork is under way (_park): all written, or
+                with self._lock:                       # writing fails (the queue waits for the next writer)
+                    if self._thread is me:
+                        self._thread = None
+                return
             if self._thread is not me:  # _start undid this thread's start (see there): one writer only
                 with self._lock:
                     if self._thread is None:
@@ -173,7 +186,8 @@ class Sink:
                     backoff = 0.0  # try to write the pending gap row alone
                 if self.linger_s and q and len(q) < self.batch_size:
                     self._wake.clear()
-                    self._wake.wait(self.linger_s)  # flush() cuts the wait short
+                    if not self._parking:
+                        self._wake.wait(self.linger_s)  # flush() and _park() cut the wait short
                 continue
             self._busy = True
             batch = []
@@ -285,6 +299,28 @@ class Sink:
             except Exception as exc:
                 pass_on(exc)
 
+    def _park(self, timeout: float = FORK_PARK_S) -> None:
+        """Before os.fork: the writer thread writes what is queued and stops, and no other starts
+        until the fork is done. At most `timeout` is waited for: a writer still writing then (a
+        slow or locked ledger; it stops at its first failed batch) is forked past, as it was
+        before; its queue waits for the next writer."""
+        self._parking = True
+        t = self._thread
+        if t is None or t.ident == native.get_ident():  # none, or the fork is made by the writer itself
+            return
+        self._wake.set()
+        t.join(timeout)
+        if not t.is_alive():
+            native.wait_exited(t, 0.01)  # the OS thread itself, not only its Python part, has ended
+
+    def _unpark(self) -> None:
+        """After os.fork, in the parent: writers may start again. One starts at once only for
+        events left queued (submitted by another thread during the fork, or not written in time):
+        Python 3.13 counts the threads after these hooks ran, and warns of it then."""
+        self._parking = False
+        if (self._q or self._gap_n) and self._thread is None:
+            self._start()
+
     def _after_fork_in_child(self) -> None:
         self._arm()  # the parent's queued events are the parent's to write
         after_fork = getattr(self.writer, "after_fork", None)
@@ -365,6 +401,35 @@ def _after_fork_in_child() -> None:
     for sink in list(_SINKS):
         sink._after_fork_in_child()
     flush_at_multiprocessing_exit(_flush_all_at_exit, priority=100)
+
+
+def _park_all_before_fork() -> None:
+    for sink in list(_SINKS):
+        try:
+            sink._park()
+        except Exception as exc:
+            pass_on(exc)
+
+
+def _unpark_all_in_parent() -> None:
+    for sink in list(_SINKS):
+        try:
+            sink._unpark()
+        except Exception as exc:
+            pass_on(exc)
+
+
+_fork_hooks_registered = False
+
+
+def _register_fork_hooks() -> None:
+    """Registered at the first writer start, not at import: fork hooks that run before ours are
+    those registered later, and a writer (ledger.process_writer's, imported before any sink is made)
+    takes a lock its own before-fork hook holds, which ours would wait for."""
+    global _fork_hooks_registered
+    if not _fork_hooks_registered:
+        _fork_hooks_registered = True
+        os.register_at_fork(before=_park_all_before_fork, after_in_parent=_unpark_all_in_parent)
 
 
 def _flush_all_at_exit() -> None:

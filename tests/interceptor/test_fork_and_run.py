@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,8 @@ import interceptor
 from interceptor_fixtures import captured, ledger_sink, pythons, servers  # noqa: F401  (fixtures)
 from interceptor_servers import HOST
 from verifier.verify import verify_ledger
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _get(port, path):
@@ -164,3 +168,55 @@ def test_multiprocessing_child_flushes_before_os_exit(ledger_sink, servers):
     rows = [r for r in writer.ledger.rows() if r["url_path"] == "/mp-child"]
     assert len(rows) == 1 and rows[0]["pid"] == p.pid
     assert verify_ledger(path).valid
+
+
+FORKING = r"""
+import json, os, socket, sys
+# Fork hooks run "before" in the reverse order of registration: this one, registered before ours
+# (the sink registers its own at its first writer start), runs after it and sees what the fork copies.
+threads_at_fork = []
+os.register_at_fork(before=lambda: threads_at_fork.append(len(os.listdir("/proc/self/task"))))
+import interceptor
+from interceptor import MemoryWriter, Sink
+
+writer = MemoryWriter()
+sink = Sink(writer)                     # the default linger: the writer is often waiting at a fork
+interceptor.install(sink=sink)
+out = sys.argv[1]
+
+def datagram(port):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"p", ("127.0.0.1", port)); u.close()
+
+for i in range(40):
+    datagram(10000 + i)                 # queued, or being written, as the fork comes
+    pid = os.fork()
+    if pid == 0:
+        datagram(20000 + i)
+        ok = sink.flush(10)
+        with open(os.path.join(out, str(i)), "w") as f:
+            json.dump({"ok": ok, "ports": [e.dst_port for e in writer.events if e.pid == os.getpid()]}, f)
+        os._exit(0)
+    os.waitpid(pid, 0)
+print(json.dumps({"flushed": sink.flush(10), "ports": [e.dst_port for e in writer.events],
+                  "threads_at_fork": sorted(set(threads_at_fork)), "gaps": writer.gaps}))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.parametrize("python", pythons(), ids=os.path.basename)
+def test_a_fork_copies_no_writer_thread_and_loses_no_event(tmp_path, python):
+    """Before os.fork the sink stops its writer thread (the queue waits; a new writer takes it
+    right after, in the parent): the process forks with one thread, so a child cannot inherit a
+    lock our writer held, and Python 3.12+ does not warn of a multi-threaded fork (Odoo turns
+    DeprecationWarnings on and logs each with a traceback: one at every worker its master forks).
+    Each event is written once, by the process that made it."""
+    out = subprocess.run([python, "-W", "always::DeprecationWarning", "-c", FORKING, str(tmp_path)],
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "multi-threaded" not in out.stderr, out.stderr[-2000:]
+    parent = json.loads(out.stdout)
+    assert parent["threads_at_fork"] == [1], parent
+    assert parent["flushed"] and parent["ports"] == list(range(10000, 10040)) and not parent["gaps"]
+    for i in range(40):
+        child = json.loads((tmp_path / str(i)).read_text())
+        assert child == {"ok": True, "ports": [20000 + i]}, (i, child)

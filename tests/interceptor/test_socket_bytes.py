@@ -593,9 +593,11 @@ def test_fork_child_forgets_the_parents_connections(count_port, tmp_path):
 
 class _TLSCountServer(_CountServer):
     context = None
+    handshake_delay = 0.0   # seconds the server waits before its side of the handshake
 
     def get_request(self):
         conn, addr = super().get_request()
+        time.sleep(self.handshake_delay)
         return self.context.wrap_socket(conn, server_side=True), addr
 
 
@@ -718,16 +720,26 @@ def test_a_handshake_a_non_blocking_socket_must_retry_is_no_error(captured, tls_
 
     tls = _client_context().wrap_socket(socket.socket(), server_hostname="localhost",
                                         do_handshake_on_connect=False)
-    tls.connect((HOST, tls_port))
-    tls.setblocking(False)
-    wants = 0
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            wants += 1
-            select.select([tls], [tls], [], 5)
+    # The server answers late, so the first try cannot complete: without the delay, a client
+    # thread descheduled between its ClientHello and its read (a loaded machine) found the whole
+    # server flight there and completed at once, and the test saw no retry at all.
+    _TLSCountServer.handshake_delay = 0.2
+    try:
+        tls.connect((HOST, tls_port))
+        tls.setblocking(False)
+        wants = 0
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                wants += 1
+                select.select([tls], [], [], 5)
+            except ssl.SSLWantWriteError:
+                wants += 1
+                select.select([], [tls], [], 5)
+    finally:
+        _TLSCountServer.handshake_delay = 0.0
     tls.close()
     (e,) = _socket_events(captured)
     assert wants and (e.protocol, e.error) == ("tls", "")
