@@ -20,6 +20,8 @@ other greenlets meanwhile, on the same thread) hides nothing of theirs, whether 
 before or after the interceptor was installed. (A `threading.local` made before the patch stays a
 thread's: it hid every other greenlet's calls while one waited in a claimed call.) The claim is
 also the claiming thread's only, and ends for every copy of the context with the call (claim()).
+The program's own code that a claimed call runs (a body's generator or file, an FTP callback) runs
+with the claim suspended (`unclaimed`): its calls are the program's, and are recorded.
 """
 from __future__ import annotations
 
@@ -76,6 +78,26 @@ def claim(held: list) -> None:
         return
     held[0] = me
     _set(held)
+
+
+def unclaimed(fn, *args):
+    """`fn(*args)`: the program's own code, called from inside a claimed call (a request body's
+    generator, iterable or file being sent, an FTP callback), run with this thread's claim
+    suspended. Its calls are the program's and are recorded: under the claim, everything a body
+    generator did (a raw connection, a datagram, another HTTP request) went unrecorded, a way to
+    hide any traffic. The claim is back when it returns or raises. Should a signal handler's
+    exception land between two steps here, the claim stays ended: the rest of the outer call is
+    recorded twice at worst, never hidden."""
+    held = _get()
+    if held is None or held[0] is None or held[0] != _ident():
+        return fn(*args)
+    me = held[0]
+    held[0] = None
+    try:
+        return fn(*args)
+    finally:
+        held[0] = me
+        _set(held)   # a wrapper inside fn claimed with its own list (this one was empty then)
 
 
 class State:

@@ -41,7 +41,8 @@ import sys
 import time
 
 from . import forensic as _fx
-from .capture import GUARD, STATE, Record, begin, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer
+from .capture import (GUARD, STATE, Record, begin, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer,
+                      unclaimed)
 from .redact import query_names, split_url
 
 MARK = "_netaudit_wrapped"     # set on every function we installed (idempotent install)
@@ -176,11 +177,17 @@ def http_putheader_wrapper(self, header, *values):
     return _putheader(self, header, *values)
 
 
+_END = object()
+
+
 def _hashing_chunks(body, rec, blocksize):
-    """Stream a file-like or iterable body to http.client, hashing each block as it goes by."""
+    """Stream a file-like or iterable body to http.client, hashing each block as it goes by. The
+    body's own code (a generator, a file's read) runs unclaimed (capture.unclaimed): the calls it
+    makes are the program's, and are recorded as such."""
     if hasattr(body, "read"):
+        read = body.read
         while True:
-            data = body.read(blocksize)
+            data = unclaimed(read, blocksize)
             if not data:
                 break
             if isinstance(data, str):
@@ -188,10 +195,47 @@ def _hashing_chunks(body, rec, blocksize):
             _hash(rec, data)
             yield data
     else:
-        for chunk in body:
+        chunks = unclaimed(iter, body)
+        while True:
+            chunk = unclaimed(next, chunks, _END)
+            if chunk is _END:
+                break
             if isinstance(chunk, (bytes, bytearray, memoryview)):
                 _hash(rec, chunk)
             yield chunk
+
+
+class _HashingReader:
+    """A file given to send() after the headers: each block send reads from it is hashed as it goes
+    by, text encoded as http.client would (so send sees a binary file), its read run unclaimed."""
+
+    __slots__ = ("_fp", "_rec")
+
+    def __init__(self, fp, rec) -> None:
+        self._fp = fp
+        self._rec = rec
+
+    def read(self, *args):
+        data = unclaimed(self._fp.read, *args)
+        if isinstance(data, str):
+            data = data.encode("iso-8859-1")
+        if data:
+            _hash(self._rec, data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
+
+
+def _hashing_body(conn, rec, data):
+    """What send() gets for a file or an iterable sent after the headers: the same data, hashed."""
+    if hasattr(data, "read"):
+        return _HashingReader(data, rec)
+    try:
+        iter(data)
+    except TypeError:
+        return data  # http.client raises its own TypeError for it: leave it be
+    return _hashing_chunks(data, rec, getattr(conn, "blocksize", 8192))
 
 
 def _hash(rec, data) -> None:
@@ -279,7 +323,21 @@ def http_send_wrapper(self, data):
     rec = self._netaudit_rec
     if rec is None or self._netaudit_phase == SENDING or claimed():  # endheaders' own sends: claimed
         return _send(self, data)
-    if self._netaudit_phase == BODY and isinstance(data, (bytes, bytearray, memoryview)):
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        # a file or an iterable: send runs its code (read, the iteration), which is the program's
+        # and must not be claimed (its own calls are recorded); a connect inside send is claimed
+        # by the connect wrapper, and a connection's socket counts its bytes under any claim
+        if self._netaudit_phase == BODY:
+            try:
+                data = _hashing_body(self, rec, data)
+            except Exception as exc:
+                GUARD.fault("capture", exc, rec.ts)
+        try:
+            return _send(self, data)
+        except BaseException as exc:
+            _abandon(self, rec, exc)
+            raise
+    if self._netaudit_phase == BODY:
         _hash(rec, data)
         if self._netaudit_fx is not None:
             self._netaudit_fx.add_request(data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from .capture import GUARD, begin, claim, claimed, emit, fail, peer
+from .capture import GUARD, begin, claim, claimed, emit, fail, peer, unclaimed
 
 MARK = "_netaudit_wrapped"
 PEER = "_netaudit_peer"
@@ -130,6 +130,9 @@ def _reply_code(rec, obj, result) -> None:
         rec.status = _code(result)
 
 
+# The program's callbacks and files run unclaimed (capture.unclaimed): the calls they make are the
+# program's own, and are recorded; under the claim of the FTP command that calls them, they were not.
+
 def _hashing_callback(rec, callback):
     def hashing(buf):
         try:
@@ -137,7 +140,7 @@ def _hashing_callback(rec, callback):
         except Exception as exc:
             GUARD.fault("capture", exc, rec.ts)
         if callback is not None:
-            callback(buf)
+            unclaimed(callback, buf)
     return hashing
 
 
@@ -147,8 +150,32 @@ def _counting_callback(rec, callback):
             rec.resp_bytes += len(data)
         except Exception as exc:
             GUARD.fault("capture", exc, rec.ts)
-        callback(data)
+        unclaimed(callback, data)
     return counting
+
+
+def _unclaimed_callback(callback):
+    def call(data):
+        return unclaimed(callback, data)
+    return call
+
+
+class _UnclaimedFile:
+    """The file an FTP upload reads: its read and readline run unclaimed."""
+
+    __slots__ = ("_fp",)
+
+    def __init__(self, fp) -> None:
+        self._fp = fp
+
+    def read(self, *args):
+        return unclaimed(self._fp.read, *args)
+
+    def readline(self, *args):
+        return unclaimed(self._fp.readline, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
 
 
 def _replace_arg(args, kwargs, index, name, value):
@@ -307,10 +334,21 @@ def _ftp_retr_start(rec, obj, args, kwargs):
     return _replace_arg(args, kwargs, 1, "callback", _counting_callback(rec, callback))
 
 
+def _ftp_retrlines_start(rec, obj, args, kwargs):
+    callback = _arg(args, kwargs, 1, "callback")
+    if callback is None:  # ftplib's own print_line
+        return args, kwargs
+    return _replace_arg(args, kwargs, 1, "callback", _unclaimed_callback(callback))
+
+
 def _ftp_stor_start(index):
     def start(rec, obj, args, kwargs):
         callback = _arg(args, kwargs, index, "callback")
-        return _replace_arg(args, kwargs, index, "callback", _hashing_callback(rec, callback))
+        args, kwargs = _replace_arg(args, kwargs, index, "callback", _hashing_callback(rec, callback))
+        fp = _arg(args, kwargs, 1, "fp")
+        if fp is not None:
+            args, kwargs = _replace_arg(args, kwargs, 1, "fp", _UnclaimedFile(fp))
+        return args, kwargs
     return start
 
 
@@ -322,7 +360,8 @@ def install_ftplib() -> None:
     _wrap(cls, "sendcmd", Spec("ftp", _ftp_protocol, _verb_of(0, "cmd"), finish=_reply_code))
     _wrap(cls, "voidcmd", Spec("ftp", _ftp_protocol, _verb_of(0, "cmd"), finish=_reply_code))
     _wrap(cls, "retrbinary", Spec("ftp", _ftp_protocol, _verb_of(0, "cmd"), start=_ftp_retr_start, finish=_reply_code))
-    _wrap(cls, "retrlines", Spec("ftp", _ftp_protocol, _verb_of(0, "cmd"), finish=_reply_code))
+    _wrap(cls, "retrlines", Spec("ftp", _ftp_protocol, _verb_of(0, "cmd"), start=_ftp_retrlines_start,
+                                 finish=_reply_code))
     _wrap(cls, "storbinary", Spec("ftp", _ftp_protocol, _verb_of(0, "cmd"), start=_ftp_stor_start(3), finish=_reply_code))
     _wrap(cls, "storlines", Spec("ftp", _ftp_protocol, _verb_of(0, "cmd"), start=_ftp_stor_start(2), finish=_reply_code))
     if hasattr(ftplib, "FTP_TLS"):

@@ -1,0 +1,117 @@
+"""The program's own code that a wrapped call runs (a request body's generator, iterable or file, an
+FTP callback or upload file) is not part of that call: the calls it makes are recorded. Until
+this change it ran under the wrapper's claim, which keeps the layers below a call silent, and so a
+module could hide any traffic (a raw connection, a datagram, another HTTP request) by making it
+from a body generator: with the outer request recorded alone.
+
+Real local servers (HTTP, FTP), real sockets, the interceptor installed in this process.
+"""
+from __future__ import annotations
+
+import ftplib
+import http.client
+import io
+import socket
+import urllib.request
+
+from interceptor_fixtures import captured, servers  # noqa: F401  (fixtures)
+from interceptor_servers import HOST, free_port
+
+
+def _datagram(port: int) -> None:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.sendto(b"p", (HOST, port))
+    u.close()
+
+
+def _by_kind(events):
+    return sorted((e.channel, e.protocol, e.dst_port, e.url_path, e.req_bytes) for e in events
+                  if e.channel in ("http", "socket", "ftp"))
+
+
+def test_a_body_generators_own_calls_are_recorded(captured, servers):
+    """urllib's POST sends the generator through the claimed endheaders: a raw connection with 5
+    bytes, a datagram and a nested HTTP request made from it are three events of their own, beside
+    the POST's (before: the POST alone)."""
+    udp = free_port()
+
+    def body():
+        with socket.create_connection((HOST, servers.http)) as s:
+            s.sendall(b"exfil")
+        _datagram(udp)
+        c = http.client.HTTPConnection(HOST, servers.http)
+        c.request("GET", "/inner")
+        c.getresponse().read()
+        c.close()
+        yield b"chunk"
+
+    req = urllib.request.Request(servers.url("/outer"), data=body(), method="POST",
+                                 headers={"Content-Length": "5"})
+    urllib.request.urlopen(req).read()
+    assert _by_kind(captured.events()) == sorted([
+        ("socket", "tcp", servers.http, "", 5), ("socket", "udp", udp, "", 1),
+        ("http", "http", servers.http, "/inner", 0), ("http", "http", servers.http, "/outer", 5)])
+    (outer,) = [e for e in captured.events("http") if e.url_path == "/outer"]
+    assert outer.module == inner_module(captured)  # the same program, attributed as such
+
+
+def inner_module(captured):
+    (inner,) = [e for e in captured.events("http") if e.url_path == "/inner"]
+    return inner.module
+
+
+class _TalkingFile:
+    """A binary file whose read (or readline) makes a datagram the first time."""
+
+    def __init__(self, payload: bytes, port: int):
+        self._data, self._port, self._told = io.BytesIO(payload), port, False
+
+    def _tell_once(self):
+        if not self._told:
+            self._told = True
+            _datagram(self._port)
+
+    def read(self, n=-1):
+        self._tell_once()
+        return self._data.read(n)
+
+    def readline(self, n=-1):
+        self._tell_once()
+        return self._data.readline(n)
+
+
+def test_a_file_bodys_read_is_recorded_at_endheaders_and_at_send(captured, servers):
+    """http.client reads a file body inside endheaders, and a file given to send() inside send."""
+    first, second = free_port(), free_port()
+    c = http.client.HTTPConnection(HOST, servers.http)
+    c.request("POST", "/file", body=_TalkingFile(b"abc", first), headers={"Content-Length": "3"})
+    c.getresponse().read()
+    c.putrequest("POST", "/sent")
+    c.putheader("Content-Length", "4")
+    c.endheaders()
+    c.send(_TalkingFile(b"wxyz", second))
+    c.getresponse().read()
+    c.close()
+    assert _by_kind(captured.events()) == sorted([
+        ("socket", "udp", first, "", 1), ("socket", "udp", second, "", 1),
+        ("http", "http", servers.http, "/file", 3), ("http", "http", servers.http, "/sent", 4)])
+    sent = [e for e in captured.events("http") if e.url_path in ("/file", "/sent")]
+    assert all(len(e.fingerprint) == 32 for e in sent) and sent[0].fingerprint != sent[1].fingerprint
+
+
+def test_ftp_callbacks_and_upload_files_are_the_programs(captured, servers):
+    """retrbinary's and retrlines' callbacks, storbinary's file and callback, storlines' file: each
+    runs the program's code, whose datagram is recorded (the FTP commands stay one event each)."""
+    ports = [free_port() for _ in range(5)]
+    ftp = ftplib.FTP()
+    ftp.connect(HOST, servers.ftp)
+    ftp.login("u", "p")
+    ftp.retrbinary("RETR a", lambda data: _datagram(ports[0]))
+    ftp.retrlines("RETR b", lambda line: _datagram(ports[1]))
+    ftp.storbinary("STOR c", _TalkingFile(b"up", ports[2]),
+                   callback=lambda buf: _datagram(ports[3]))
+    ftp.storlines("STOR d", _TalkingFile(b"line\r\n", ports[4]))
+    ftp.quit()
+    datagrams = sorted(e.dst_port for e in captured.events("socket") if e.protocol == "udp")
+    assert datagrams == sorted(ports)
+    assert [e.method for e in captured.events("ftp")] == ["CONNECT", "LOGIN", "RETR", "RETR", "STOR", "STOR", "QUIT"]
