@@ -9,6 +9,7 @@ command word is kept ("PASS", never the password); message text is only hashed, 
 from __future__ import annotations
 
 import sys
+import types
 
 from .capture import GUARD, begin, claim, claimed, emit, fail, peer, unclaimed
 
@@ -261,6 +262,15 @@ def _imap_command(args, kwargs):
     return verb(args[0] if args else kwargs.get("name", ""))
 
 
+def _imap_start(rec, obj, args, kwargs):
+    """AUTHENTICATE's authobject (imaplib keeps it callable in `literal`) is the program's code: it
+    runs unclaimed (it may fetch a fresh token: a call of its own)."""
+    literal = getattr(obj, "literal", None)
+    if callable(literal):  # a bound method, as imaplib tells a callable literal by that type
+        obj.literal = types.MethodType(unclaimed, literal)
+    return args, kwargs
+
+
 def _imap_finish(rec, obj, result) -> None:
     if isinstance(result, tuple) and len(result) == 2:
         rec.status = _code(result[0])
@@ -277,7 +287,8 @@ def install_imaplib() -> None:
     import imaplib
     cls = imaplib.IMAP4
     _wrap(cls, "open", Spec("imap", _imap_protocol, _const("CONNECT"), _imap_open_host))
-    _wrap(cls, "_simple_command", Spec("imap", _imap_protocol, _imap_command, finish=_imap_finish))
+    _wrap(cls, "_simple_command", Spec("imap", _imap_protocol, _imap_command, start=_imap_start,
+                                       finish=_imap_finish))
 
 
 # ---- poplib ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ftplib
 import http.client
+import imaplib
 import io
 import socket
 import urllib.request
@@ -115,3 +116,19 @@ def test_ftp_callbacks_and_upload_files_are_the_programs(captured, servers):
     datagrams = sorted(e.dst_port for e in captured.events("socket") if e.protocol == "udp")
     assert datagrams == sorted(ports)
     assert [e.method for e in captured.events("ftp")] == ["CONNECT", "LOGIN", "RETR", "RETR", "STOR", "STOR", "QUIT"]
+
+
+def test_an_imap_authobject_is_the_programs(captured, servers):
+    """imaplib calls AUTHENTICATE's authobject inside the wrapped command: a token it fetches over
+    the network (here, a datagram) is a call of the program's own."""
+    port = free_port()
+
+    def authobject(challenge):
+        _datagram(port)
+        return b"token"
+
+    imap = imaplib.IMAP4(HOST, servers.imap)
+    imap.authenticate("XOAUTH2", authobject)
+    imap.logout()
+    assert [e.dst_port for e in captured.events("socket") if e.protocol == "udp"] == [port]
+    assert "AUTHENTICATE" in [e.method for e in captured.events("imap")]
