@@ -24,6 +24,7 @@ import site
 import sys
 import sysconfig
 
+from .guard import pass_on
 from .redact import utf8_safe
 
 # This package's own name, read at import: "interceptor", or the private name `netaudit run` gives
@@ -81,7 +82,8 @@ def read_author(manifest_path: str) -> str:
     try:
         with open(manifest_path, encoding="utf-8") as f:
             data = ast.literal_eval(f.read())
-    except (OSError, ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+    except (OSError, ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as exc:
+        pass_on(exc)
         return ""
     author = data.get("author", ODOO_DEFAULT_AUTHOR) if isinstance(data, dict) else ""
     if isinstance(author, (list, tuple)):
@@ -107,7 +109,8 @@ class StackAttribution:
         try:
             while (info := modules[f.f_globals["__name__"]]) is None:  # None: _SKIP
                 f = f.f_back
-        except (KeyError, TypeError, AttributeError):  # a module not seen yet, or the stack's end
+        except (KeyError, TypeError, AttributeError) as exc:  # a module not seen yet, or the stack's end
+            pass_on(exc)
             if f is None:
                 return UNATTRIBUTED
             f, info = self._walk(f)
@@ -133,7 +136,8 @@ class StackAttribution:
             g = f.f_globals
             try:
                 info = modules[g["__name__"]]
-            except (KeyError, TypeError):
+            except (KeyError, TypeError) as exc:
+                pass_on(exc)
                 info = self._module(g)
             if info is not _SKIP:
                 return f, info

@@ -35,7 +35,7 @@ import types
 from hashlib import sha256
 
 from .event import EGRESS, NetEvent
-from .guard import GUARD
+from .guard import GUARD, pass_on
 from .native import get_ident as _ident
 from .redact import clean_host, clean_name, clean_names, clean_path, utf8_safe
 
@@ -179,7 +179,7 @@ class Record:
         if h is None:
             h = self.hasher = sha256()
         h.update(data)
-        self.req_bytes += len(data)
+        self.req_bytes += data.nbytes if type(data) is memoryview else len(data)
 
     def to_event(self, salt: bytes | None) -> NetEvent:
         """Writer thread: the final NetEvent. The salt turns the payload digest into the fingerprint."""
@@ -304,7 +304,8 @@ def begin(channel: str, protocol: str, method: str, host: str, port: int, frame)
 
 
 def emit(rec: Record, sink=None) -> None:
-    """Close the record's timing and hand it to the sink (default: the installed one). Never raises."""
+    """Close the record's timing and hand it to the sink (default: the installed one). Never raises
+    but the program's own signal-handler exception (guard.py)."""
     try:
         if rec.done:
             return
@@ -316,7 +317,8 @@ def emit(rec: Record, sink=None) -> None:
 
 
 def fail(rec: Record, exc: BaseException, sink=None) -> None:
-    """The audited call raised: note its exception class and emit. Never raises."""
+    """The audited call raised: note its exception class and emit. Never raises but the
+    program's own signal-handler exception (guard.py)."""
     try:
         if not rec.done:
             rec.error = type(exc).__name__
@@ -333,7 +335,8 @@ def peer(rec: Record, sock) -> None:
     try:
         dst = sock.getpeername()
         src = sock.getsockname()
-    except (OSError, AttributeError):
+    except (OSError, AttributeError) as exc:
+        pass_on(exc)  # a signal handler's TimeoutError is the program's (guard.py)
         return
     if isinstance(dst, tuple):
         rec.dst_ip, rec.dst_port = dst[0], dst[1]

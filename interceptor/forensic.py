@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import types
 
+from .guard import pass_on
+
 MAX_BODY = 64 * 1024
 
 TAP = None          # (callback, context, max_bytes) or None: the wrappers' one check
@@ -49,12 +51,15 @@ def body_tap():
 
 
 def _fault(exc: BaseException) -> None:
+    """Count a fault of the tap; an exception the program's signal handler raised goes on to the
+    program (guard.pass_on), counted too."""
     global faults, last_fault
     try:
         faults += 1
         last_fault = type(exc).__name__
     except Exception:
         pass
+    pass_on(exc)
 
 
 class Capture:
@@ -113,7 +118,8 @@ class Capture:
             yield chunk
 
     def finish(self, response_seen: bool = True) -> None:
-        """Hand the bodies to the tap, once. Never raises."""
+        """Hand the bodies to the tap, once. Never raises but the program's own signal-handler
+        exception (guard.py)."""
         if self.done:
             return
         self.done = True

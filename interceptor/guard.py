@@ -9,7 +9,9 @@ code ran (`handler_raised`). Odoo's prefork worker raises `Exception('CPU time l
 from its SIGXCPU handler, and a program's SIGALRM timeout often raises so: it lands in whatever
 runs, and where that is one of our steps, swallowing it would let the program go on past its own
 time limit. `fault` passes it on (re-raises it), as it would have reached the program without us;
-sites that swallow silently call `pass_on`.
+the other sites of the calling thread that swallow an exception (an `except OSError` around a
+syscall, a cache miss's KeyError) call `pass_on`. What cannot pass it on: a finalizer (`__del__`,
+where Python reports any exception as unraisable and goes on) and an at-fork hook.
 """
 from __future__ import annotations
 
@@ -18,41 +20,48 @@ import time
 import types
 from typing import Callable
 
+_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
+_ANCESTORS = 3   # how far above a handler's frame the frame it got may be (decorators between)
 
-def _handler_code(handler):
-    """The code object a Python signal handler runs first (None for SIG_DFL, SIG_IGN, builtins)."""
-    for _ in range(4):  # a partial of a bound method of an object with __call__: unwrap a few levels
-        if isinstance(handler, types.FunctionType):
-            return handler.__code__
-        if isinstance(handler, types.MethodType):
-            handler = handler.__func__
-        elif hasattr(handler, "func"):  # functools.partial
-            handler = handler.func
-        else:
-            handler = getattr(type(handler), "__call__", None)
-    return None
+
+def _is_handler_call(frame) -> bool:
+    """Is this frame a signal handler's, called by the interpreter for a signal? Python calls a
+    handler with (signum, frame), `frame` the one the signal interrupted: the frame that called it
+    (or, through a decorator or two, one a little above). Two positional arguments side by side,
+    a signal's number then such a frame, are that call's mark; nothing else is passed the frame
+    that is calling it. A method handler has `self` before them."""
+    code = frame.f_code
+    names = code.co_varnames[:code.co_argcount]
+    if len(names) < 2:
+        return False
+    above, callers = frame.f_back, []
+    while above is not None and len(callers) < _ANCESTORS:
+        callers.append(above)
+        above = above.f_back
+    if not callers:
+        return False
+    local = frame.f_locals
+    for first, second in zip(names, names[1:]):
+        signum, interrupted = local.get(first), local.get(second)
+        if (type(signum) is int and signum in _SIGNALS and isinstance(interrupted, types.FrameType)
+                and any(interrupted is c for c in callers)):
+            return True
+    return False
 
 
 def handler_raised(exc: BaseException) -> bool:
     """True when `exc` was raised by a Python signal handler of the program (or code it called):
-    its traceback runs through the handler's frame. A handler runs between two bytecodes of the
-    code it interrupts, so its exception comes out of whatever ran, ours included. Only on a fault
-    path: it reads each signal's handler."""
+    its traceback runs through the frame of a handler the interpreter called for a signal (see
+    _is_handler_call). A handler runs between two bytecodes of the code it interrupts, so its
+    exception comes out of whatever ran, ours included. Told by the call itself, not by the
+    handlers installed now: a one-shot handler may have put SIG_DFL back before raising. Only on a
+    fault path: it reads the arguments of the traceback's frames."""
     tb = exc.__traceback__
     if tb is None or tb.tb_next is None:  # raised in the frame that caught it: not through a handler
         return False
-    codes = set()
-    for sig in signal.valid_signals():
-        try:
-            code = _handler_code(signal.getsignal(sig))
-        except Exception:  # an odd handler, or a signal getsignal refuses
-            continue
-        if code is not None:
-            codes.add(code)
-    if not codes:
-        return False
+    tb = tb.tb_next
     while tb is not None:
-        if tb.tb_frame.f_code in codes:
+        if _is_handler_call(tb.tb_frame):
             return True
         tb = tb.tb_next
     return False
@@ -95,7 +104,7 @@ class Guard:
                 landed = False
             if landed:
                 self._count(step, exc, ts)
-                raise again from None
+                raise again
         self._count(step, exc, ts)
         if program:
             raise exc

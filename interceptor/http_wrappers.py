@@ -43,6 +43,7 @@ import time
 from . import forensic as _fx
 from .capture import (GUARD, STATE, Record, begin, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer,
                       unclaimed)
+from .guard import pass_on
 from .redact import query_names, split_url
 
 MARK = "_netaudit_wrapped"     # set on every function we installed (idempotent install)
@@ -180,40 +181,81 @@ def http_putheader_wrapper(self, header, *values):
 _END = object()
 
 
-def _hashing_chunks(body, rec, blocksize):
-    """Stream a file-like or iterable body to http.client, hashing each block as it goes by. The
-    body's own code (a generator, a file's read) runs unclaimed (capture.unclaimed): the calls it
-    makes are the program's, and are recorded as such."""
-    if hasattr(body, "read"):
-        read = body.read
-        while True:
-            data = unclaimed(read, blocksize)
-            if not data:
-                break
-            if isinstance(data, str):
-                data = data.encode("iso-8859-1")  # what http.client does for text files
-            _hash(rec, data)
-            yield data
-    else:
-        chunks = unclaimed(iter, body)
-        while True:
-            chunk = unclaimed(next, chunks, _END)
-            if chunk is _END:
-                break
-            if isinstance(chunk, (bytes, bytearray, memoryview)):
-                _hash(rec, chunk)
-            yield chunk
+def _hashing_reads(body, rec, blocksize):
+    """Stream a file-like body to http.client, hashing each block as it goes by. The file's read
+    is the program's code and runs unclaimed (capture.unclaimed): the calls it makes are the
+    program's, and are recorded as such."""
+    read = body.read
+    while True:
+        data = unclaimed(read, blocksize)
+        if not data:
+            break
+        if isinstance(data, str):
+            data = data.encode("iso-8859-1")  # what http.client does for text files
+        _hash(rec, data)
+        yield data
+
+
+def _hashing_iteration(chunks, rec):
+    """Pass an iterable body's chunks on (`chunks`: its iterator, made once: a body may be
+    iterable only once), hashing the bytes-like ones; the iteration runs unclaimed."""
+    while True:
+        chunk = unclaimed(next, chunks, _END)
+        if chunk is _END:
+            break
+        if isinstance(chunk, (bytes, bytearray)):
+            _hash(rec, chunk)
+        elif not isinstance(chunk, str):
+            view = _as_buffer(chunk)
+            if view is not None:
+                _hash(rec, view)
+        yield chunk
+
+
+def _as_buffer(data):
+    """A memoryview of `data` where http.client sends it as one buffer (an array, a ctypes
+    array...), else None."""
+    try:
+        return memoryview(data)
+    except TypeError as exc:
+        pass_on(exc)
+        return None
+
+
+def _hashing(data, rec, blocksize):
+    """A body (endheaders' or send's) as it is passed on: bytes-like hashed now and passed as
+    they are; a file or an iterable wrapped so each block is hashed as it is sent."""
+    if isinstance(data, (bytes, bytearray)):
+        rec.hash_payload(data)
+        return data
+    if isinstance(data, str):
+        rec.hash_payload(data.encode("iso-8859-1", "replace"))
+        return data
+    if hasattr(data, "read"):
+        return _hashing_reads(data, rec, blocksize)
+    view = _as_buffer(data)
+    if view is not None:
+        rec.hash_payload(view)
+        return data
+    try:
+        chunks = iter(data)
+    except TypeError as exc:
+        pass_on(exc)
+        return data  # http.client raises its own TypeError for it: leave it be
+    return _hashing_iteration(chunks, rec)
 
 
 class _HashingReader:
     """A file given to send() after the headers: each block send reads from it is hashed as it goes
-    by, text encoded as http.client would (so send sees a binary file), its read run unclaimed."""
+    by (and copied to a forensic capture), text encoded as http.client would (so send sees a binary
+    file), its read run unclaimed."""
 
-    __slots__ = ("_fp", "_rec")
+    __slots__ = ("_fp", "_rec", "_fx")
 
-    def __init__(self, fp, rec) -> None:
+    def __init__(self, fp, rec, fx) -> None:
         self._fp = fp
         self._rec = rec
+        self._fx = fx
 
     def read(self, *args):
         data = unclaimed(self._fp.read, *args)
@@ -221,6 +263,8 @@ class _HashingReader:
             data = data.encode("iso-8859-1")
         if data:
             _hash(self._rec, data)
+            if self._fx is not None:
+                self._fx.add_request(data)
         return data
 
     def __getattr__(self, name):
@@ -228,14 +272,18 @@ class _HashingReader:
 
 
 def _hashing_body(conn, rec, data):
-    """What send() gets for a file or an iterable sent after the headers: the same data, hashed."""
+    """What send() gets for a body that is not bytes, sent after the headers: the same data, hashed
+    (and teed to a forensic capture)."""
+    fx = conn._netaudit_fx
     if hasattr(data, "read"):
-        return _HashingReader(data, rec)
-    try:
-        iter(data)
-    except TypeError:
-        return data  # http.client raises its own TypeError for it: leave it be
-    return _hashing_chunks(data, rec, getattr(conn, "blocksize", 8192))
+        return _HashingReader(data, rec, fx)
+    body = _hashing(data, rec, getattr(conn, "blocksize", 8192))
+    if fx is not None:
+        if body is data:
+            fx.add_request(data)
+        elif hasattr(fx, "tee"):
+            body = fx.tee(body)
+    return body
 
 
 def _hash(rec, data) -> None:
@@ -247,18 +295,7 @@ def _hash(rec, data) -> None:
 
 def _prepare_body(self, rec, message_body):
     """Hash an in-memory body now; wrap a streamed one so it is hashed as it is sent."""
-    if isinstance(message_body, (bytes, bytearray, memoryview)):
-        rec.hash_payload(message_body)
-        return message_body
-    if isinstance(message_body, str):
-        rec.hash_payload(message_body.encode("iso-8859-1", "replace"))
-        return message_body
-    if not hasattr(message_body, "read"):
-        try:
-            iter(message_body)
-        except TypeError:
-            return message_body  # http.client raises its own TypeError for it: leave it be
-    return _hashing_chunks(message_body, rec, getattr(self, "blocksize", 8192))
+    return _hashing(message_body, rec, getattr(self, "blocksize", 8192))
 
 
 def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
@@ -397,7 +434,8 @@ _HELD: dict[int, Record] = {}   # id(record) -> record of every held event, for 
 
 
 def _submit_held(rec) -> None:
-    """Hand a held record to the sink (its duration was set at getresponse). Never raises."""
+    """Hand a held record to the sink (its duration was set at getresponse). Never raises
+    but the program's own signal-handler exception (guard.py)."""
     try:
         if _HELD.pop(id(rec), None) is None or rec.done:
             return

@@ -25,6 +25,8 @@ import os
 import sys
 import time
 
+from .guard import pass_on
+
 
 def patched(module: str) -> bool:
     """True when gevent has replaced `module`'s contents with cooperative ones."""
@@ -71,8 +73,8 @@ class Event:
     def set(self) -> None:
         try:
             self._lock.release()
-        except RuntimeError:  # set already
-            pass
+        except RuntimeError as exc:  # set already
+            pass_on(exc)
 
     def clear(self) -> None:
         self._lock.acquire(False)

@@ -139,8 +139,9 @@ class Sink:
                 self._thread = t
             t.start()
             started = True
-        except RuntimeError:  # 3.12 once its main thread has returned, or no thread is left: the
-            started = True    # callers write the events themselves from now on (_start_or_write)
+        except RuntimeError as exc:  # 3.12 once its main thread has returned, or no thread is left:
+            pass_on(exc)      # (a signal handler's goes on: the finally undoes the start)
+            started = True    # the callers write the events themselves from now on (_start_or_write)
             with self._lock:
                 if self._thread is t:
                     self._thread = None
@@ -239,7 +240,7 @@ class Sink:
             self.last_fault = type(exc).__name__
             if batch:
                 self.miss(batch[0].ts, type(exc).__name__, n=len(batch), until=batch[-1].ts)
-            pass_on(exc)  # written here by the calling thread: its signal handler's exception goes on
+            pass_on(exc)  # where the calling thread writes (_write_here): its signal handler's exception goes on
             return False
 
     # ---- flush, exit, fork --------------------------------------------------------------------

@@ -160,8 +160,13 @@ def _ending(base, finalize=_finalize):
         except Exception as exc:
             try:
                 _pass_on(exc)
-            finally:
-                _close(self)  # closed however the record ended
+            except BaseException:
+                try:
+                    _close(self)  # closed all the same; the program's exception is the one it gets
+                except Exception:
+                    pass
+                raise
+            _close(self)
             return
         _close(self)
 
@@ -582,7 +587,8 @@ def _register_reducers() -> None:
 
 def _end(sock, closing: bool = False) -> None:
     """The socket closes (`closing`), or is detached, or connected again: emit its connection
-    once. Never raises; a fault while settling still emits the event."""
+    once. Never raises but the program's own signal-handler exception (guard.py); a fault
+    while settling still emits the event."""
     try:
         rec = _OPEN.pop(hash(sock), None)
         if rec is None:
@@ -640,7 +646,8 @@ def _settle_at_end(rec, sock, closing: bool) -> None:
     try:
         sock.getpeername()  # None (the socket is gone): AttributeError
         connected = True
-    except (OSError, AttributeError):
+    except (OSError, AttributeError) as exc:
+        pass_on(exc)
         connected = bool(rec.req_bytes or rec.resp_bytes)  # it moved data, then lost its peer
     if connected:
         rec.status = ""
@@ -651,7 +658,8 @@ def _settle_at_end(rec, sock, closing: bool) -> None:
         return  # the outcome is still the program's to learn; the event says "in_progress"
     try:
         so_error = _getsockopt(sock if isinstance(sock, _ss) else sock._sock, _SOL_SOCKET, _SO_ERROR)  # gevent's: its _sock
-    except OSError:
+    except OSError as exc:
+        pass_on(exc)
         so_error = 0  # the descriptor was closed behind the socket's back
     if so_error:
         _refused(rec, so_error)
@@ -676,7 +684,8 @@ def connect_again(sock, err: int) -> None:
 def flush_open() -> None:
     """Emit every counted connection still open (interpreter exit); a connect still in progress
     as connected where the socket has a peer (through the weak reference track() kept to the
-    socket that connected, or to its SSLSocket; not to its dup()s) or moved data. Never raises."""
+    socket that connected, or to its SSLSocket; not to its dup()s) or moved data. Never raises but
+    the program's own signal-handler exception (guard.py)."""
     try:
         records = list(_OPEN.values())
         _OPEN.clear()

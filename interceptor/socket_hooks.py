@@ -27,6 +27,7 @@ import socket
 import sys
 
 from . import native, socket_bytes
+from .guard import pass_on
 from .capture import GUARD, STATE, begin, claim, claimed, emit, fail, peer
 
 MARK = "_netaudit_wrapped"
@@ -57,8 +58,8 @@ def _ip_literal(host) -> str:
         try:
             socket.inet_pton(family, host)
             return host
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as exc:
+            pass_on(exc)
     return ""
 
 
@@ -79,8 +80,8 @@ def _egress(sock, address) -> bool:
         return False
     try:
         return _FAMILY(sock) in _IP
-    except TypeError:  # not a _socket.socket: gevent's class wraps one
-        pass
+    except TypeError as exc:  # not a _socket.socket: gevent's class wraps one
+        pass_on(exc)
     try:
         return sock.family in _IP
     except Exception:
@@ -90,7 +91,8 @@ def _egress(sock, address) -> bool:
 def _kind(sock) -> int:
     try:
         return _TYPE(sock)
-    except TypeError:  # not a _socket.socket: gevent's class wraps one
+    except TypeError as exc:  # not a _socket.socket: gevent's class wraps one
+        pass_on(exc)
         return sock.type
 
 
@@ -235,8 +237,8 @@ def _datagram(self, original: str, args, address):
         if _kind(self) == socket.SOCK_STREAM:  # a connected stream: the kernel ignores the address
             try:
                 address = self.getpeername()
-            except OSError:
-                pass
+            except OSError as exc:
+                pass_on(exc)
         rec = _begin_socket(self, address, "sendto", sys._getframe(2))
     except Exception as exc:
         GUARD.fault("capture", exc)
@@ -421,7 +423,8 @@ _HANDLERS = {
 
 def audit_hook(event, args):
     """PEP 578 hook. Called for every audit event of the process, so the common exit is first.
-    It must never raise: an exception here would abort the audited operation."""
+    It must never raise an exception of ours: one would abort the audited operation (the program's
+    own signal-handler exception goes on, guard.py, as it would have without us)."""
     handler = _HANDLERS.get(event)
     if handler is None or claimed() or not STATE.enabled:
         return

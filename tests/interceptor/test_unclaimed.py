@@ -132,3 +132,42 @@ def test_an_imap_authobject_is_the_programs(captured, servers):
     imap.logout()
     assert [e.dst_port for e in captured.events("socket") if e.protocol == "udp"] == [port]
     assert "AUTHENTICATE" in [e.method for e in captured.events("imap")]
+
+
+class _Once:
+    """An iterable that can be iterated once only (a second iter() raises), as some streams are."""
+
+    def __init__(self, chunks):
+        self._chunks, self._used = chunks, False
+
+    def __iter__(self):
+        if self._used:
+            raise RuntimeError("iterated twice")
+        self._used = True
+        return iter(self._chunks)
+
+
+def test_buffers_and_once_only_iterables_are_sent_as_without_us(captured, servers):
+    """Review 29, finding 1: an array.array body (a buffer, not bytes) was iterated as ints and
+    send() raised TypeError; an iterable was iter()-ed twice, and a once-only one raised. Both go
+    as http.client sends them, with their sizes in bytes (an 'I' array's items are 4 bytes)."""
+    from array import array
+
+    c = http.client.HTTPConnection(HOST, servers.http)
+    c.request("POST", "/array", body=array("I", [1, 2, 3]), headers={"Content-Length": "12"})
+    c.getresponse().read()
+    c.request("POST", "/once", body=_Once([b"ab", b"cd"]), headers={"Content-Length": "4"})
+    c.getresponse().read()
+    c.putrequest("POST", "/send-array")
+    c.putheader("Content-Length", "5")
+    c.endheaders()
+    c.send(array("B", b"hello"))
+    c.getresponse().read()
+    c.putrequest("POST", "/send-once")
+    c.putheader("Content-Length", "3")
+    c.endheaders()
+    c.send(_Once([b"x", b"yz"]))
+    c.getresponse().read()
+    c.close()
+    sizes = {e.url_path: (e.req_bytes, e.error) for e in captured.events("http")}
+    assert sizes == {"/array": (12, ""), "/once": (4, ""), "/send-array": (5, ""), "/send-once": (3, "")}

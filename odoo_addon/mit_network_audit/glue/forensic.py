@@ -30,6 +30,16 @@ import time
 
 from .router import current_dbname
 
+
+def _pass_on(exc: BaseException) -> None:
+    """Re-raise an exception the worker's signal handler raised (its CPU time limit), which a
+    fail-open `except` here must not swallow (interceptor.guard)."""
+    try:
+        from interceptor.guard import pass_on
+    except Exception:
+        return
+    pass_on(exc)
+
 _logger = logging.getLogger(__name__)
 
 _UNTIL = {}                 # dbname -> epoch seconds until which its forensic session is on
@@ -59,7 +69,8 @@ def refresh(env, cached=True) -> bool:
             else:
                 _UNTIL.pop(env.cr.dbname, None)
             return _apply()
-    except Exception:  # fail-open: a broken refresh must not break the request or the cron
+    except Exception as exc:  # fail-open: a broken refresh must not break the request or the cron
+        _pass_on(exc)  # but a signal handler's exception (the worker's CPU limit) is the request's
         _logger.debug("forensic refresh failed", exc_info=True)
         return False
 
@@ -93,6 +104,7 @@ def body_tap(meta, request_body, response_body) -> None:
     try:
         store(dbname, meta, request_body, response_body)
     except Exception as exc:  # fail-open
+        _pass_on(exc)  # but a signal handler's exception (the worker's CPU limit) is the request's
         STATS["failed"] += 1
         STATS["last_error"] = f"{type(exc).__name__}: {exc}"
         _logger.warning("mit_network_audit: a forensic body could not be stored (%s)",
