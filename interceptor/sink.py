@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import threading
 import time
 import weakref
 from collections import deque
@@ -83,6 +84,7 @@ class Sink:
         self._thread: native.Thread | None = None
         self._threadless = False  # a thread start was refused: the callers write (_write_here)
         self._parking = False     # a fork is under way: no writer runs or starts (_park)
+        self._park_left = 0       # events queued when the park began: the writer writes these, then stops
         self._gap_n = 0
         self._gap_t1 = 0
         self._gap_t2 = 0
@@ -164,10 +166,12 @@ class Sink:
         q = self._q
         backoff = 0.0
         while True:
-            if self._parking and (not q or backoff):  # a fork is under way (_park): all written, or
-                with self._lock:                       # writing fails (the queue waits for the next writer)
-                    if self._thread is me:
-                        self._thread = None
+            if self._parking and (not q or backoff or self._park_left <= 0):
+                # a fork is under way (_park): what was queued then is written (what other threads
+                # queued since waits for the next writer), or writing fails. No lock taken: no
+                # writer starts during a park, and the forking thread may hold it (review 29, 4).
+                if self._thread is me:
+                    self._thread = None
                 return
             if self._thread is not me:  # _start undid this thread's start (see there): one writer only
                 with self._lock:
@@ -199,6 +203,7 @@ class Sink:
                     ok = self._write(batch)
             finally:
                 self._busy = False
+            self._park_left -= len(batch)
             if ok:
                 backoff = 0.0
             else:
@@ -300,16 +305,20 @@ class Sink:
             except Exception as exc:
                 pass_on(exc)
 
-    def _park(self, timeout: float = FORK_PARK_S) -> None:
-        """Before os.fork: the writer thread writes what is queued and stops, and no other starts
-        until the fork is done. At most `timeout` is waited for: a writer still writing then (a
-        slow or locked ledger; it stops at its first failed batch) is forked past, as it was
+    def _park(self, timeout: float = FORK_PARK_S, wait: bool = True) -> None:
+        """Before os.fork: the writer thread writes what is queued now and stops, and no other
+        starts until the fork is done. At most `timeout` is waited for (none if not `wait`, or if
+        this thread holds the sink's lock, which the writer may need): a writer still writing then
+        (a slow or locked ledger; it stops at its first failed batch) is forked past, as it was
         before; its queue waits for the next writer."""
+        self._park_left = len(self._q)
         self._parking = True
         t = self._thread
         if t is None or t.ident == native.get_ident():  # none, or the fork is made by the writer itself
             return
         self._wake.set()
+        if not wait or self._lock._is_owned():
+            return
         t.join(timeout)
         if not t.is_alive():
             native.wait_exited(t, 0.01)  # the OS thread itself, not only its Python part, has ended
@@ -404,15 +413,41 @@ def _after_fork_in_child() -> None:
     flush_at_multiprocessing_exit(_flush_all_at_exit, priority=100)
 
 
+# os.fork parks the writers itself (`_fork`, which replaces it at the first writer start), in the
+# caller's frame: a wait there may run the program's signal handlers, and an exception one raises
+# must reach the program (no fork then), where from an at-fork hook Python would drop it (review 29,
+# finding 2). It restarts them after the fork returns, after Python 3.13 counted the threads. The
+# at-fork hooks cover forks made otherwise (a `fork` imported before, os.forkpty, gevent's, a
+# subprocess with preexec_fn): they wait only off the main thread, where no handler runs.
+_FORKING = [False]   # True while _fork parks and forks: the hooks leave it to _fork
+_os_fork = None
+
+
+def _main_thread() -> bool:
+    try:
+        return threading.main_thread().ident == native.get_ident()
+    except Exception:
+        return True   # unknown: do not wait
+
+
 def _park_all_before_fork() -> None:
+    if _FORKING[0]:
+        return
+    wait = not _main_thread()
     for sink in list(_SINKS):
         try:
-            sink._park()
+            sink._park(wait=wait)
         except Exception as exc:
             pass_on(exc)
 
 
 def _unpark_all_in_parent() -> None:
+    if _FORKING[0]:
+        return
+    _unpark_all()
+
+
+def _unpark_all() -> None:
     for sink in list(_SINKS):
         try:
             sink._unpark()
@@ -420,17 +455,44 @@ def _unpark_all_in_parent() -> None:
             pass_on(exc)
 
 
+def _fork():
+    """os.fork, with our writer threads stopped first, here (see above)."""
+    try:
+        for sink in list(_SINKS):
+            sink._park()
+    except BaseException:
+        _unpark_all()
+        raise
+    _FORKING[0] = True
+    try:
+        pid = _os_fork()
+    except BaseException:
+        _FORKING[0] = False
+        _unpark_all()
+        raise
+    _FORKING[0] = False
+    if pid:
+        _unpark_all()
+    return pid
+
+
 _fork_hooks_registered = False
 
 
 def _register_fork_hooks() -> None:
-    """Registered at the first writer start, not at import: fork hooks that run before ours are
-    those registered later, and a writer (ledger.process_writer's, imported before any sink is made)
-    takes a lock its own before-fork hook holds, which ours would wait for."""
-    global _fork_hooks_registered
+    """At the first writer start: os.fork replaced by _fork, and the at-fork hooks registered (not
+    at import: before-fork hooks run in the reverse order of registration, and a writer,
+    ledger.process_writer's, imported before any sink is made, takes a lock its own hook holds)."""
+    global _fork_hooks_registered, _os_fork
     if not _fork_hooks_registered:
         _fork_hooks_registered = True
         os.register_at_fork(before=_park_all_before_fork, after_in_parent=_unpark_all_in_parent)
+        fork = getattr(os, "fork", None)
+        if fork is not None and fork is not _fork:
+            _os_fork = fork
+            _fork.__doc__ = fork.__doc__
+            _fork.__wrapped__ = fork
+            os.fork = _fork
 
 
 def _flush_all_at_exit() -> None:

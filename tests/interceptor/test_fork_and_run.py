@@ -220,3 +220,95 @@ def test_a_fork_copies_no_writer_thread_and_loses_no_event(tmp_path, python):
     for i in range(40):
         child = json.loads((tmp_path / str(i)).read_text())
         assert child == {"ok": True, "ports": [20000 + i]}, (i, child)
+
+
+PARK_INTERRUPTED = r"""
+import json, os, signal, sys, time
+import interceptor
+from interceptor import MemoryWriter, Sink
+
+class Slow(MemoryWriter):
+    def write_batch(self, events):
+        time.sleep(0.3)                 # a slow ledger: the fork's park waits for this batch
+        super().write_batch(events)
+
+writer = Slow()
+sink = Sink(writer, linger_s=0)
+interceptor.install(sink=sink)
+
+class TimeLimit(Exception):
+    pass
+def on_alarm(signum, frame):
+    raise TimeLimit()
+signal.signal(signal.SIGALRM, on_alarm)
+
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"p", ("127.0.0.1", 9)); u.close()
+time.sleep(0.05)                        # the writer is in its slow batch
+signal.setitimer(signal.ITIMER_REAL, 0.05)
+try:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    outcome = "forked"
+except TimeLimit:
+    outcome = "raised"
+try:
+    os.waitpid(-1, os.WNOHANG)
+    child = True
+except ChildProcessError:
+    child = False
+print(json.dumps({"outcome": outcome, "child": child, "flushed": sink.flush(5),
+                  "ports": [e.dst_port for e in writer.events]}))
+"""
+
+
+def test_a_signal_handlers_exception_during_the_forks_wait_reaches_the_program(tmp_path):
+    """Review 29, finding 2: the park waited in an at-fork hook, where Python drops any exception
+    ("Exception ignored in ..."): the program's SIGALRM timeout raised during the wait was lost and
+    the fork went on. os.fork now parks in the caller's frame: the exception comes out of os.fork(),
+    before any fork, and the event is still written."""
+    out = subprocess.run([sys.executable, "-c", PARK_INTERRUPTED], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Exception ignored" not in out.stderr, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"outcome": "raised", "child": False, "flushed": True, "ports": [9]}
+
+
+REFILLED = r"""
+import json, os, sys, time
+threads_at_fork = []
+os.register_at_fork(before=lambda: threads_at_fork.append(len(os.listdir("/proc/self/task"))))
+import interceptor
+from interceptor import MemoryWriter, Sink
+from interceptor.capture import Record
+
+class Refilling(MemoryWriter):
+    def write_batch(self, events):
+        super().write_batch(events)
+        if sink._parking:               # another thread keeps calling while the fork waits
+            for i in range(3):
+                sink.submit(Record("socket", "udp", "sendto", "127.0.0.1", 7000 + i))
+
+writer = Refilling()
+sink = Sink(writer, linger_s=0)
+interceptor.install(sink=sink)
+sink.submit(Record("socket", "udp", "sendto", "127.0.0.1", 9))
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print(json.dumps({"threads_at_fork": threads_at_fork, "flushed": sink.flush(5),
+                  "ports": sorted(set(e.dst_port for e in writer.events))}))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_fork_waits_for_what_was_queued_not_for_what_comes_after(tmp_path):
+    """Review 29, finding 3: the writer stopped only once the queue was empty, and a queue other
+    threads refilled kept every fork waiting its full second, then forked the writer mid-write.
+    It now writes what was queued when the park began, and stops; the rest is written after."""
+    out = subprocess.run([sys.executable, "-c", REFILLED], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"threads_at_fork": [1], "flushed": True, "ports": [9, 7000, 7001, 7002]}

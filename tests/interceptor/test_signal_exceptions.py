@@ -161,11 +161,14 @@ signal.signal(signal.SIGUSR1, on_usr1)
 
 # The signal lands, deterministically, at the first line of socket_bytes._end's guarded step:
 # a trace function raises it there, as the kernel would between two bytecodes.
+import inspect
 target = socket_bytes._end.__code__
+lines, first = inspect.getsourcelines(socket_bytes._end)
+at = first + next(i for i, line in enumerate(lines) if "rec = _OPEN.pop(hash(sock), None)" in line)
 def tracer(frame, event, arg):
     return local if frame.f_code is target else None
 def local(frame, event, arg):
-    if event == "line" and frame.f_lineno > target.co_firstlineno + 3:
+    if event == "line" and frame.f_lineno == at:
         sys.settrace(None); frame.f_trace = None
         signal.raise_signal(signal.SIGUSR1)
     return local
