@@ -117,12 +117,11 @@ def _begin_request(conn, method, url, frame):
 
 
 def _take_header_names(conn, rec) -> None:
-    """The names of the header lines the caller put, cut at the colon (values never kept). Kept as
-    bytes: the writer thread decodes them (latin-1) when it cleans them, once per distinct set."""
+    """The names of the header lines the caller put, cut at the colon (values never kept)."""
     buffered = conn._buffer
     start = conn._netaudit_hstart
     if len(buffered) > start:
-        rec.header_names = [line.partition(b":")[0] for line in buffered[start:]]
+        rec.header_names = [line.partition(b":")[0].decode("latin-1") for line in buffered[start:]]
 
 
 def _forensic_end(conn, response_seen) -> None:
