@@ -228,6 +228,16 @@ def _smtp_mail_finish(rec, obj, result) -> None:
     rec.status = "250"
 
 
+def _smtp_data_start(rec, obj, args, kwargs):
+    """SMTP.data(msg), called by the program itself: the message is the payload (hashed, sized)."""
+    msg = _arg(args, kwargs, 0, "msg", b"")
+    if isinstance(msg, str):
+        msg = msg.encode("ascii", "replace")  # what smtplib sends (_fix_eols, then ascii)
+    if isinstance(msg, (bytes, bytearray, memoryview)):
+        rec.hash_payload(msg)
+    return args, kwargs
+
+
 def _smtp_starttls_finish(rec, obj, result) -> None:
     _reply_code(rec, obj, result)
     obj._netaudit_starttls = True
@@ -244,6 +254,12 @@ def install_smtplib() -> None:
     _wrap(cls, "starttls", Spec("smtp", _smtp_protocol, _const("STARTTLS"), _smtp_host, finish=_smtp_starttls_finish))
     _wrap(cls, "sendmail", Spec("smtp", _smtp_protocol, _const("MAIL"), _smtp_host,
                                 start=_smtp_mail_start, finish=_smtp_mail_finish))
+    # A transaction the program drives itself (sendmail's own, under its claim, stay silent): an
+    # envelope and a message sent so left only the CONNECT event (review 29).
+    _wrap(cls, "mail", Spec("smtp", _smtp_protocol, _const("MAIL"), _smtp_host, finish=_reply_code))
+    _wrap(cls, "rcpt", Spec("smtp", _smtp_protocol, _const("RCPT"), _smtp_host, finish=_reply_code))
+    _wrap(cls, "data", Spec("smtp", _smtp_protocol, _const("DATA"), _smtp_host, start=_smtp_data_start,
+                            finish=_reply_code))
 
 
 # ---- imaplib ---------------------------------------------------------------------------------

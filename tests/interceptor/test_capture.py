@@ -116,6 +116,25 @@ def test_raw_sockets_udp_and_dns(captured, servers):
     assert (dns.channel, dns.host, dns.dst_port) == ("dns", "localhost", 80)
 
 
+def test_an_smtp_transaction_driven_by_hand_is_recorded(captured, servers):
+    """mail(), rcpt() and data() called by the program: three events, DATA with the message's size
+    and fingerprint (before: the CONNECT alone). Inside sendmail they stay silent: one MAIL event."""
+    import smtplib
+
+    message = b"Subject: by hand\r\n\r\nbody"
+    with smtplib.SMTP(HOST, servers.smtp) as smtp:
+        smtp.ehlo()
+        smtp.mail("a@example.com")
+        smtp.rcpt("b@example.com")
+        smtp.data(message)
+        smtp.sendmail("a@example.com", ["b@example.com"], message)
+    summary = [(e.method, e.status, e.req_bytes) for e in captured.events("smtp")]
+    assert summary == [("CONNECT", "220", 0), ("MAIL", "250", 0), ("RCPT", "250", 0),
+                       ("DATA", "250", len(message)), ("MAIL", "250", len(message))]
+    data, sent = [e for e in captured.events("smtp") if e.req_bytes]
+    assert data.fingerprint == sent.fingerprint != ""
+
+
 def test_mail_protocols(captured, servers):
     import ftplib
     import imaplib
