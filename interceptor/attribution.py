@@ -181,6 +181,13 @@ class StackAttribution:
         if top == "odoo":
             return _SKIP  # the framework itself: keep walking to the addon that asked
         file = g.get("__file__")
+        if file is not None and not isinstance(file, str):  # a pathlib.Path, say (review 30)
+            try:
+                file = os.fspath(file)
+            except TypeError:
+                file = None
+            if not isinstance(file, str):
+                file = None
         if top in OUR_PACKAGES and (top in (PACKAGE, "mit_network_audit") or _beside_ours(parts, file)):
             return (top, "", name, True)
         if not file:

@@ -15,24 +15,52 @@ where Python reports any exception as unraisable and goes on) and an at-fork hoo
 """
 from __future__ import annotations
 
+import _thread
 import signal
+import threading
 import time
 import types
 from typing import Callable
 
 _SIGNALS = frozenset(int(s) for s in signal.valid_signals())
 _ANCESTORS = 3   # how far above a handler's frame the frame it got may be (decorators between)
+_CO_VARARGS = 0x04
+_OURS = __name__.rpartition(".")[0] + "."   # this package, under whatever name it was imported
+_get_native_id = getattr(_thread, "get_native_id", None)
+
+
+def _on_main_thread() -> bool:
+    """Python runs signal handlers on the main thread only. By OS thread ids, which gevent does
+    not patch (its main thread's `ident` is a greenlet's)."""
+    try:
+        return _get_native_id is None or threading.main_thread().native_id == _get_native_id()
+    except Exception:
+        return True
+
+
+def _positional(frame, code) -> list:
+    """The values of a frame's positional parameters, then of its *args."""
+    local = frame.f_locals
+    n = code.co_argcount
+    values = [local.get(name) for name in code.co_varnames[:n]]
+    if code.co_flags & _CO_VARARGS:
+        rest = local.get(code.co_varnames[n + code.co_kwonlyargcount])
+        if type(rest) is tuple:
+            values.extend(rest)
+    return values
 
 
 def _is_handler_call(frame) -> bool:
     """Is this frame a signal handler's, called by the interpreter for a signal? Python calls a
     handler with (signum, frame), `frame` the one the signal interrupted: the frame that called it
-    (or, through a decorator or two, one a little above). Two positional arguments side by side,
-    a signal's number then such a frame, are that call's mark; nothing else is passed the frame
-    that is calling it. A method handler has `self` before them."""
+    (or, through a decorator or two, one a little above). Two positional values side by side, a
+    signal's number then such a frame, are that call's mark. A method handler has `self` before
+    them; a `*args` handler has them in its tuple. Our own frames never are a handler's (capture.begin
+    takes a port, which may be 1-64, then a frame)."""
+    if frame.f_globals.get("__name__", "").startswith(_OURS):
+        return False
     code = frame.f_code
-    names = code.co_varnames[:code.co_argcount]
-    if len(names) < 2:
+    if code.co_argcount < 2 and not code.co_flags & _CO_VARARGS:
         return False
     above, callers = frame.f_back, []
     while above is not None and len(callers) < _ANCESTORS:
@@ -40,10 +68,9 @@ def _is_handler_call(frame) -> bool:
         above = above.f_back
     if not callers:
         return False
-    local = frame.f_locals
-    for first, second in zip(names, names[1:]):
-        signum, interrupted = local.get(first), local.get(second)
-        if (type(signum) is int and signum in _SIGNALS and isinstance(interrupted, types.FrameType)
+    values = _positional(frame, code)
+    for signum, interrupted in zip(values, values[1:]):
+        if (type(signum) is int and signum in _SIGNALS and type(interrupted) is types.FrameType
                 and any(interrupted is c for c in callers)):
             return True
     return False
@@ -58,6 +85,8 @@ def handler_raised(exc: BaseException) -> bool:
     fault path: it reads the arguments of the traceback's frames."""
     tb = exc.__traceback__
     if tb is None or tb.tb_next is None:  # raised in the frame that caught it: not through a handler
+        return False
+    if not _on_main_thread():  # the writer thread, say: no handler runs there
         return False
     tb = tb.tb_next
     while tb is not None:

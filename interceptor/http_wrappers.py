@@ -205,20 +205,22 @@ def _hashing_iteration(chunks, rec):
         if isinstance(chunk, (bytes, bytearray)):
             _hash(rec, chunk)
         elif not isinstance(chunk, str):
-            view = _as_buffer(chunk)
-            if view is not None:
-                _hash(rec, view)
+            _hash_buffer(rec, chunk)
         yield chunk
 
 
-def _as_buffer(data):
-    """A memoryview of `data` where http.client sends it as one buffer (an array, a ctypes
-    array...), else None."""
+def _hash_buffer(rec, data) -> bool:
+    """Hash `data` if http.client sends it as one buffer (an array, a ctypes array...); False if
+    it is no buffer. The view is released at once: a program reusing the buffer (an array it
+    resizes between chunks) must not find it still exported (review 30, 3)."""
     try:
-        return memoryview(data)
+        view = memoryview(data)
     except TypeError as exc:
         pass_on(exc)
-        return None
+        return False
+    with view:
+        _hash(rec, view)
+    return True
 
 
 def _hashing(data, rec, blocksize):
@@ -232,9 +234,7 @@ def _hashing(data, rec, blocksize):
         return data
     if hasattr(data, "read"):
         return _hashing_reads(data, rec, blocksize)
-    view = _as_buffer(data)
-    if view is not None:
-        rec.hash_payload(view)
+    if _hash_buffer(rec, data):
         return data
     try:
         chunks = iter(data)

@@ -24,6 +24,7 @@ is not in threading.enumerate() and gets no threading.settrace/setprofile or exc
 """
 from __future__ import annotations
 
+import _thread
 import atexit
 import os
 import threading
@@ -47,6 +48,7 @@ QUEUE_FULL = "QueueFull"
 YIELD_EVERY = 64
 INLINE_S = 5.0           # the longest a call waits on its own write, where no writer thread can start
 FORK_PARK_S = 1.0        # the longest a fork waits for the writer thread to stop (the batch in hand)
+PARK_EXPIRY_S = 10.0     # a park older than this is over (its fork's unpark was cut short)
 
 _SINKS: "weakref.WeakSet[Sink]" = weakref.WeakSet()
 
@@ -84,6 +86,7 @@ class Sink:
         self._thread: native.Thread | None = None
         self._threadless = False  # a thread start was refused: the callers write (_write_here)
         self._parking = False     # a fork is under way: no writer runs or starts (_park)
+        self._parked_at = 0.0     # when; a park never ended (a signal at _unpark's entry) expires
         self._park_left = 0       # events queued when the park began: the writer writes these, then stops
         self._gap_n = 0
         self._gap_t1 = 0
@@ -125,8 +128,15 @@ class Sink:
 
     # ---- the writer thread --------------------------------------------------------------------
 
+    def _parked(self) -> bool:
+        """A fork is under way. A park left on (an exception the program's signal handler raised
+        as the unpark began) expires, rather than keep every writer from starting (review 30, 6)."""
+        if self._parking and time.monotonic() - self._parked_at > PARK_EXPIRY_S:
+            self._parking = False
+        return self._parking
+
     def _start(self) -> None:
-        if self._thread is not None or self._threadless or self._parking:
+        if self._thread is not None or self._threadless or self._parked():
             return
         _register_fork_hooks()
         # Made outside the lock: a collection during the construction may emit and start a writer
@@ -159,7 +169,7 @@ class Sink:
     def _start_or_write(self, deadline: float) -> None:
         """Start the writer thread; where none can start, write the queue on this thread."""
         self._start()
-        if self._thread is None and not self._parking:
+        if self._thread is None and not self._parked():
             self._write_here(deadline)
 
     def _run(self, me) -> None:
@@ -312,6 +322,7 @@ class Sink:
         (a slow or locked ledger; it stops at its first failed batch) is forked past, as it was
         before; its queue waits for the next writer."""
         self._park_left = len(self._q)
+        self._parked_at = time.monotonic()
         self._parking = True
         t = self._thread
         if t is None or t.ident == native.get_ident():  # none, or the fork is made by the writer itself
@@ -424,8 +435,9 @@ _os_fork = None
 
 
 def _main_thread() -> bool:
+    """By OS thread ids: gevent does not patch them (its main thread's `ident` is a greenlet's)."""
     try:
-        return threading.main_thread().ident == native.get_ident()
+        return threading.main_thread().native_id == _thread.get_native_id()
     except Exception:
         return True   # unknown: do not wait
 

@@ -284,7 +284,11 @@ from interceptor import MemoryWriter, Sink
 from interceptor.capture import Record
 
 class Refilling(MemoryWriter):
+    first = True
     def write_batch(self, events):
+        if self.first:                  # the fork comes while this first batch is being written
+            self.first = False
+            time.sleep(0.3)
         super().write_batch(events)
         if sink._parking:               # another thread keeps calling while the fork waits
             for i in range(3):
@@ -294,6 +298,7 @@ writer = Refilling()
 sink = Sink(writer, linger_s=0)
 interceptor.install(sink=sink)
 sink.submit(Record("socket", "udp", "sendto", "127.0.0.1", 9))
+time.sleep(0.1)                         # the writer is in its first batch
 pid = os.fork()
 if pid == 0:
     os._exit(0)

@@ -253,6 +253,15 @@ def test_what_tells_a_signal_handlers_exception_from_a_fault_of_ours(captured, s
     finally:
         signal.signal(signal.SIGUSR1, before)
 
+    def varargs(*args):
+        raise Limit()
+
+    signal.signal(signal.SIGUSR1, varargs)
+    try:
+        assert caught(lambda: signal.raise_signal(signal.SIGUSR1)) is True   # (signum, frame) in *args
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
     def enum_fault(frame):
         socket.AddressFamily(99999)   # raises ValueError through enum.py's __call__
 
@@ -262,5 +271,9 @@ def test_what_tells_a_signal_handlers_exception_from_a_fault_of_ours(captured, s
         c.request("GET", "/enum")
         assert c.getresponse().read() == b"ok:/enum"   # the fault is ours: swallowed, the call goes on
         c.close()
+        # Review 30, 1: capture.begin(channel, protocol, method, host, port, frame) has a port that
+        # may be a signal's number (25, 53, 21...) beside a frame: our own frames are never a handler's
+        assert socket.getaddrinfo("127.0.0.1", 25)
+        assert socket.getaddrinfo("127.0.0.1", 53, type=socket.SOCK_DGRAM)
     finally:
         interceptor.use_attribution(previous)

@@ -171,3 +171,23 @@ def test_buffers_and_once_only_iterables_are_sent_as_without_us(captured, server
     c.close()
     sizes = {e.url_path: (e.req_bytes, e.error) for e in captured.events("http")}
     assert sizes == {"/array": (12, ""), "/once": (4, ""), "/send-array": (5, ""), "/send-once": (3, "")}
+
+
+def test_a_generator_reusing_its_buffer_can_resize_it(captured, servers):
+    """Review 30, 3: the hash's view of the previous chunk was still held while the generator ran
+    again, so an array it reused could not be resized (BufferError)."""
+    from array import array
+
+    def chunks():
+        buf = array("B")
+        for part in (b"abc", b"defg"):
+            del buf[:]
+            buf.frombytes(part)
+            yield buf
+
+    c = http.client.HTTPConnection(HOST, servers.http)
+    c.request("POST", "/reused", body=chunks(), headers={"Content-Length": "7"})
+    c.getresponse().read()
+    c.close()
+    (e,) = captured.events("http")
+    assert (e.url_path, e.req_bytes, e.error) == ("/reused", 7, "")
