@@ -16,7 +16,9 @@ where Python reports any exception as unraisable and goes on) and an at-fork hoo
 from __future__ import annotations
 
 import _thread
+import os
 import signal
+import sys
 import threading
 import time
 import types
@@ -29,11 +31,31 @@ _OURS = __name__.rpartition(".")[0] + "."   # this package, under whatever name 
 _get_native_id = getattr(_thread, "get_native_id", None)
 
 
-def _on_main_thread() -> bool:
-    """Python runs signal handlers on the main thread only. By OS thread ids, which gevent does
-    not patch (its main thread's `ident` is a greenlet's)."""
+_LINUX = sys.platform.startswith("linux")
+_main_native_id = [None]   # elsewhere than Linux: the main thread's, set again in a forked child
+
+
+def _forked_child() -> None:
+    _main_native_id[0] = _get_native_id() if _get_native_id is not None else None
+
+
+os.register_at_fork(after_in_child=_forked_child)
+
+
+def on_main_thread() -> bool:
+    """Python runs signal handlers on the main thread only. Told by OS thread ids, which gevent
+    does not patch (its main thread's `ident` is a greenlet's). On Linux the main thread's id is
+    the process id, in a forked child too; elsewhere the forking thread becomes the child's main
+    thread, while threading's record of it is the parent's (review 31, H1)."""
     try:
-        return _get_native_id is None or threading.main_thread().native_id == _get_native_id()
+        if _get_native_id is None:
+            return True
+        if _LINUX:
+            return _get_native_id() == os.getpid()
+        main = _main_native_id[0]
+        if main is None:
+            main = threading.main_thread().native_id
+        return main == _get_native_id()
     except Exception:
         return True
 
@@ -57,7 +79,8 @@ def _is_handler_call(frame) -> bool:
     signal's number then such a frame, are that call's mark. A method handler has `self` before
     them; a `*args` handler has them in its tuple. Our own frames never are a handler's (capture.begin
     takes a port, which may be 1-64, then a frame)."""
-    if frame.f_globals.get("__name__", "").startswith(_OURS):
+    name = frame.f_globals.get("__name__")
+    if isinstance(name, str) and name.startswith(_OURS):
         return False
     code = frame.f_code
     if code.co_argcount < 2 and not code.co_flags & _CO_VARARGS:
@@ -86,7 +109,7 @@ def handler_raised(exc: BaseException) -> bool:
     tb = exc.__traceback__
     if tb is None or tb.tb_next is None:  # raised in the frame that caught it: not through a handler
         return False
-    if not _on_main_thread():  # the writer thread, say: no handler runs there
+    if not on_main_thread():  # the writer thread, say: no handler runs there
         return False
     tb = tb.tb_next
     while tb is not None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import http.client
+import io
 import os
 import sys
 import time
@@ -185,12 +186,16 @@ def _hashing_reads(body, rec, blocksize):
     is the program's code and runs unclaimed (capture.unclaimed): the calls it makes are the
     program's, and are recorded as such."""
     read = body.read
+    text = isinstance(body, io.TextIOBase)  # what http.client encodes (_is_textIO); else as it is
     while True:
         data = unclaimed(read, blocksize)
         if not data:
             break
         if isinstance(data, str):
-            data = data.encode("iso-8859-1")  # what http.client does for text files
+            if not text:
+                yield data  # http.client raises its own TypeError for it, as without us
+                continue
+            data = data.encode("iso-8859-1")
         _hash(rec, data)
         yield data
 
@@ -249,16 +254,19 @@ class _HashingReader:
     by (and copied to a forensic capture), text encoded as http.client would (so send sees a binary
     file), its read run unclaimed."""
 
-    __slots__ = ("_fp", "_rec", "_fx")
+    __slots__ = ("_fp", "_rec", "_fx", "_text")
 
     def __init__(self, fp, rec, fx) -> None:
         self._fp = fp
         self._rec = rec
         self._fx = fx
+        self._text = isinstance(fp, io.TextIOBase)  # what http.client encodes (_is_textIO)
 
     def read(self, *args):
         data = unclaimed(self._fp.read, *args)
         if isinstance(data, str):
+            if not self._text:
+                return data  # http.client raises its own TypeError for it, as without us
             data = data.encode("iso-8859-1")
         if data:
             _hash(self._rec, data)

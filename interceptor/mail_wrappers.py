@@ -282,7 +282,7 @@ def _imap_start(rec, obj, args, kwargs):
     """AUTHENTICATE's authobject (imaplib keeps it callable in `literal`) is the program's code: it
     runs unclaimed (it may fetch a fresh token: a call of its own)."""
     literal = getattr(obj, "literal", None)
-    if callable(literal):  # a bound method, as imaplib tells a callable literal by that type
+    if type(literal) is types.MethodType:  # how imaplib tells a callback from data
         obj.literal = types.MethodType(unclaimed, literal)
     return args, kwargs
 

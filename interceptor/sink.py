@@ -24,17 +24,15 @@ is not in threading.enumerate() and gets no threading.settrace/setprofile or exc
 """
 from __future__ import annotations
 
-import _thread
 import atexit
 import os
-import threading
 import time
 import weakref
 from collections import deque
 
 from . import native
 from .capture import Record, flush_at_multiprocessing_exit
-from .guard import pass_on
+from .guard import on_main_thread, pass_on
 
 DEFAULT_MAXSIZE = 10_000
 DEFAULT_BATCH = 512
@@ -332,7 +330,7 @@ class Sink:
             return
         t.join(timeout)
         if not t.is_alive():
-            native.wait_exited(t, 0.01)  # the OS thread itself, not only its Python part, has ended
+            native.wait_exited(t, 0.05)  # the OS thread itself, not only its Python part, has ended
 
     def _unpark(self) -> None:
         """After os.fork, in the parent: writers may start again. One starts at once only for
@@ -435,11 +433,9 @@ _os_fork = None
 
 
 def _main_thread() -> bool:
-    """By OS thread ids: gevent does not patch them (its main thread's `ident` is a greenlet's)."""
-    try:
-        return threading.main_thread().native_id == _thread.get_native_id()
-    except Exception:
-        return True   # unknown: do not wait
+    """By OS thread ids (guard.on_main_thread: gevent does not patch them, and a forked child's
+    main thread is the forking one)."""
+    return on_main_thread()
 
 
 def _park_all_before_fork() -> None:

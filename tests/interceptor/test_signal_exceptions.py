@@ -277,3 +277,43 @@ def test_what_tells_a_signal_handlers_exception_from_a_fault_of_ours(captured, s
         assert socket.getaddrinfo("127.0.0.1", 53, type=socket.SOCK_DGRAM)
     finally:
         interceptor.use_attribution(previous)
+
+
+IN_A_CHILD = r"""
+import json, os, signal, socket, sys
+import interceptor
+from interceptor import MemoryWriter, Sink
+
+interceptor.install(sink=Sink(MemoryWriter(), linger_s=0))
+
+class TimeLimit(Exception):
+    pass
+def on_alarm(signum, frame):
+    raise TimeLimit()
+signal.signal(signal.SIGALRM, on_alarm)
+
+def attribution(frame):   # the signal lands, deterministically, inside a guarded step of ours
+    signal.raise_signal(signal.SIGALRM)
+    return ("m", "", "site", False)
+interceptor.use_attribution(attribution)
+
+def outcome():
+    try:
+        socket.getaddrinfo("127.0.0.1", 8080)
+    except TimeLimit:
+        return "raised"
+    return "swallowed"
+
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if outcome() == "raised" else 1)
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"parent": outcome(), "child": "raised" if os.waitstatus_to_exitcode(status) == 0 else "swallowed"}))
+"""
+
+
+def test_in_a_forked_child_too(tmp_path):
+    """Review 31, H1: the main-thread test compared threading's record of the main thread's OS id,
+    which a forked child keeps from its parent: every child (each Odoo prefork worker) swallowed
+    the handler's exception again."""
+    assert _run(IN_A_CHILD) == {"parent": "raised", "child": "raised"}

@@ -191,3 +191,39 @@ def test_a_generator_reusing_its_buffer_can_resize_it(captured, servers):
     c.close()
     (e,) = captured.events("http")
     assert (e.url_path, e.req_bytes, e.error) == ("/reused", 7, "")
+
+
+class _StrReader:
+    """Not a text file (no io.TextIOBase) whose read returns str: http.client does not encode it."""
+
+    def __init__(self):
+        self._done = False
+
+    def read(self, n=-1):
+        if self._done:
+            return ""
+        self._done = True
+        return "text"
+
+
+def test_text_is_encoded_only_where_http_client_encodes_it(captured, servers):
+    """Review 31, L1: any str a file returned was encoded, so send() succeeded where the program
+    alone gets TypeError; a real text file (io.StringIO) is encoded and counted, as http.client does."""
+    c = http.client.HTTPConnection(HOST, servers.http)
+    c.putrequest("POST", "/text")
+    c.putheader("Content-Length", "4")
+    c.endheaders()
+    c.send(io.StringIO("text"))
+    c.getresponse().read()
+    c.putrequest("POST", "/not-text")
+    c.putheader("Content-Length", "4")
+    c.endheaders()
+    try:
+        c.send(_StrReader())
+        raised = None
+    except TypeError as exc:
+        raised = exc
+    c.close()
+    assert raised is not None
+    sizes = {e.url_path: e.req_bytes for e in captured.events("http")}
+    assert sizes["/text"] == 4
