@@ -32,7 +32,7 @@ _get_native_id = getattr(_thread, "get_native_id", None)
 
 
 _LINUX = sys.platform.startswith("linux")
-_main_native_id = [None]   # elsewhere than Linux: the main thread's, set again in a forked child
+_main_native_id = [None]   # the main thread's OS id in a forked child: the forking thread's
 
 
 def _forked_child() -> None:
@@ -43,18 +43,20 @@ os.register_at_fork(after_in_child=_forked_child)
 
 
 def on_main_thread() -> bool:
-    """Python runs signal handlers on the main thread only. Told by OS thread ids, which gevent
-    does not patch (its main thread's `ident` is a greenlet's). On Linux the main thread's id is
-    the process id, in a forked child too; elsewhere the forking thread becomes the child's main
-    thread, while threading's record of it is the parent's (review 31, H1)."""
+    """Python runs signal handlers on its main thread only: the one that started it (an embedding
+    program may start it on any thread), or, in a forked child, the thread that forked. Told by OS
+    thread ids, which gevent does not patch (its main thread's `ident` is a greenlet's): the id
+    recorded after a fork, else threading's record of the main thread's, which a child forked
+    before we were imported keeps from its parent (Python 3.11): on Linux, an id that is no thread
+    of this process is then the pid's (review 31, H1; review 32, 1)."""
     try:
         if _get_native_id is None:
             return True
-        if _LINUX:
-            return _get_native_id() == os.getpid()
         main = _main_native_id[0]
         if main is None:
             main = threading.main_thread().native_id
+            if _LINUX and main is not None and not os.path.exists(f"/proc/self/task/{main}"):
+                main = os.getpid()
         return main == _get_native_id()
     except Exception:
         return True

@@ -191,11 +191,11 @@ def _hashing_reads(body, rec, blocksize):
         data = unclaimed(read, blocksize)
         if not data:
             break
-        if isinstance(data, str):
-            if not text:
-                yield data  # http.client raises its own TypeError for it, as without us
-                continue
-            data = data.encode("iso-8859-1")
+        if text:
+            data = data.encode("iso-8859-1")  # as http.client does: a text file's bytes fail so too
+        elif isinstance(data, str):
+            yield data  # http.client raises its own TypeError for it, as without us
+            continue
         _hash(rec, data)
         yield data
 
@@ -264,10 +264,10 @@ class _HashingReader:
 
     def read(self, *args):
         data = unclaimed(self._fp.read, *args)
-        if isinstance(data, str):
-            if not self._text:
-                return data  # http.client raises its own TypeError for it, as without us
-            data = data.encode("iso-8859-1")
+        if self._text and data:
+            data = data.encode("iso-8859-1")  # as http.client does: a text file's bytes fail so too
+        elif isinstance(data, str):
+            return data  # http.client raises its own TypeError for it, as without us
         if data:
             _hash(self._rec, data)
             if self._fx is not None:

@@ -225,5 +225,26 @@ def test_text_is_encoded_only_where_http_client_encodes_it(captured, servers):
         raised = exc
     c.close()
     assert raised is not None
+
+    class BytesText(io.TextIOBase):  # a text file whose read returns bytes: http.client encodes
+        done = False                 # every block of a text file, and bytes fail there
+
+        def read(self, n=-1):
+            if self.done:
+                return ""
+            self.done = True
+            return b"text"
+
+    c = http.client.HTTPConnection(HOST, servers.http)
+    c.putrequest("POST", "/bytes-text")
+    c.putheader("Content-Length", "4")
+    c.endheaders()
+    try:
+        c.send(BytesText())
+        failed = None
+    except AttributeError as exc:   # review 32, 2: with us it was sent
+        failed = exc
+    c.close()
+    assert failed is not None
     sizes = {e.url_path: e.req_bytes for e in captured.events("http")}
     assert sizes["/text"] == 4
