@@ -206,45 +206,41 @@ class _StrReader:
         return "text"
 
 
+class _BytesText(io.TextIOBase):
+    """A text file whose read returns bytes: http.client encodes every block of a text file, and
+    bytes fail there."""
+
+    done = False
+
+    def read(self, n=-1):
+        if self.done:
+            return ""
+        self.done = True
+        return b"text"
+
+
+def _send_after_headers(servers, path: str, body):
+    """POST `path`, headers first, then send(body): None, or the exception send raised."""
+    c = http.client.HTTPConnection(HOST, servers.http)
+    try:
+        c.putrequest("POST", path)
+        c.putheader("Content-Length", "4")
+        c.endheaders()
+        c.send(body)
+        c.getresponse().read()
+    except (TypeError, AttributeError) as exc:
+        return exc
+    finally:
+        c.close()
+    return None
+
+
 def test_text_is_encoded_only_where_http_client_encodes_it(captured, servers):
     """Review 31, L1: any str a file returned was encoded, so send() succeeded where the program
-    alone gets TypeError; a real text file (io.StringIO) is encoded and counted, as http.client does."""
-    c = http.client.HTTPConnection(HOST, servers.http)
-    c.putrequest("POST", "/text")
-    c.putheader("Content-Length", "4")
-    c.endheaders()
-    c.send(io.StringIO("text"))
-    c.getresponse().read()
-    c.putrequest("POST", "/not-text")
-    c.putheader("Content-Length", "4")
-    c.endheaders()
-    try:
-        c.send(_StrReader())
-        raised = None
-    except TypeError as exc:
-        raised = exc
-    c.close()
-    assert raised is not None
-
-    class BytesText(io.TextIOBase):  # a text file whose read returns bytes: http.client encodes
-        done = False                 # every block of a text file, and bytes fail there
-
-        def read(self, n=-1):
-            if self.done:
-                return ""
-            self.done = True
-            return b"text"
-
-    c = http.client.HTTPConnection(HOST, servers.http)
-    c.putrequest("POST", "/bytes-text")
-    c.putheader("Content-Length", "4")
-    c.endheaders()
-    try:
-        c.send(BytesText())
-        failed = None
-    except AttributeError as exc:   # review 32, 2: with us it was sent
-        failed = exc
-    c.close()
-    assert failed is not None
+    alone gets TypeError; a real text file (io.StringIO) is encoded and counted, as http.client does.
+    Review 32, 2: a text file's bytes were sent as they are; http.client fails on them."""
+    assert _send_after_headers(servers, "/text", io.StringIO("text")) is None
+    assert isinstance(_send_after_headers(servers, "/not-text", _StrReader()), TypeError)
+    assert isinstance(_send_after_headers(servers, "/bytes-text", _BytesText()), AttributeError)
     sizes = {e.url_path: e.req_bytes for e in captured.events("http")}
     assert sizes["/text"] == 4
