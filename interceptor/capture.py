@@ -88,9 +88,9 @@ def unclaimed(fn, *args):
     hide any traffic. The claim is back when it returns or raises. Should a signal handler's
     exception land between two steps here, the claim stays ended: the rest of the outer call is
     recorded twice at worst, never hidden."""
-    held = _get()
-    if held is None or held[0] is None or held[0] != _ident():
+    if not claimed():
         return fn(*args)
+    held = _get()
     me = held[0]
     held[0] = None
     try:

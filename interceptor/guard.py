@@ -151,14 +151,9 @@ class Guard:
         try:
             program = handler_raised(exc)
         except Exception as again:  # a second one landed in this check (or an audit hook refused)
-            program = False
-            try:
-                landed = handler_raised(again)
-            except Exception:
-                landed = False
-            if landed:
-                self._count(step, exc, ts)
-                raise again
+            self._count(step, exc, ts)
+            pass_on(again)
+            return
         self._count(step, exc, ts)
         if program:
             raise exc

@@ -182,21 +182,13 @@ _END = object()
 
 
 def _hashing_reads(body, rec, blocksize):
-    """Stream a file-like body to http.client, hashing each block as it goes by. The file's read
-    is the program's code and runs unclaimed (capture.unclaimed): the calls it makes are the
-    program's, and are recorded as such."""
-    read = body.read
-    text = isinstance(body, io.TextIOBase)  # what http.client encodes (_is_textIO); else as it is
+    """Stream a file-like body to http.client (endheaders' body), each block read, encoded and
+    hashed as send() reads a file given to it (_HashingReader)."""
+    read = _HashingReader(body, rec, None).read
     while True:
-        data = unclaimed(read, blocksize)
+        data = read(blocksize)
         if not data:
             break
-        if text:
-            data = data.encode("iso-8859-1")  # as http.client does: a text file's bytes fail so too
-        elif isinstance(data, str):
-            yield data  # http.client raises its own TypeError for it, as without us
-            continue
-        _hash(rec, data)
         yield data
 
 
@@ -250,9 +242,9 @@ def _hashing(data, rec, blocksize):
 
 
 class _HashingReader:
-    """A file given to send() after the headers: each block send reads from it is hashed as it goes
-    by (and copied to a forensic capture), text encoded as http.client would (so send sees a binary
-    file), its read run unclaimed."""
+    """A file as http.client reads it: each block hashed as it goes by (and copied to a forensic
+    capture), text encoded as http.client would (so http.client sees a binary file), its read run
+    unclaimed (capture.unclaimed: the file's code is the program's, its calls are recorded)."""
 
     __slots__ = ("_fp", "_rec", "_fx", "_text")
 
@@ -288,7 +280,7 @@ def _hashing_body(conn, rec, data):
     if fx is not None:
         if body is data:
             fx.add_request(data)
-        elif hasattr(fx, "tee"):
+        else:
             body = fx.tee(body)
     return body
 
@@ -298,11 +290,6 @@ def _hash(rec, data) -> None:
         rec.hash_payload(data)
     except Exception as exc:
         GUARD.fault("capture", exc, rec.ts)
-
-
-def _prepare_body(self, rec, message_body):
-    """Hash an in-memory body now; wrap a streamed one so it is hashed as it is sent."""
-    return _hashing(message_body, rec, getattr(self, "blocksize", 8192))
 
 
 def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
@@ -318,7 +305,7 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     body = message_body
     if message_body is not None:
         try:
-            body = _prepare_body(self, rec, message_body)
+            body = _hashing(message_body, rec, getattr(self, "blocksize", 8192))
         except Exception as exc:
             body = message_body
             GUARD.fault("capture", exc, rec.ts)

@@ -8,6 +8,7 @@ command word is kept ("PASS", never the password); message text is only hashed, 
 """
 from __future__ import annotations
 
+import functools
 import sys
 import types
 
@@ -153,12 +154,6 @@ def _counting_callback(rec, callback):
             GUARD.fault("capture", exc, rec.ts)
         unclaimed(callback, data)
     return counting
-
-
-def _unclaimed_callback(callback):
-    def call(data):
-        return unclaimed(callback, data)
-    return call
 
 
 class _UnclaimedFile:
@@ -365,7 +360,7 @@ def _ftp_retrlines_start(rec, obj, args, kwargs):
     callback = _arg(args, kwargs, 1, "callback")
     if callback is None:  # ftplib's own print_line
         return args, kwargs
-    return _replace_arg(args, kwargs, 1, "callback", _unclaimed_callback(callback))
+    return _replace_arg(args, kwargs, 1, "callback", functools.partial(unclaimed, callback))
 
 
 def _ftp_stor_start(index):

@@ -432,21 +432,17 @@ _FORKING = [False]   # True while _fork parks and forks: the hooks leave it to _
 _os_fork = None
 
 
-def _main_thread() -> bool:
-    """By OS thread ids (guard.on_main_thread: gevent does not patch them, and a forked child's
-    main thread is the forking one)."""
-    return on_main_thread()
-
-
-def _park_all_before_fork() -> None:
-    if _FORKING[0]:
-        return
-    wait = not _main_thread()
+def _park_all(wait: bool) -> None:
     for sink in list(_SINKS):
         try:
             sink._park(wait=wait)
         except Exception as exc:
             pass_on(exc)
+
+
+def _park_all_before_fork() -> None:
+    if not _FORKING[0]:
+        _park_all(wait=not on_main_thread())
 
 
 def _unpark_all_in_parent() -> None:
@@ -466,19 +462,15 @@ def _unpark_all() -> None:
 def _fork():
     """os.fork, with our writer threads stopped first, here (see above)."""
     try:
-        for sink in list(_SINKS):
-            sink._park()
+        _park_all(wait=True)
+        _FORKING[0] = True
+        try:
+            pid = _os_fork()
+        finally:
+            _FORKING[0] = False
     except BaseException:
         _unpark_all()
         raise
-    _FORKING[0] = True
-    try:
-        pid = _os_fork()
-    except BaseException:
-        _FORKING[0] = False
-        _unpark_all()
-        raise
-    _FORKING[0] = False
     if pid:
         _unpark_all()
     return pid
