@@ -494,6 +494,56 @@ def fork_cost(forks: int = 400) -> None:
               f"median of {forks // 2})")
 
 
+_NEW_CONNECTION_PROGRAM = r"""
+import json, statistics, subprocess, sys, time
+sys.path.insert(0, ".")
+import http.client
+import interceptor
+from interceptor import NullWriter, Sink, capture
+from bench.bench_interceptor import SERVER
+
+srv = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+port = int(srv.stdout.readline())
+interceptor.install(sink=Sink(NullWriter()))
+walk, rounds = capture._claim_covers, int(sys.argv[1])
+
+def get():  # a new connection each time: a lookup of "localhost", a connect, then the request
+    c = http.client.HTTPConnection("localhost", port)
+    c.request("GET", "/api/items?page=1")
+    c.getresponse().read()
+    c.close()
+
+cost = {"walk": [], "held": []}
+for _ in range(200):
+    get()
+for r in range(2 * rounds):
+    kind = "walk" if r % 2 else "held"
+    capture._claim_covers = walk if kind == "walk" else (lambda f: True)  # before: a held claim covered all
+    t0 = time.thread_time_ns()
+    for _ in range(200):
+        get()
+    cost[kind].append((time.thread_time_ns() - t0) / 200 / 1000)
+srv.kill()
+print(json.dumps({k: statistics.median(v) for k, v in cost.items()}))
+"""
+
+
+def claim_walk_cost(rounds: int = 15) -> None:
+    """What a new connection's http.client GET costs its thread with the claim's walk
+    (capture.claimed: a claim covers library frames only) against the rule before it (a held claim
+    covered everything below it), alternating rounds in one process. A kept-alive request makes
+    no walk: only a new connection's connect, lookup and socket steps check the claim."""
+    out = subprocess.run([sys.executable, "-c", _NEW_CONNECTION_PROGRAM, str(rounds)], capture_output=True,
+                         text=True, timeout=600, cwd=os.getcwd())
+    if out.returncode != 0:
+        print("claim walk cost: could not run")
+        return
+    r = json.loads(out.stdout)
+    print(f"new-connection http.client GET, calling thread: claim covers all {r['held']:.1f} us, "
+          f"library frames only (the walk) {r['walk']:.1f} us ({r['walk'] - r['held']:+.1f} us; "
+          f"median of {rounds} rounds of 200)")
+
+
 def main() -> None:
     per_call_table()
     print()
@@ -501,6 +551,7 @@ def main() -> None:
     writer_throughput(process=True)
     stalled_memory()
     fork_cost()
+    claim_walk_cost()
 
 
 if __name__ == "__main__":

@@ -91,6 +91,55 @@ def read_author(manifest_path: str) -> str:
     return str(author)[:256]
 
 
+# ---- what a claim covers: library frames only ----------------------------------------------------
+
+LIBRARY, OURS, PROGRAM = 0, 1, 2   # a frame's kind for claim_covers
+_KINDS: dict[str, int] = {}         # module name -> kind, each classified once
+_KINDS_MAX = 65536
+_classifier: StackAttribution | None = None
+
+
+def claim_covers(f) -> bool:
+    """Does a claim held on this thread cover frame `f` (the code about to be silenced)?
+
+    True when every frame from `f` outward to the nearest frame of the interceptor is library code
+    (the standard library, a third-party library, Odoo's framework). The nearest interceptor frame
+    is the wrapper whose call runs that code (it claimed, or it found itself claimed the same way),
+    or code of ours the wrapper runs (a body's reader: its program code runs unclaimed anyway). A
+    frame of the program's own code first (a subclass's override of a wrapped client's method, a
+    log handler a library calls, by the attribution's rules; ledger, verifier and the addon count
+    as program here, as they do for self-egress) means what runs below it is the program's: not
+    covered, recorded. No interceptor frame at all (the claim belongs to another stack of this
+    thread: a greenlet's): not covered. Frames are told by their module's `__name__`, read from
+    `f_globals` (no audit event, unlike `f_code`), each module classified once. Raises on a fault
+    (the caller counts it)."""
+    kinds = _KINDS
+    while f is not None:
+        g = f.f_globals
+        name = g.get("__name__")
+        kind = kinds.get(name) if type(name) is str else LIBRARY  # exec'd globals: skipped, as attribution does
+        if kind is None:
+            kind = _kind(name, g)
+        if kind:
+            return kind == OURS
+        f = f.f_back
+    return False
+
+
+def _kind(name: str, g) -> int:
+    global _classifier
+    if name == PACKAGE or name.startswith(PACKAGE + "."):
+        kind = OURS
+    else:
+        if _classifier is None:
+            _classifier = StackAttribution()
+        kind = LIBRARY if _classifier._classify(name, g) is _SKIP else PROGRAM
+    if len(_KINDS) >= _KINDS_MAX:
+        _KINDS.clear()
+    _KINDS[name] = kind
+    return kind
+
+
 class StackAttribution:
     """The default attribution: `attribution(frame) -> (module, author, call_site, self_egress)`."""
 

@@ -36,24 +36,63 @@ from hashlib import sha256
 
 from .event import EGRESS, NetEvent
 from .guard import GUARD, pass_on
+from .attribution import claim_covers as _claim_covers
 from .native import get_ident as _ident
 from .redact import clean_host, clean_name, clean_names, clean_path, utf8_safe
 
 FINGERPRINT_HEX = 32  # 128 bits
+_getframe = sys._getframe
 
 _CLAIM = contextvars.ContextVar("netaudit_claim", default=None)
 _get, _set = _CLAIM.get, _CLAIM.set
 
 
-def claimed() -> bool:
-    """True while a wrapper runs the audited call in this context, on this thread."""
+def claimed(depth: int = 2, dest=None) -> bool:
+    """True while a wrapper runs the audited call in this context, on this thread, and the code
+    asking runs in that call's libraries only, or makes that call's own connection.
+
+    The claim covers the libraries the audited call runs through, not the program's own code that
+    the call reaches: a subclass's override of a wrapped client's method (`_send_output`,
+    `connect`, smtplib's `ehlo`), a log handler a library logs through. A program frame between
+    here and the claiming wrapper (attribution.claim_covers) makes what runs below it unclaimed:
+    recorded. Under a claim that covered everything, such code could hide any traffic by
+    subclassing a client class. One exception: a connection to the claimed call's own destination
+    (`dest`, the (host, port) a socket-level step is about to connect or look up, equal to the one
+    the claiming wrapper set in its claim), made by a program's override of how the client
+    connects (Odoo's mail addon replaces `IMAP4._create_socket`; an HTTPConnection subclass's
+    `connect` creates its socket itself): that is the call's connection, not another one. Once
+    per claim: a second connection there from the program's code is recorded.
+
+    The walk starts at the frame `depth` levels up: by default the caller of the function that
+    calls this (a wrapper, or the audit hook, whose caller is the code that made the audited C
+    call); a helper of a wrapper passes 3. It runs only under a claim (a new connection's connect
+    and lookup, smtplib's steps inside sendmail), never on a kept-alive request's path; a fault in
+    it leaves the call claimed, as before, and is counted."""
     held = _get()
-    return held is not None and held[0] is not None and held[0] == _ident()  # an ended claim: no id call
+    if held is None or held[0] is None or held[0] != _ident():  # an ended claim: no id call
+        return False
+    try:
+        if _claim_covers(_getframe(depth)):
+            return True
+        if dest is None or len(held) < 2 or type(dest) is not tuple or held[1] != dest:
+            return False
+        held[1] = None  # once: the call has one connection; a second one there is recorded
+        return True
+    except Exception as exc:
+        GUARD.fault("claim", exc)
+        return True
+
+
+def holds_claim() -> bool:
+    """This thread holds a claim in this context (whatever code runs below it: see claimed())."""
+    held = _get()
+    return held is not None and held[0] is not None and held[0] == _ident()
 
 
 def claim(held: list) -> None:
     """Claim the call about to run: the layers below it stay silent until the caller empties
-    `held`, a one-item list it made before its `try`:
+    `held`, a list it made before its `try`, [None] or [None, (host, port)] for a call that
+    connects to host:port (see claimed()):
 
         held = [None]
         try:

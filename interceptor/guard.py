@@ -125,12 +125,21 @@ def pass_on(exc: BaseException) -> None:
     """Re-raise `exc` if the program's signal handler raised it (see the module docstring); else
     nothing: the caller swallows it as its own fault. Raises nothing else (it runs at interpreter
     shutdown too, from a socket's close)."""
-    try:
-        program = handler_raised(exc)
-    except Exception:
+    for _ in range(_RECHECKS):
+        try:
+            program = handler_raised(exc)
+        except Exception as again:
+            # Another handler's exception landed in the check (a signal storm), or the check
+            # itself failed: judge the newer one (the older is its __context__, as Python's own
+            # except blocks leave it). A failing check's error is no handler's: it is swallowed.
+            exc = again
+            continue
+        if program:
+            raise exc
         return
-    if program:
-        raise exc
+
+
+_RECHECKS = 4  # pass_on's tries at a check interrupted again and again
 
 
 class Guard:

@@ -315,7 +315,8 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
             except Exception as exc:
                 GUARD.fault("capture", exc, rec.ts)
     self._netaudit_phase = SENDING
-    claim_held = [None]
+    # the connection's destination, for a program's override that connects (capture.claimed)
+    claim_held = [None, (getattr(self, "host", None), getattr(self, "port", None))]
     try:
         claim(claim_held)
         result = _endheaders(self, body, encode_chunked=encode_chunked)
@@ -372,7 +373,8 @@ def http_send_wrapper(self, data):
         _hash(rec, data)
         if self._netaudit_fx is not None:
             self._netaudit_fx.add_request(data)
-    claim_held = [None]
+    # the connection's destination, for a program's override that connects (capture.claimed)
+    claim_held = [None, (getattr(self, "host", None), getattr(self, "port", None))]
     try:
         claim(claim_held)
         return _send(self, data)
@@ -573,7 +575,8 @@ def _make_connect_wrapper(original):
         silent; a connect that fails outside any request is an event of its own."""
         if claimed():
             return original(self, *args, **kwargs)
-        claim_held = [None]
+        # the connection's destination, for a program's override that connects (capture.claimed)
+        claim_held = [None, (getattr(self, "host", None), getattr(self, "port", None))]
         try:
             claim(claim_held)
             return original(self, *args, **kwargs)

@@ -85,7 +85,7 @@ def _make_wrapper(original, spec: Spec):
             rec, args, kwargs = spec.begin(self, args, kwargs, sys._getframe(1))
         except Exception as exc:
             GUARD.fault("capture", exc)
-        claim_held = [None]
+        claim_held = [None, (rec.host, rec.dst_port) if rec is not None else None]
         try:
             claim(claim_held)
             result = original(self, *args, **kwargs)

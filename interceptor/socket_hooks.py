@@ -143,7 +143,7 @@ def _connect_again(self, original: str, address):
 
 def socket_connect_wrapper(self, address):
     """Wraps socket.socket.connect: one event per connection attempt, with its outcome."""
-    if claimed() or not _egress(self, address):
+    if claimed(2, address) or not _egress(self, address):
         return _orig["connect"](self, address)
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect", address)
@@ -169,7 +169,7 @@ def socket_connect_wrapper(self, address):
 
 def socket_connect_ex_wrapper(self, address):
     """Wraps socket.socket.connect_ex: like connect, the error is the returned errno's name."""
-    if claimed() or not _egress(self, address):
+    if claimed(2, address) or not _egress(self, address):
         return _orig["connect_ex"](self, address)
     if socket_bytes.pending_connect(self) is not None:
         return _connect_again(self, "connect_ex", address)
@@ -202,7 +202,7 @@ def socket_connect_ex_wrapper(self, address):
 
 def socket_create_connection_wrapper(address, *args, **kwargs):
     """Wraps socket.create_connection: name lookup plus connect, one event for the host asked."""
-    if claimed() or not _inet(address):
+    if claimed(2, address) or not _inet(address):
         return _orig["create_connection"](address, *args, **kwargs)
     rec = None
     try:
@@ -229,8 +229,9 @@ _ARGUMENT_ERRORS = (TypeError, ValueError, OverflowError)  # refused before anyt
 
 
 def _datagram(self, original: str, args, address):
-    """One datagram to an explicit address: one event, with the bytes the kernel took."""
-    if claimed() or not _egress(self, address):
+    """One datagram to an explicit address: one event, with the bytes the kernel took. Called by
+    the sendto/sendmsg wrappers: the claim is checked from their caller."""
+    if claimed(3) or not _egress(self, address):
         return _orig[original](self, *args)
     rec = None
     try:
@@ -421,12 +422,21 @@ _HANDLERS = {
 }
 
 
+def _destination(event, args):
+    """(host, port) a connect or a lookup event is for (see capture.claimed's `dest`); None else."""
+    if event == "socket.connect" and len(args) > 1:
+        return args[1]
+    if event == "socket.getaddrinfo" and len(args) > 1:
+        return args[0], args[1]
+    return None
+
+
 def audit_hook(event, args):
     """PEP 578 hook. Called for every audit event of the process, so the common exit is first.
     It must never raise an exception of ours: one would abort the audited operation (the program's
     own signal-handler exception goes on, guard.py, as it would have without us)."""
     handler = _HANDLERS.get(event)
-    if handler is None or claimed() or not STATE.enabled:
+    if handler is None or claimed(2, _destination(event, args)) or not STATE.enabled:
         return
     try:
         handler(args)

@@ -139,23 +139,24 @@ def test_an_exception_landing_right_after_the_claim_is_set_does_not_leave_it_set
 
 def test_a_claim_inside_a_claim_leaves_the_outer_one_standing():
     """A call that claims while this thread's claim is held (the relay's send, a nested wrapper)
-    does not end the outer claim when it ends."""
-    from interceptor.capture import claim, claimed
+    does not end the outer claim when it ends. (holds_claim: whether this thread holds one; the
+    test's own frames are the program's, which claimed() would not take as claimed.)"""
+    from interceptor.capture import claim, holds_claim
 
     outer = [None]
     try:
         claim(outer)
-        assert claimed()
+        assert holds_claim()
         inner = [None]
         try:
             claim(inner)
-            assert claimed()
+            assert holds_claim()
         finally:
             inner[0] = None
-        assert claimed(), "the inner claim's end ended the outer one"
+        assert holds_claim(), "the inner claim's end ended the outer one"
     finally:
         outer[0] = None
-    assert not claimed()
+    assert not holds_claim()
 
 
 INTERRUPTED_START = r"""
