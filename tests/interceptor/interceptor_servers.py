@@ -213,6 +213,13 @@ class Servers:
             s.server_close()
 
 
+def datagram(port: int) -> None:
+    """One UDP datagram (1 byte) to HOST:port: the smallest call a test's program code can make."""
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.sendto(b"p", (HOST, port))
+    u.close()
+
+
 def free_port() -> int:
     """A port with nothing listening (for refused connections)."""
     with socket.socket() as s:

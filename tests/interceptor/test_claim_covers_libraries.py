@@ -20,13 +20,7 @@ import smtplib
 import socket
 
 from interceptor_fixtures import captured, servers  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, free_port
-
-
-def _datagram(port: int) -> None:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.sendto(b"p", (HOST, port))
-    u.close()
+from interceptor_servers import HOST, datagram as _datagram, free_port
 
 
 def _by_kind(events):
