@@ -47,7 +47,7 @@ _CLAIM = contextvars.ContextVar("netaudit_claim", default=None)
 _get, _set = _CLAIM.get, _CLAIM.set
 
 
-def claimed(depth: int = 2, dest=None) -> bool:
+def claimed(depth: int = 2, dest=None, lookup: bool = False) -> bool:
     """True while a wrapper runs the audited call in this context, on this thread, and the code
     asking runs in that call's libraries only, or makes that call's own connection.
 
@@ -60,27 +60,39 @@ def claimed(depth: int = 2, dest=None) -> bool:
     (`dest`, the (host, port) a socket-level step is about to connect or look up, equal to the one
     the claiming wrapper set in its claim), made by a program's override of how the client
     connects (Odoo's mail addon replaces `IMAP4._create_socket`; an HTTPConnection subclass's
-    `connect` creates its socket itself): that is the call's connection, not another one. Once
-    per claim: a second connection there from the program's code is recorded.
+    `connect` creates its socket itself): that is the call's connection, not another one. A
+    connection matches once per claim (a second one there from the program's code is recorded),
+    a lookup of it whenever (it reaches a resolver, not the host). Only a str host and an int
+    port are compared (review 33, 1: a program's object with its own `__eq__` matched anything).
 
     The walk starts at the frame `depth` levels up: by default the caller of the function that
     calls this (a wrapper, or the audit hook, whose caller is the code that made the audited C
     call); a helper of a wrapper passes 3. It runs only under a claim (a new connection's connect
-    and lookup, smtplib's steps inside sendmail), never on a kept-alive request's path; a fault in
-    it leaves the call claimed, as before, and is counted."""
+    and lookup, smtplib's steps inside sendmail), never on a kept-alive request's path. A fault in
+    it is counted and leaves the step unclaimed: recorded twice at worst, never hidden (review 33,
+    4)."""
     held = _get()
     if held is None or held[0] is None or held[0] != _ident():  # an ended claim: no id call
         return False
     try:
         if _claim_covers(_getframe(depth)):
             return True
-        if dest is None or len(held) < 2 or type(dest) is not tuple or held[1] != dest:
+        if type(dest) is not tuple or len(dest) < 2 or len(held) < 2 or held[1] is None:
             return False
-        held[1] = None  # once: the call has one connection; a second one there is recorded
+        host, port = dest[0], dest[1]
+        if type(host) is not str or type(port) is not int or (host, port) != held[1]:
+            return False
+        if not lookup:
+            held[1] = None  # once: the call has one connection; a second one there is recorded
         return True
     except Exception as exc:
         GUARD.fault("claim", exc)
-        return True
+        return False
+
+
+def destination(host, port):
+    """A claim's destination (see claimed()): (host, port) when they are a str and an int, else None."""
+    return (host, port) if type(host) is str and type(port) is int else None
 
 
 def holds_claim() -> bool:
@@ -126,8 +138,10 @@ def unclaimed(fn, *args):
     generator did (a raw connection, a datagram, another HTTP request) went unrecorded, a way to
     hide any traffic. The claim is back when it returns or raises. Should a signal handler's
     exception land between two steps here, the claim stays ended: the rest of the outer call is
-    recorded twice at worst, never hidden."""
-    if not claimed():
+    recorded twice at worst, never hidden. Suspended whenever this thread holds a claim, whatever
+    code called this (review 33, 2: with claimed(), a program frame above made it run `fn` with the
+    claim held, and this frame of ours then covered `fn`'s calls)."""
+    if not holds_claim():
         return fn(*args)
     held = _get()
     me = held[0]

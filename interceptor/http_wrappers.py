@@ -42,8 +42,8 @@ import sys
 import time
 
 from . import forensic as _fx
-from .capture import (GUARD, STATE, Record, begin, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer,
-                      unclaimed)
+from .capture import (GUARD, STATE, Record, begin, claim, claimed, destination, emit, fail,
+                      flush_at_multiprocessing_exit, peer, unclaimed)
 from .guard import pass_on
 from .redact import query_names, split_url
 
@@ -315,8 +315,9 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
             except Exception as exc:
                 GUARD.fault("capture", exc, rec.ts)
     self._netaudit_phase = SENDING
-    # the connection's destination, for a program's override that connects (capture.claimed)
-    claim_held = [None, (getattr(self, "host", None), getattr(self, "port", None))]
+    # the request's destination as putrequest recorded it, for a program's override that connects
+    # (capture.claimed); not the connection's attributes, which the program may change (review 33, 1)
+    claim_held = [None, destination(rec.host, rec.dst_port)]
     try:
         claim(claim_held)
         result = _endheaders(self, body, encode_chunked=encode_chunked)
@@ -373,8 +374,7 @@ def http_send_wrapper(self, data):
         _hash(rec, data)
         if self._netaudit_fx is not None:
             self._netaudit_fx.add_request(data)
-    # the connection's destination, for a program's override that connects (capture.claimed)
-    claim_held = [None, (getattr(self, "host", None), getattr(self, "port", None))]
+    claim_held = [None, destination(rec.host, rec.dst_port)]  # as in endheaders
     try:
         claim(claim_held)
         return _send(self, data)
@@ -575,9 +575,10 @@ def _make_connect_wrapper(original):
         silent; a connect that fails outside any request is an event of its own."""
         if claimed():
             return original(self, *args, **kwargs)
-        # the connection's destination, for a program's override that connects (capture.claimed)
-        claim_held = [None, (getattr(self, "host", None), getattr(self, "port", None))]
+        claim_held = [None, None]
         try:
+            # the connection's destination, for a program's override that connects (capture.claimed)
+            claim_held[1] = _connect_destination(self)
             claim(claim_held)
             return original(self, *args, **kwargs)
         except BaseException as exc:
@@ -594,6 +595,17 @@ def _make_connect_wrapper(original):
     http_connect_wrapper.__wrapped__ = original
     setattr(http_connect_wrapper, MARK, True)
     return http_connect_wrapper
+
+
+def _connect_destination(conn):
+    """(host, port) a connection connects to, read from its instance dict (no program property
+    runs: review 33, 6); None where it is not there as a str and an int."""
+    try:
+        attrs = object.__getattribute__(conn, "__dict__")
+        return destination(attrs.get("host"), attrs.get("port"))
+    except Exception as exc:
+        pass_on(exc)
+        return None
 
 
 def _wrap_connect(cls) -> None:

@@ -12,7 +12,7 @@ import functools
 import sys
 import types
 
-from .capture import GUARD, begin, claim, claimed, emit, fail, peer, unclaimed
+from .capture import GUARD, begin, claim, claimed, destination, emit, fail, peer, unclaimed
 
 MARK = "_netaudit_wrapped"
 PEER = "_netaudit_peer"
@@ -81,11 +81,13 @@ def _make_wrapper(original, spec: Spec):
         if claimed():
             return original(self, *args, **kwargs)
         rec = None
+        claim_held = [None, None]
         try:
             rec, args, kwargs = spec.begin(self, args, kwargs, sys._getframe(1))
+            if rec is not None:  # the call's destination (capture.claimed); smtplib's port 0 is its default
+                claim_held[1] = destination(rec.host, rec.dst_port or getattr(type(self), "default_port", 0))
         except Exception as exc:
             GUARD.fault("capture", exc)
-        claim_held = [None, (rec.host, rec.dst_port) if rec is not None else None]
         try:
             claim(claim_held)
             result = original(self, *args, **kwargs)

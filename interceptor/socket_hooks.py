@@ -28,7 +28,7 @@ import sys
 
 from . import native, socket_bytes
 from .guard import pass_on
-from .capture import GUARD, STATE, begin, claim, claimed, emit, fail, peer
+from .capture import GUARD, STATE, begin, claim, claimed, emit, fail, holds_claim, peer
 
 MARK = "_netaudit_wrapped"
 _orig: dict[str, object] = {}
@@ -228,10 +228,25 @@ def socket_create_connection_wrapper(address, *args, **kwargs):
 _ARGUMENT_ERRORS = (TypeError, ValueError, OverflowError)  # refused before anything is sent
 
 
+_COUNTING_GLOBALS = vars(socket_bytes)  # CountingSocket's methods' globals
+
+
+def _datagram_claimed() -> bool:
+    """claimed(), from _datagram: checked from the sendto/sendmsg wrapper's caller, or from its
+    caller where that is a counted socket's method passing the datagram on."""
+    try:
+        counted = sys._getframe(3).f_globals is _COUNTING_GLOBALS
+    except Exception as exc:
+        GUARD.fault("claim", exc)
+        return False
+    return claimed(5 if counted else 4)
+
+
 def _datagram(self, original: str, args, address):
     """One datagram to an explicit address: one event, with the bytes the kernel took. Called by
-    the sendto/sendmsg wrappers: the claim is checked from their caller."""
-    if claimed(3) or not _egress(self, address):
+    the sendto/sendmsg wrappers: the claim is checked from their caller, or from its caller where
+    that is a counted socket's method passing the datagram on (review 33, 2)."""
+    if (holds_claim() and _datagram_claimed()) or not _egress(self, address):
         return _orig[original](self, *args)
     rec = None
     try:
@@ -436,7 +451,7 @@ def audit_hook(event, args):
     It must never raise an exception of ours: one would abort the audited operation (the program's
     own signal-handler exception goes on, guard.py, as it would have without us)."""
     handler = _HANDLERS.get(event)
-    if handler is None or claimed(2, _destination(event, args)) or not STATE.enabled:
+    if handler is None or claimed(2, _destination(event, args), event == "socket.getaddrinfo") or not STATE.enabled:
         return
     try:
         handler(args)

@@ -254,3 +254,137 @@ def test_a_second_connection_to_the_calls_destination_is_recorded(captured, serv
     c.close()
     assert _by_kind(captured.events()) == sorted([
         ("http", "http", "GET", servers.http, "/two", 0), ("socket", "tcp", "connect", servers.http, "", 5)])
+
+
+_FAKELIB = '''"""Stands for a third-party library: its path has /site-packages/ in it."""
+import socket
+
+
+def udp_authobject(host, port):
+    def authobject(challenge):  # fetches a token over the network, as an OAuth library would
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.sendto(b"token-fetch", (host, port))
+        u.close()
+        return b"token"
+    return authobject
+'''
+
+
+class _CommandLoggingIMAP(imaplib.IMAP4):
+    """A program's subclass that overrides _command (to log, say): a program frame above the
+    authobject imaplib calls."""
+
+    def _command(self, name, *args):
+        return super()._command(name, *args)
+
+
+def test_a_librarys_callback_under_a_program_frame_is_recorded(captured, servers, tmp_path, monkeypatch):
+    """Review 33, 2: imaplib runs AUTHENTICATE's authobject through unclaimed(); with a program
+    frame (the _command override) between it and the wrapper, unclaimed() ran it with the claim
+    held, and its own frame then covered the library's datagram (before: recorded on 4383d56,
+    hidden on 62a5cac)."""
+    lib = tmp_path / "site-packages"
+    lib.mkdir()
+    (lib / "netaudit_fakelib.py").write_text(_FAKELIB)
+    monkeypatch.syspath_prepend(str(lib))
+    import netaudit_fakelib
+
+    udp = free_port()
+    imap = _CommandLoggingIMAP(HOST, servers.imap)
+    imap.authenticate("XOAUTH2", netaudit_fakelib.udp_authobject(HOST, udp))
+    imap.logout()
+    assert [(e.dst_port, e.req_bytes) for e in captured.events("socket")] == [(udp, 11)]
+
+
+class _ConnectedDatagrams(http.client.HTTPConnection):
+    """Its override sends a datagram to an address on a UDP socket connected before (a counted
+    socket: its sendto passes an addressed datagram on to the wrapper)."""
+
+    udp = None
+
+    def _send_output(self, message_body=None, encode_chunked=False):
+        sock, address = self.udp
+        sock.sendto(b"0123456789", address)
+        return super()._send_output(message_body, encode_chunked=encode_chunked)
+
+
+def test_a_counted_sockets_datagram_from_an_override_is_recorded(captured, servers):
+    """Review 33, 2: the datagram's claim check started at the counted socket's method (a frame
+    of ours), which covered it under endheaders' claim."""
+    a, b = free_port(), free_port()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect((HOST, a))
+    c = _ConnectedDatagrams(HOST, servers.http)
+    c.udp = (u, (HOST, b))
+    c.request("GET", "/dgram")
+    c.getresponse().read()
+    c.close()
+    u.close()
+    assert ("socket", "udp", "sendto", b, "", 10) in _by_kind(captured.events())
+
+
+class _MovingConnection(http.client.HTTPConnection):
+    """Moves its host and port before endheaders, and connects there itself besides."""
+
+    elsewhere = None
+
+    def endheaders(self, message_body=None, *, encode_chunked=False):
+        self.host, self.port = self.elsewhere
+        return super().endheaders(message_body, encode_chunked=encode_chunked)
+
+    def _send_output(self, message_body=None, encode_chunked=False):
+        with socket.create_connection(self.elsewhere) as s:
+            s.sendall(b"exfil")
+        return super()._send_output(message_body, encode_chunked=encode_chunked)
+
+
+class _Anything(str):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+
+class _AnythingConnection(http.client.HTTPConnection):
+    elsewhere = None
+
+    def _send_output(self, message_body=None, encode_chunked=False):
+        host, port = self.elsewhere
+        with socket.create_connection((_Anything(host), port)) as s:
+            s.sendall(b"exfil!")
+        return super()._send_output(message_body, encode_chunked=encode_chunked)
+
+
+def test_the_destination_rule_cannot_be_pointed_elsewhere(captured, servers):
+    """Review 33, 1: the destination a claim allows is the request's as putrequest recorded it
+    (not the connection's attributes, which a program may move), compared only as a str and an
+    int (an object of the program's with its own __eq__ matched anything)."""
+    c = _MovingConnection(HOST, servers.http)
+    c.elsewhere = (HOST, servers.smtp)
+    c.putrequest("GET", "/moved")
+    c.endheaders()
+    c.close()
+    d = _AnythingConnection(HOST, servers.http)
+    d.elsewhere = (HOST, servers.smtp)
+    d.request("GET", "/anything")
+    d.getresponse().read()
+    d.close()
+    sockets = sorted((e.dst_port, e.req_bytes) for e in captured.events("socket"))
+    assert sockets == [(servers.smtp, 5), (servers.smtp, 6)]
+
+
+def test_smtps_default_port_and_a_lookup_by_the_program_add_no_event(captured, servers, monkeypatch):
+    """Review 33, 3: the common "IPv4 only" patch of socket.getaddrinfo (the program's frame
+    under smtplib's connect) with an SMTP host given without a port: the lookup is the call's
+    own (smtplib's port 0 is its default port), no DNS event beside SMTP's."""
+    orig = socket.getaddrinfo
+
+    def ipv4_only(host, port, family=0, *args, **kwargs):
+        return orig(host, port, socket.AF_INET, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", ipv4_only)
+    monkeypatch.setattr(smtplib.SMTP, "default_port", servers.smtp)
+    smtp = smtplib.SMTP("localhost")
+    smtp.quit()
+    events = captured.events()
+    assert [e.channel for e in events] == ["smtp"] and events[0].method == "CONNECT"
