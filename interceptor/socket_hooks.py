@@ -28,7 +28,7 @@ import sys
 
 from . import native, socket_bytes
 from .guard import pass_on
-from .capture import GUARD, STATE, begin, claim, claimed, emit, fail, holds_claim, peer
+from .capture import GUARD, STATE, begin, claim, claimed, emit, fail, holds_claim, peer, unclaimed
 
 MARK = "_netaudit_wrapped"
 _orig: dict[str, object] = {}
@@ -200,10 +200,19 @@ def socket_connect_ex_wrapper(self, address):
     return result
 
 
+def _call(fn, address, args, kwargs):
+    return fn(address, *args, **kwargs)
+
+
 def socket_create_connection_wrapper(address, *args, **kwargs):
-    """Wraps socket.create_connection: name lookup plus connect, one event for the host asked."""
-    if claimed(2, address) or not _inet(address):
+    """Wraps socket.create_connection: name lookup plus connect, one event for the host asked. An
+    address it does not record itself (a port given as a str) runs unclaimed: its lookup and
+    connect are recorded below, as they are outside any claim (inside a claim this frame of ours
+    covered them: review 34)."""
+    if claimed(2, address):
         return _orig["create_connection"](address, *args, **kwargs)
+    if not _inet(address):
+        return unclaimed(_call, _orig["create_connection"], address, args, kwargs)
     rec = None
     try:
         rec = begin("socket", "tcp", "connect", str(address[0]), address[1], sys._getframe(1))

@@ -388,3 +388,25 @@ def test_smtps_default_port_and_a_lookup_by_the_program_add_no_event(captured, s
     smtp.quit()
     events = captured.events()
     assert [e.channel for e in events] == ["smtp"] and events[0].method == "CONNECT"
+
+
+class _StrPortConnection(http.client.HTTPConnection):
+    elsewhere = None
+
+    def _send_output(self, message_body=None, encode_chunked=False):
+        host, port = self.elsewhere
+        with socket.create_connection((host, str(port))) as s:  # a port as text: create_connection takes it
+            s.sendall(b"exfil-strport")
+        return super()._send_output(message_body, encode_chunked=encode_chunked)
+
+
+def test_a_connection_with_a_text_port_from_an_override_is_recorded(captured, servers):
+    """Review 34: create_connection's wrapper passed an address it does not record itself (a str
+    port) straight on, and its frame then covered the lookup and connect below it: hidden inside a
+    claim, recorded outside one. Now they run unclaimed, recorded as outside."""
+    c = _StrPortConnection(HOST, servers.http)
+    c.elsewhere = (HOST, servers.smtp)
+    c.request("GET", "/strport")
+    c.getresponse().read()
+    c.close()
+    assert [(e.dst_port, e.req_bytes) for e in captured.events("socket")] == [(servers.smtp, 13)]
