@@ -77,10 +77,12 @@ def claimed(depth: int = 2, dest=None, lookup: bool = False) -> bool:
     try:
         if _claim_covers(_getframe(depth)):
             return True
-        if type(dest) is not tuple or len(dest) < 2 or len(held) < 2 or held[1] is None:
+        want = held[1] if len(held) > 1 else None
+        if want is None or type(dest) is not tuple or len(dest) < 2:
             return False
-        host, port = dest[0], dest[1]
-        if type(host) is not str or type(port) is not int or (host, port) != held[1]:
+        if type(want) is Record:  # an HTTP request's: its destination read only here, off the hot path
+            want = destination(want.host, want.dst_port)
+        if want is None or destination(dest[0], dest[1]) != want:
             return False
         if not lookup:
             held[1] = None  # once: the call has one connection; a second one there is recorded
@@ -104,7 +106,8 @@ def holds_claim() -> bool:
 def claim(held: list) -> None:
     """Claim the call about to run: the layers below it stay silent until the caller empties
     `held`, a list it made before its `try`, [None] or [None, (host, port)] for a call that
-    connects to host:port (see claimed()):
+    connects to host:port (see claimed()), or [None, record] where the record's host and port
+    are that destination:
 
         held = [None]
         try:

@@ -317,7 +317,7 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     self._netaudit_phase = SENDING
     # the request's destination as putrequest recorded it, for a program's override that connects
     # (capture.claimed); not the connection's attributes, which the program may change (review 33, 1)
-    claim_held = [None, destination(rec.host, rec.dst_port)]
+    claim_held = [None, rec]
     try:
         claim(claim_held)
         result = _endheaders(self, body, encode_chunked=encode_chunked)
@@ -374,7 +374,7 @@ def http_send_wrapper(self, data):
         _hash(rec, data)
         if self._netaudit_fx is not None:
             self._netaudit_fx.add_request(data)
-    claim_held = [None, destination(rec.host, rec.dst_port)]  # as in endheaders
+    claim_held = [None, rec]  # as in endheaders
     try:
         claim(claim_held)
         return _send(self, data)
