@@ -40,8 +40,10 @@ import io
 import os
 import sys
 import time
+import weakref
 
 from . import forensic as _fx
+from . import socket_bytes
 from .capture import (GUARD, STATE, Record, begin, claim, claimed, destination, emit, fail,
                       flush_at_multiprocessing_exit, peer, unclaimed)
 from .guard import pass_on
@@ -57,10 +59,12 @@ HEADERS, SENDING, BODY = 0, 1, 2  # _netaudit_phase: headers being put, inside e
 #   _netaudit_peer   (socket, src_ip, src_port, dst_ip, dst_port) cached per socket
 #   _netaudit_fx     forensic.Capture of the in-flight request's bodies, only while a body tap
 #                    is set (interceptor/forensic.py); bodies never go on the Record
-#   _netaudit_body   the _BodyCounter of the last response without a length, while its event is held
+#   _netaudit_held   what the connection's next request ends: the _BodyCounter of the last response
+#                    without a length, while its event is held, or the _ExplicitConnect of a
+#                    connect() made outside any request, while its socket is counted
 #   _netaudit_hstart index in `_buffer` of the first header line the caller put
 _DEFAULTS = {"_netaudit_rec": None, "_netaudit_phase": HEADERS, "_netaudit_peer": None, "_netaudit_fx": None,
-             "_netaudit_body": None, "_netaudit_hstart": 0}
+             "_netaudit_held": None, "_netaudit_hstart": 0}
 _NAMES_FROM_BUFFER = True  # False: http.client does not buffer header lines as expected; wrap putheader
 
 _orig: dict[str, object] = {}
@@ -91,15 +95,15 @@ def _end_previous(conn) -> None:
             _take_header_names(conn, old)
         emit(old)
         _forensic_end(conn, False)
-    body = conn._netaudit_body
-    if body is not None:     # the previous response's body was left unread: its event ends here
-        conn._netaudit_body = None
-        body.finish()
+    held = conn._netaudit_held
+    if held is not None:     # a response body left unread, or an explicit connect: its event ends here
+        conn._netaudit_held = None
+        held.finish()
 
 
 def _begin_request(conn, method, url, frame):
     """The request's record, attributed and with its names; not yet on the connection."""
-    if conn._netaudit_rec is not None or conn._netaudit_body is not None:
+    if conn._netaudit_rec is not None or conn._netaudit_held is not None:
         _end_previous(conn)
     rec = Record("http", _https_classes.get(type(conn)) or _protocol(conn), method,
                  getattr(conn, "_tunnel_host", None) or conn.host, getattr(conn, "_tunnel_port", None) or conn.port)
@@ -405,7 +409,7 @@ def http_getresponse_wrapper(self):
             rec.resp_bytes = length
         elif not response.isclosed():  # chunked or close-delimited: count the body as it is read
             rec.duration_ns = max(0, _time_ns() - rec.ts)
-            self._netaudit_body = response.fp = _BodyCounter(response.fp, rec, response.chunked)
+            self._netaudit_held = response.fp = _BodyCounter(response.fp, rec, response.chunked)
             held = True
         if not rec.dst_ip:
             _fill_peer(self, rec)
@@ -580,7 +584,7 @@ def _make_connect_wrapper(original):
             # the connection's destination, for a program's override that connects (capture.claimed)
             claim_held[1] = _connect_destination(self)
             claim(claim_held)
-            return original(self, *args, **kwargs)
+            result = original(self, *args, **kwargs)
         except BaseException as exc:
             try:
                 rec = begin("http", _protocol(self), "CONNECT", self.host, self.port, _getframe(1))
@@ -591,10 +595,66 @@ def _make_connect_wrapper(original):
             raise
         finally:
             claim_held[0] = None
+        _connected(self, _getframe(1))
+        return result
 
     http_connect_wrapper.__wrapped__ = original
     setattr(http_connect_wrapper, MARK, True)
     return http_connect_wrapper
+
+
+class _ExplicitConnect:
+    """A connection a connect() outside any request opened, its socket counted as a raw one's
+    until the connection's next request, which ends it (as _BodyCounter's, `finish`)."""
+
+    __slots__ = ("_sock", "_rec", "_previous")
+
+    def __init__(self, sock, rec, previous) -> None:
+        self._sock = weakref.ref(sock)  # no reference of ours keeps the program's socket open
+        self._rec = rec
+        self._previous = previous       # a held response body the connection had: it ends too
+
+    def finish(self) -> None:
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            previous.finish()
+        rec, self._rec = self._rec, None
+        sock = self._sock()
+        if rec is not None and sock is not None:
+            socket_bytes.hand_over(sock, rec)
+
+
+def _connected(conn, frame) -> None:
+    """connect() succeeded outside any request: made by the program itself, or by a library ahead
+    of its request (urllib3 connects an HTTPS connection so). The claim kept the socket layer
+    silent, so the connection is recorded here ("CONNECT"), and its socket counted as a raw one's
+    until the connection's next request: a request covers the connection, and a connection that
+    moved no bytes by then is no event of its own (one call, one event); one that did, or that
+    closes first, is, with its bytes. Without it a program could open a connection through
+    http.client and write on its socket unrecorded. Inside a request (putrequest, connect,
+    endheaders, step by step) the request's event is the connection's."""
+    try:
+        if conn._netaudit_rec is not None:
+            return
+        sock = conn.sock
+        if sock is not None and socket_bytes.counted(sock):
+            return  # a connection recorded on its own already (an override's, to elsewhere)
+        rec = begin("http", _protocol(conn), "CONNECT", conn.host, conn.port, frame)
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+        return
+    try:
+        if sock is not None:
+            peer(rec, sock)
+            if socket_bytes.track(sock, rec):
+                previous = conn._netaudit_held
+                if type(previous) is _ExplicitConnect:
+                    previous = None  # a connection no request uses: counted until it closes
+                conn._netaudit_held = _ExplicitConnect(sock, rec, previous)
+                return
+    except Exception as exc:
+        GUARD.fault("capture", exc, rec.ts)
+    emit(rec)  # a socket we cannot count (or none): the connection's event now, without sizes
 
 
 def _connect_destination(conn):

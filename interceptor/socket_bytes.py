@@ -414,6 +414,7 @@ def _counting_class(cls):
             return None
         _COUNTING[cls] = counting
         _COUNTED.add(counting)
+        _UNCOUNTED[counting] = cls
         _reducers_registered = False  # multiprocessing's reducer for gevent's class: for this one too
     return counting
 
@@ -496,6 +497,7 @@ else:
     _SSLSocket = CountingSSLSocket = None
     _COUNTING = {_ss: CountingSocket}
 _COUNTED = set(_COUNTING.values())  # and gevent's, once made (_counting_class)
+_UNCOUNTED = {counting: cls for cls, counting in _COUNTING.items()}  # the class a counting one stands in for
 _TLS_COUNTED = {CountingSSLSocket} - {None}  # the counting classes of SSLSockets, gevent's once made
 
 _orig_wrap_socket = None  # ssl.SSLContext.wrap_socket, saved at install
@@ -665,6 +667,31 @@ def _settle_at_end(rec, sock, closing: bool) -> None:
         _refused(rec, so_error)
     else:
         rec.error = "ENOTCONN"  # closed before it connected: the status stays "in_progress"
+
+
+def counted(sock) -> bool:
+    """Is `sock` counted (a connection with an event of its own)?"""
+    return type(sock) in _COUNTED
+
+
+def hand_over(sock, rec) -> None:
+    """A protocol wrapper's event takes over the connection `rec` counts on `sock` (an HTTP
+    connection's next request, after a connect() made outside any request): a connection that moved
+    no bytes is no event of its own (the request's covers it), one that did ends here, with them.
+    Either way the socket counts no more (it is of its own class again), unless a dup() of it still
+    shares the record. Never raises but the program's own signal-handler exception (guard.py)."""
+    try:
+        if _OPEN.get(hash(sock)) is not rec:
+            return  # ended already: closed, detached, or moved to its SSLSocket
+        if rec.req_bytes or rec.resp_bytes or rec.status or rec.error or rec.netaudit_sockets > 1:
+            _end(sock)  # its event ends here; or a dup() of it counts on, emitted when it ends
+        else:
+            del _OPEN[hash(sock)]
+        original = _UNCOUNTED.get(type(sock))
+        if original is not None:
+            sock.__class__ = original
+    except Exception as exc:
+        GUARD.fault("capture", exc, rec.ts)
 
 
 def pending_connect(sock):

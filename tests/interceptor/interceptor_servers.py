@@ -213,6 +213,32 @@ class Servers:
             s.server_close()
 
 
+def self_signed(directory) -> tuple[str, str] | None:
+    """A throwaway self-signed certificate and key for 127.0.0.1 in `directory` (openssl CLI), or
+    None where the openssl command is missing."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = f"{directory}/cert.pem", f"{directory}/key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def https(cert: str, key: str) -> int:
+    """The HTTP server's twin speaking TLS (keep-alive, the same replies); its port."""
+    import ssl
+
+    server = _HTTPServer((HOST, 0), _HTTPHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return _serve(server).server_address[1]
+
+
 def datagram(port: int) -> None:
     """One UDP datagram (1 byte) to HOST:port: the smallest call a test's program code can make."""
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -25,7 +25,7 @@ from interceptor import GUARD
 from interceptor import socket_bytes
 
 from interceptor_fixtures import captured, pythons, servers  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, free_port
+from interceptor_servers import HOST, free_port, self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -607,19 +607,15 @@ _tls_server: list[int] = []
 @pytest.fixture
 def tls_port(servers, tmp_path_factory):
     """A count server speaking TLS with a throwaway self-signed certificate (openssl CLI)."""
-    import shutil
     import ssl
 
     if not _tls_server:
-        if shutil.which("openssl") is None:
+        made = self_signed(tmp_path_factory.mktemp("tls"))
+        if made is None:
             pytest.skip("needs the openssl command to make a test certificate")
-        d = tmp_path_factory.mktemp("tls")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=127.0.0.1", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                       check=True, capture_output=True, timeout=60)
         server = _TLSCountServer((HOST, 0), _CountHandler)
         server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server.context.load_cert_chain(d / "cert.pem", d / "key.pem")
+        server.context.load_cert_chain(*made)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         _tls_server.append(server.server_address[1])
     return _tls_server[0]
