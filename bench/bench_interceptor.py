@@ -544,6 +544,57 @@ def claim_walk_cost(rounds: int = 15) -> None:
           f"median of {rounds} rounds of 200)")
 
 
+_EXPLICIT_CONNECT_PROGRAM = r"""
+import json, statistics, subprocess, sys, time
+sys.path.insert(0, ".")
+import http.client
+import interceptor
+from interceptor import NullWriter, Sink, http_wrappers
+from bench.bench_interceptor import SERVER
+
+srv = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+port = int(srv.stdout.readline())
+interceptor.install(sink=Sink(NullWriter()))
+connected, rounds = http_wrappers._connected, int(sys.argv[1])
+
+def get():  # connect() first, as urllib3 does for HTTPS, then the request on that connection
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    c.connect()
+    c.request("GET", "/api/items?page=1")
+    c.getresponse().read()
+    c.close()
+
+cost = {"counted": [], "before": []}
+for _ in range(200):
+    get()
+for r in range(2 * rounds):
+    kind = "counted" if r % 2 else "before"
+    http_wrappers._connected = connected if kind == "counted" else (lambda conn, frame: None)
+    t0 = time.thread_time_ns()
+    for _ in range(200):
+        get()
+    cost[kind].append((time.thread_time_ns() - t0) / 200 / 1000)
+srv.kill()
+print(json.dumps({k: statistics.median(v) for k, v in cost.items()}))
+"""
+
+
+def explicit_connect_cost(rounds: int = 15) -> None:
+    """What recording a connect() made outside any request costs a new connection's GET on its
+    thread (http_wrappers._connected: a CONNECT record and its socket counted until the request,
+    which takes it over), against before it (nothing recorded), alternating rounds in one process.
+    urllib3 connects every new HTTPS connection so; a kept-alive request pays nothing for it."""
+    out = subprocess.run([sys.executable, "-c", _EXPLICIT_CONNECT_PROGRAM, str(rounds)], capture_output=True,
+                         text=True, timeout=600, cwd=os.getcwd())
+    if out.returncode != 0:
+        print("explicit connect cost: could not run")
+        return
+    r = json.loads(out.stdout)
+    print(f"connect() then GET on a new http.client connection, calling thread: not recorded {r['before']:.1f} us, "
+          f"counted until the request {r['counted']:.1f} us ({r['counted'] - r['before']:+.1f} us; "
+          f"median of {rounds} rounds of 200)")
+
+
 def main() -> None:
     per_call_table()
     print()
@@ -552,6 +603,7 @@ def main() -> None:
     stalled_memory()
     fork_cost()
     claim_walk_cost()
+    explicit_connect_cost()
 
 
 if __name__ == "__main__":

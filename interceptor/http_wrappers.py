@@ -72,7 +72,7 @@ _https_classes: dict[type, str] = {}
 _getframe = sys._getframe
 _time_ns = time.time_ns
 # The originals, bound once at install (a module global is a cheaper load than _orig[name]).
-_putrequest = _putheader = _endheaders = _send = _getresponse = None
+_putrequest = _putheader = _endheaders = _send = _getresponse = _close = None
 
 
 def _protocol(conn) -> str:
@@ -88,17 +88,26 @@ def _protocol(conn) -> str:
 
 def _end_previous(conn) -> None:
     """A new request on the connection: end what the previous one left open."""
-    old = conn._netaudit_rec
-    if old is not None:      # the previous request never got to getresponse: close it as is
-        conn._netaudit_rec = None
-        if _NAMES_FROM_BUFFER and conn._netaudit_phase == HEADERS:
-            _take_header_names(conn, old)
-        emit(old)
-        _forensic_end(conn, False)
+    if conn._netaudit_rec is not None:  # the previous request never got to getresponse: close it as is
+        _end_request(conn)
     held = conn._netaudit_held
-    if held is not None:     # a response body left unread, or an explicit connect: its event ends here
-        conn._netaudit_held = None
-        held.finish()
+    if held is not None:
+        if type(held) is _ExplicitConnect:
+            held.end_body()  # the connection stays counted until this request sends (endheaders)
+        else:                # the previous response's body was left unread: its event ends here
+            conn._netaudit_held = None
+            held.finish()
+
+
+def _end_request(conn) -> None:
+    """The connection's request in flight gets no response (or none that anyone will read): its
+    event, as it is."""
+    old = conn._netaudit_rec
+    conn._netaudit_rec = None
+    if _NAMES_FROM_BUFFER and conn._netaudit_phase == HEADERS:
+        _take_header_names(conn, old)
+    emit(old)
+    _forensic_end(conn, False)
 
 
 def _begin_request(conn, method, url, frame):
@@ -301,6 +310,8 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     rec = self._netaudit_rec
     if rec is None or claimed():
         return _endheaders(self, message_body, encode_chunked=encode_chunked)
+    if self._netaudit_held is not None:  # a connect() made before this request sent (_ExplicitConnect)
+        _sending(self, rec)
     if _NAMES_FROM_BUFFER:
         try:
             _take_header_names(self, rec)
@@ -351,6 +362,7 @@ def _fill_peer(conn, rec) -> None:
     if cached is None or cached[0] is not sock:
         peer(rec, sock)
         conn._netaudit_peer = (sock, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
+        _LIVE.add(conn)  # a new socket: its requests are ended at exit (_connection_ends)
     else:
         _, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port = cached
 
@@ -561,9 +573,17 @@ class _BodyCounter:
 
 
 def _flush_held() -> None:
-    """Interpreter exit: hand over every held record with the bytes read so far."""
+    """Interpreter exit: hand over every held record with the bytes read so far, and end what the
+    open connections left in flight (_connection_ends)."""
     for rec in list(_HELD.values()):
         _submit_held(rec)
+    try:
+        connections = list(_LIVE)
+    except Exception as exc:
+        GUARD.fault("record", exc)
+        return
+    for conn in connections:
+        _connection_ends(conn)
 
 
 def _forget_held_in_child() -> None:
@@ -604,57 +624,164 @@ def _make_connect_wrapper(original):
 
 
 class _ExplicitConnect:
-    """A connection a connect() outside any request opened, its socket counted as a raw one's
-    until the connection's next request, which ends it (as _BodyCounter's, `finish`)."""
+    """A connection a connect() opened before any request sent on it (the program's own connect(),
+    urllib3's ahead of an HTTPS request, a request put step by step): its CONNECT record, held
+    until the connection's next request sends (endheaders: `hand_over`), the socket counted as a
+    raw one's meanwhile where it can be (socket_bytes.track)."""
 
-    __slots__ = ("_sock", "_rec", "_previous")
+    __slots__ = ("_rec", "_sock", "_body")
 
-    def __init__(self, sock, rec, previous) -> None:
-        self._sock = weakref.ref(sock)  # no reference of ours keeps the program's socket open
+    def __init__(self, rec, sock, body) -> None:
         self._rec = rec
-        self._previous = previous       # a held response body the connection had: it ends too
+        # a socket we could not count: a weak reference to it (no reference of ours keeps the
+        # program's socket open); a counted one is `rec.netaudit_sock`, which stays current
+        # through a TLS wrap (socket_bytes.ssl_wrap_socket_wrapper)
+        self._sock = None if sock is None else weakref.ref(sock)
+        self._body = body  # the held response body of the connection's previous request
 
-    def finish(self) -> None:
-        previous, self._previous = self._previous, None
-        if previous is not None:
-            previous.finish()
+    def end_body(self) -> None:
+        """The connection's next request starts: a body left unread ends here (as without us)."""
+        body, self._body = self._body, None
+        if body is not None:
+            body.finish()
+
+    def _socket(self, rec):
+        ref = self._sock if self._sock is not None else getattr(rec, "netaudit_sock", None)
+        return ref() if ref is not None else None
+
+    def hand_over(self, conn, request) -> None:
+        """The connection's request sends. It covers this connection if it sends on the socket the
+        connect() made and names the same destination: the record is dropped then, unless bytes
+        moved on the socket meanwhile (socket_bytes.hand_over: its event, with them). Otherwise
+        the connection's own event stands: at its socket's close where it is counted, now if not."""
+        self.end_body()
         rec, self._rec = self._rec, None
-        sock = self._sock()
-        if rec is not None and sock is not None:
-            socket_bytes.hand_over(sock, rec)
+        if rec is None or rec.done:
+            return
+        sock = self._socket(rec)
+        covered = sock is not None and conn.sock is sock and _same_destination(rec, request)
+        if self._sock is None:
+            if covered:
+                socket_bytes.hand_over(sock, rec)
+        elif not covered:
+            emit(rec)
+
+    def end(self) -> None:
+        """The connection closes, is collected, or the process exits with no request sent on it:
+        a counted socket's event comes at its own close; one we could not count is emitted now."""
+        self.end_body()
+        rec, self._rec = self._rec, None
+        if rec is not None and self._sock is not None:
+            emit(rec)
+
+
+def _same_destination(rec, request) -> bool:
+    """Do two records name the same destination (a str host and an int port, compared as such)?"""
+    here = destination(rec.host, rec.dst_port)
+    return here is not None and here == destination(request.host, request.dst_port)
+
+
+def _sending(conn, request) -> None:
+    """endheaders of the connection's request, before it sends: a connect() made before it is
+    handed over (_ExplicitConnect.hand_over)."""
+    held = conn._netaudit_held
+    if type(held) is _ExplicitConnect:
+        conn._netaudit_held = None
+        try:
+            held.hand_over(conn, request)
+        except Exception as exc:
+            GUARD.fault("capture", exc, request.ts)
 
 
 def _connected(conn, frame) -> None:
-    """connect() succeeded outside any request: made by the program itself, or by a library ahead
-    of its request (urllib3 connects an HTTPS connection so). The claim kept the socket layer
-    silent, so the connection is recorded here ("CONNECT"), and its socket counted as a raw one's
-    until the connection's next request: a request covers the connection, and a connection that
-    moved no bytes by then is no event of its own (one call, one event); one that did, or that
-    closes first, is, with its bytes. Without it a program could open a connection through
-    http.client and write on its socket unrecorded. Inside a request (putrequest, connect,
-    endheaders, step by step) the request's event is the connection's."""
+    """connect() succeeded, not as part of a request sending (the program's own connect(),
+    urllib3's ahead of an HTTPS request, a request put step by step: putrequest, connect,
+    endheaders). The claim kept the socket layer silent, so the connection is recorded here
+    ("CONNECT"), and its socket counted as a raw one's until the connection's next request sends
+    on it (_ExplicitConnect.hand_over): the request covers the connection, and one that moved no
+    bytes by then is no event of its own (one call, one event); one that did, that closes first,
+    or that the request does not ride on (the program took its socket away, changed the
+    destination), is, with its bytes. Without it a program could open a connection through
+    http.client and write on its socket unrecorded. A socket we cannot count (urllib3's TLS in TLS,
+    a program's own class) is held the same way, without sizes, and emitted unless a request
+    covers it."""
     try:
-        if conn._netaudit_rec is not None:
-            return
+        if conn._netaudit_rec is not None and conn._netaudit_phase != HEADERS:
+            return  # the request in flight has started sending: the connection is the request's
         sock = conn.sock
         if sock is not None and socket_bytes.counted(sock):
             return  # a connection recorded on its own already (an override's, to elsewhere)
-        rec = begin("http", _protocol(conn), "CONNECT", conn.host, conn.port, frame)
+        host, port = _request_destination(conn)
+        rec = begin("http", _protocol(conn), "CONNECT", host, port, frame)
     except Exception as exc:
         GUARD.fault("capture", exc)
         return
     try:
         if sock is not None:
             peer(rec, sock)
-            if socket_bytes.track(sock, rec):
-                previous = conn._netaudit_held
-                if type(previous) is _ExplicitConnect:
-                    previous = None  # a connection no request uses: counted until it closes
-                conn._netaudit_held = _ExplicitConnect(sock, rec, previous)
-                return
+            if not rec.dst_ip and sock.gettimeout() == 0:
+                rec.status = socket_bytes.IN_PROGRESS  # a non-blocking connect: settled as a raw one's
+            counted = socket_bytes.track(sock, rec)
+            previous = conn._netaudit_held
+            if type(previous) is _ExplicitConnect:
+                previous.end()  # a connection no request rides on: its own event
+                previous = None
+            conn._netaudit_held = _ExplicitConnect(rec, None if counted else sock, previous)
+            _LIVE.add(conn)
+            return
     except Exception as exc:
         GUARD.fault("capture", exc, rec.ts)
-    emit(rec)  # a socket we cannot count (or none): the connection's event now, without sizes
+    emit(rec)  # no socket, or a fault: the connection's event now, without sizes
+
+
+def _request_destination(conn):
+    """(host, port) a request on the connection names (as _begin_request reads them)."""
+    return (getattr(conn, "_tunnel_host", None) or conn.host, getattr(conn, "_tunnel_port", None) or conn.port)
+
+
+def _connection_ends(conn) -> None:
+    """The connection closes, is collected, or the process exits: a request still in flight
+    (put or sent, never answered) is an event as it is, and so is a connect() no request took over.
+    Before, such a request was an event only if the connection made another request. A record
+    of another process (a forked child's copy of the connection) is the parent's to emit."""
+    try:
+        rec = conn._netaudit_rec
+        if rec is not None:
+            if rec.pid == STATE.pid:
+                _end_request(conn)
+            else:
+                conn._netaudit_rec = None
+        held = conn._netaudit_held
+        if type(held) is _ExplicitConnect:
+            conn._netaudit_held = None
+            if held._rec is not None and held._rec.pid == STATE.pid:
+                held.end()
+    except Exception as exc:
+        GUARD.fault("capture", exc)
+
+
+def http_close_wrapper(self):
+    """Wraps HTTPConnection.close: ends what the connection left open (_connection_ends). Not
+    inside a request's own steps (http.client closes a connection whose tunnel failed, inside
+    connect): the request's wrappers end it there, with the error."""
+    if not claimed():
+        _connection_ends(self)
+    return _close(self)
+
+
+def __del__(self, _ends=_connection_ends):
+    """HTTPConnection.__del__ (it has none of its own): a connection dropped without close(). A
+    finalizer: what raises here, a signal handler's exception too, Python could only report as
+    unraisable."""
+    try:
+        _ends(self)
+    except BaseException:
+        pass
+
+
+# Connections that had a socket of their own (_fill_peer, _connected): at exit, each one's request
+# still in flight is ended (_flush_held). A weak set: it keeps no connection alive.
+_LIVE = weakref.WeakSet()
 
 
 def _connect_destination(conn):
@@ -694,7 +821,7 @@ def _buffers_header_lines(base) -> bool:
 
 
 def install() -> None:
-    global _putrequest, _putheader, _endheaders, _send, _getresponse, _NAMES_FROM_BUFFER
+    global _putrequest, _putheader, _endheaders, _send, _getresponse, _close, _NAMES_FROM_BUFFER
     base = http.client.HTTPConnection
     if getattr(base.__dict__.get("putrequest"), MARK, False):
         return
@@ -702,7 +829,8 @@ def install() -> None:
         setattr(base, name, value)
     _NAMES_FROM_BUFFER = _buffers_header_lines(base)
     wrappers = [("putrequest", http_putrequest_wrapper), ("endheaders", http_endheaders_wrapper),
-                ("send", http_send_wrapper), ("getresponse", http_getresponse_wrapper)]
+                ("send", http_send_wrapper), ("getresponse", http_getresponse_wrapper),
+                ("close", http_close_wrapper)]
     if not _NAMES_FROM_BUFFER:
         wrappers.append(("putheader", http_putheader_wrapper))
     _putheader = base.__dict__["putheader"]
@@ -712,7 +840,9 @@ def install() -> None:
         wrapper.__wrapped__ = _orig[name]
         setattr(base, name, wrapper)
     _putrequest, _endheaders = _orig["putrequest"], _orig["endheaders"]
-    _send, _getresponse = _orig["send"], _orig["getresponse"]
+    _send, _getresponse, _close = _orig["send"], _orig["getresponse"], _orig["close"]
+    if "__del__" not in base.__dict__:  # a connection dropped without close(): _connection_ends
+        base.__del__ = __del__
     stack = [base]
     while stack:
         cls = stack.pop()

@@ -65,6 +65,7 @@ EGRESS_WRAPPERS: tuple[tuple[str, str], ...] = (
     ("interceptor/http_wrappers.py", "http_endheaders_wrapper"),
     ("interceptor/http_wrappers.py", "http_send_wrapper"),
     ("interceptor/http_wrappers.py", "http_getresponse_wrapper"),
+    ("interceptor/http_wrappers.py", "http_close_wrapper"),      # closes, never connects
     ("interceptor/http_wrappers.py", "_make_connect_wrapper.http_connect_wrapper"),
     ("interceptor/socket_hooks.py", "socket_connect_wrapper"),
     ("interceptor/socket_hooks.py", "socket_connect_ex_wrapper"),

@@ -228,14 +228,28 @@ def self_signed(directory) -> tuple[str, str] | None:
     return cert, key
 
 
+class _HTTPSServer(_HTTPServer):
+    """TLS on each accepted connection, in its own thread (one stalled handshake stalls no other)."""
+
+    context = None
+
+    def finish_request(self, request, client_address):
+        request.settimeout(10)
+        try:
+            request = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ValueError):
+            request.close()
+            return
+        super().finish_request(request, client_address)
+
+
 def https(cert: str, key: str) -> int:
     """The HTTP server's twin speaking TLS (keep-alive, the same replies); its port."""
     import ssl
 
-    server = _HTTPServer((HOST, 0), _HTTPHandler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server = _HTTPSServer((HOST, 0), _HTTPHandler)
+    server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.context.load_cert_chain(cert, key)
     return _serve(server).server_address[1]
 
 

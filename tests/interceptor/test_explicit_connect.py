@@ -8,24 +8,38 @@ http.client and write on `conn.sock` unrecorded:
     conn = http.client.HTTPConnection(host, port); conn.connect(); conn.sock.sendall(data)
 
 Now such a connection is an event ("CONNECT") and its socket is counted as a raw one's until the
-connection's next request, which covers it: one that moved no bytes by then is no event of its own
-(urllib3 connects every HTTPS connection so, ahead of its request: still one event per request),
-one that did, or that closes first, is, with its bytes.
+connection's next request sends on it, which covers it: one that moved no bytes by then is no event
+of its own (urllib3 connects every HTTPS connection so, ahead of its request: still one event per
+request); one that did, that closes first, or that the request does not ride on, is, with its bytes.
+
+Review 35 found the first version's gaps, each tested below: a socket taken off the connection, a
+request put before or after the connect and never sent (a request in flight was an event only if
+the connection made another request: also a request sent and never answered, on a connection
+closed, collected or open at exit), a program's own TLS wrap, a non-blocking connect.
 
 Real local HTTP and HTTPS servers, real sockets, the interceptor installed in this process.
 """
 from __future__ import annotations
 
+import copy
+import gc
 import http.client
+import json
+import pickle
 import socket
 import ssl
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
 from interceptor import GUARD, socket_bytes
 from interceptor_fixtures import captured, servers  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, https, self_signed
+from interceptor_servers import HOST, free_port, https, self_signed
+
+ROOT = Path(__file__).resolve().parents[2]
 
 _https_port: list[int] = []
 
@@ -160,13 +174,23 @@ class _OwnSocketConnection(http.client.HTTPConnection):
         self.sock.connect((self.host, self.port))  # the connection's own destination: covered
 
 
-def test_a_socket_that_cannot_be_counted_is_recorded_at_connect(captured, servers):
+def test_a_socket_that_cannot_be_counted_is_an_event_at_close(captured, servers):
     conn = _OwnSocketConnection(HOST, servers.http)
     conn.connect()
-    assert _rows(captured) == [("http", "http", "CONNECT", servers.http, "", 0, 0)]
     _raw_exchange(conn.sock)
+    assert captured.events() == [], "held until a request covers it, or the connection ends"
     conn.close()
-    assert len(captured.events()) == 1
+    assert _rows(captured) == [("http", "http", "CONNECT", servers.http, "", 0, 0)]  # no sizes
+
+
+def test_a_socket_that_cannot_be_counted_is_covered_by_its_request(captured, servers):
+    """urllib3's TLS in TLS (an HTTPS proxy) gives such a socket, connected ahead of the request."""
+    conn = _OwnSocketConnection(HOST, servers.http)
+    conn.connect()
+    conn.request("GET", "/own")
+    conn.getresponse().read()
+    conn.close()
+    assert _rows(captured) == [("http", "http", "GET", servers.http, "/own", 0, 7)]
 
 
 def test_a_second_explicit_connect_leaves_the_first_connection_its_event(captured, servers):
@@ -198,3 +222,159 @@ def test_a_fault_while_counting_records_the_connection_at_once(captured, servers
     conn.close()
     assert GUARD.faults == before + 1
     assert _rows(captured) == [("http", "http", "CONNECT", servers.http, "", 0, 0)]
+
+
+def test_a_socket_taken_off_the_connection_keeps_its_event(captured, servers):
+    """Review 35, 1: the request rides another socket; the one connect() made is counted until it
+    closes (before: its record dropped at the request, its bytes unrecorded)."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.connect()
+    taken = conn.sock
+    conn.sock = None
+    conn.request("GET", "/cover")  # opens a connection of its own
+    conn.getresponse().read()
+    received = _raw_exchange(taken)
+    assert type(taken) is not socket.socket, "still counted"
+    taken.close()
+    conn.close()
+    assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", len(_RAW), received),
+                                      ("http", "http", "GET", servers.http, "/cover", 0, 9)])
+
+
+def test_a_request_naming_another_destination_leaves_the_connection_its_event(captured, servers):
+    """The port changed after the connect: the request's event names another destination than
+    the one connected to, so it does not cover the connection (recorded twice, not hidden)."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.connect()
+    conn.port = servers.smtp
+    conn.request("GET", "/moved")  # rides the connection to the HTTP server, named as the other port
+    conn.getresponse().read()
+    conn.close()
+    got = [(e.method, e.dst_port) for e in sorted(captured.events(), key=lambda e: e.method)]
+    assert got == [("CONNECT", servers.http), ("GET", servers.http)]
+
+
+def test_a_request_put_before_the_connect_and_never_sent(captured, servers):
+    """Review 35, 2: putrequest, connect, raw bytes, close: before, nothing at all."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.putrequest("GET", "/decoy")
+    conn.connect()
+    received = _raw_exchange(conn.sock)
+    conn.close()
+    assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", len(_RAW), received),
+                                      ("http", "http", "GET", servers.http, "/decoy", 0, 0)])
+
+
+def test_a_request_put_after_the_connect_and_never_sent(captured, servers):
+    """The connection is handed over when a request sends (endheaders), not when it is put."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.connect()
+    conn.putrequest("GET", "/decoy")
+    received = _raw_exchange(conn.sock)
+    conn.close()
+    assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", len(_RAW), received),
+                                      ("http", "http", "GET", servers.http, "/decoy", 0, 0)])
+
+
+def test_a_request_sent_and_never_answered_is_an_event_when_the_connection_closes(captured, servers):
+    """Review 35, 2 (older than the explicit connect): a POST sent, no getresponse, the connection
+    closed: before, no event (a request in flight ended only at the connection's next request)."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.request("POST", "/unanswered", body=b"x" * 5000)
+    conn.close()
+    assert _rows(captured) == [("http", "http", "POST", servers.http, "/unanswered", 5000, 0)]
+
+
+def test_a_request_sent_and_never_answered_is_an_event_when_the_connection_is_collected(captured, servers):
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.request("POST", "/dropped", body=b"y" * 300)
+    del conn
+    gc.collect()
+    assert _rows(captured) == [("http", "http", "POST", servers.http, "/dropped", 300, 0)]
+
+
+_EXIT_PROGRAM = """
+import json, sys
+sys.path.insert(0, %(root)r)
+import http.client, interceptor
+
+class PrintWriter:
+    salt = None
+    def write_batch(self, events):
+        for e in events:
+            print(json.dumps([e.method, e.url_path, e.req_bytes, e.dst_port]), flush=True)
+    def write_gap(self, *args):
+        print(json.dumps(["gap", *args]), flush=True)
+
+interceptor.install(sink=interceptor.Sink(PrintWriter()))
+SENT = http.client.HTTPConnection("127.0.0.1", %(port)d)
+SENT.request("POST", "/at-exit", body=b"z" * 70)          # sent, never answered
+PUT = http.client.HTTPConnection("127.0.0.1", %(port)d)
+PUT.putrequest("GET", "/put")
+PUT.connect()
+PUT.sock.sendall(b"GET /raw HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")  # raw, on a request put, never sent
+print("done", flush=True)
+"""
+
+
+def test_what_connections_left_in_flight_is_recorded_at_exit(servers, tmp_path):
+    program = tmp_path / "in_flight_at_exit.py"
+    program.write_text(_EXIT_PROGRAM % {"root": str(ROOT), "port": servers.http})
+    r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "done"
+    assert sorted(json.loads(x) for x in lines[1:]) == sorted([
+        ["POST", "/at-exit", 70, servers.http], ["GET", "/put", 0, servers.http],
+        ["CONNECT", "", len(_RAW), servers.http]])
+
+
+class _OwnTLS(http.client.HTTPConnection):
+    """A program's own HTTPS connection: a plain connect, then TLS by hand."""
+
+    context = None
+
+    def connect(self):
+        super().connect()
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
+
+
+def test_a_programs_own_tls_wrap_is_handed_over(https_port, captured):
+    """Review 35, 3: the record moved to the SSLSocket with the wrap; the hand-over follows it
+    (before: counted for good, and an extra CONNECT with the requests' own bytes at close)."""
+    conn = _OwnTLS(HOST, https_port)
+    conn.context = _unverified()
+    conn.connect()
+    for path in ("/t0", "/t1"):
+        conn.request("GET", path)
+        conn.getresponse().read()
+        assert type(conn.sock) is ssl.SSLSocket
+    conn.close()
+    assert _rows(captured) == [("http", "http", "GET", https_port, "/t0", 0, 6),
+                               ("http", "http", "GET", https_port, "/t1", 0, 6)]
+
+
+class _NonBlocking(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket()
+        self.sock.setblocking(False)
+        self.sock.connect_ex((self.host, self.port))
+
+
+def test_a_refused_non_blocking_connect_carries_its_error(captured):
+    """Review 35, 5: settled as a raw socket's (before: a CONNECT that looked connected)."""
+    port = free_port()
+    conn = _NonBlocking(HOST, port)
+    conn.connect()
+    conn.close()
+    (e,) = captured.events()
+    assert (e.method, e.dst_port, e.error) == ("CONNECT", port, "ECONNREFUSED")
+
+
+def test_a_connection_closed_after_connect_still_copies(captured, servers):
+    """Review 35, 6: nothing of ours stays on a closed connection (copy and pickle work as without us)."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.connect()
+    conn.close()
+    pickle.dumps(conn)
+    copy.deepcopy(conn)
