@@ -108,7 +108,8 @@ def claim_covers(f) -> bool:
     or code of ours the wrapper runs (a body's reader: its program code runs unclaimed anyway). A
     frame of the program's own code first (a subclass's override of a wrapped client's method, a
     log handler a library calls, by the attribution's rules; ledger, verifier and the addon count
-    as program here, as they do for self-egress) means what runs below it is the program's: not
+    as program here, as they do for self-egress; so does the standard library's `logging`, whose
+    handlers send the program's log records) means what runs below it is the program's: not
     covered, recorded. No interceptor frame at all (the claim belongs to another stack of this
     thread: a greenlet's): not covered. Frames are told by their module's `__name__`, read from
     `f_globals` (no audit event, unlike `f_code`), each module classified once. Raises on a fault
@@ -130,6 +131,11 @@ def _kind(name: str, g) -> int:
     global _classifier
     if name == PACKAGE or name.startswith(PACKAGE + "."):
         kind = OURS
+    elif name == "logging" or name.startswith("logging."):
+        # a log record is the program's, whoever logs it: a handler's traffic (DatagramHandler,
+        # SocketHandler, SMTPHandler, HTTPHandler...) is never the claimed call's own, even where
+        # a library logs inside the call and the standard library's handler sends it
+        kind = PROGRAM
     else:
         if _classifier is None:
             _classifier = StackAttribution()

@@ -2,7 +2,13 @@
 
 One HTTP request is one event, opened in `putrequest` (method, path, query keys, attribution),
 filled at `endheaders` (header names only) and by the payload (hashed as it streams through
-`endheaders` and `send`), and closed by `getresponse` (status, sizes) or by the first exception.
+`endheaders` and `send`), and closed by `getresponse` (status, sizes) or by the first exception;
+a request left in flight (put or sent, never answered) is closed as it is by the connection's next
+request, its close(), its collection, or the interpreter's exit (`_connection_ends`).
+
+A connect() made before any request sent on the connection (the program's own, urllib3's ahead of
+an HTTPS request) is an event of its own ("CONNECT") unless the connection's next request sends on
+its socket, to its destination, before any byte moved there (`_connected`, `_ExplicitConnect`).
 
 Header names are read at `endheaders` from the lines http.client buffered for the request
 (`HTTPConnection._buffer`, one `b"Name: value"` line per `putheader`), from the first line after

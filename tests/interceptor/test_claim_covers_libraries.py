@@ -410,3 +410,47 @@ def test_a_connection_with_a_text_port_from_an_override_is_recorded(captured, se
     c.getresponse().read()
     c.close()
     assert [(e.dst_port, e.req_bytes) for e in captured.events("socket")] == [(servers.smtp, 13)]
+
+
+_LOGGING_LIB = '''"""Stands for a third-party library that logs inside its requests (site-packages)."""
+import http.client
+import logging
+
+log = logging.getLogger("netaudit_logginglib")
+
+
+class LoggingConnection(http.client.HTTPConnection):
+    def _send_output(self, message_body=None, encode_chunked=False):
+        log.debug("sending a request")
+        return super()._send_output(message_body, encode_chunked=encode_chunked)
+'''
+
+
+def test_a_standard_library_log_handler_a_library_logs_through_is_recorded(captured, servers, tmp_path,
+                                                                           monkeypatch):
+    """The program configures the standard library's DatagramHandler; a library logs through it
+    inside endheaders' claim. Library frames only up to the wrapper: before, the claim covered the
+    handler's datagram (a leftover of session 11); now `logging`'s frames end the claim."""
+    import logging.handlers
+
+    lib = tmp_path / "site-packages"
+    lib.mkdir()
+    (lib / "netaudit_logginglib.py").write_text(_LOGGING_LIB)
+    monkeypatch.syspath_prepend(str(lib))
+    import netaudit_logginglib
+
+    udp = free_port()
+    handler = logging.handlers.DatagramHandler(HOST, udp)
+    netaudit_logginglib.log.addHandler(handler)
+    netaudit_logginglib.log.setLevel(logging.DEBUG)
+    try:
+        c = netaudit_logginglib.LoggingConnection(HOST, servers.http)
+        c.request("GET", "/library-logged")
+        c.getresponse().read()
+        c.close()
+    finally:
+        netaudit_logginglib.log.removeHandler(handler)
+        handler.close()
+    events = _by_kind(captured.events())
+    assert ("http", "http", "GET", servers.http, "/library-logged", 0) in events
+    assert [e for e in events if e[0] == "socket" and e[3] == udp][0][:4] == ("socket", "udp", "sendto", udp)
