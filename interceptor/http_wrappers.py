@@ -65,9 +65,10 @@ HEADERS, SENDING, BODY = 0, 1, 2  # _netaudit_phase: headers being put, inside e
 #   _netaudit_peer   (socket, src_ip, src_port, dst_ip, dst_port) cached per socket
 #   _netaudit_fx     forensic.Capture of the in-flight request's bodies, only while a body tap
 #                    is set (interceptor/forensic.py); bodies never go on the Record
-#   _netaudit_held   what the connection's next request ends: the _BodyCounter of the last response
-#                    without a length, while its event is held, or the _ExplicitConnect of a
-#                    connect() made outside any request, while its socket is counted
+#   _netaudit_held   the _BodyCounter of the last response without a length, while its event is
+#                    held (the next request ends it), or the _ExplicitConnect of a connect() made
+#                    before any request sent, until the next request sends (endheaders hands it
+#                    over) or the connection ends (_connection_ends)
 #   _netaudit_hstart index in `_buffer` of the first header line the caller put
 _DEFAULTS = {"_netaudit_rec": None, "_netaudit_phase": HEADERS, "_netaudit_peer": None, "_netaudit_fx": None,
              "_netaudit_held": None, "_netaudit_hstart": 0}
@@ -368,7 +369,7 @@ def _fill_peer(conn, rec) -> None:
     if cached is None or cached[0] is not sock:
         peer(rec, sock)
         conn._netaudit_peer = (sock, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
-        _LIVE.add(conn)  # a new socket: its requests are ended at exit (_connection_ends)
+        _register(conn)  # a new socket: its requests are ended at exit (_connection_ends)
     else:
         _, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port = cached
 
@@ -584,7 +585,7 @@ def _flush_held() -> None:
     for rec in list(_HELD.values()):
         _submit_held(rec)
     try:
-        connections = list(_LIVE)
+        connections = list(_LIVE.values())
     except Exception as exc:
         GUARD.fault("record", exc)
         return
@@ -635,15 +636,20 @@ class _ExplicitConnect:
     until the connection's next request sends (endheaders: `hand_over`), the socket counted as a
     raw one's meanwhile where it can be (socket_bytes.track)."""
 
-    __slots__ = ("_rec", "_sock", "_body")
+    __slots__ = ("_rec", "_sock", "_body", "_dest")
 
-    def __init__(self, rec, sock, body) -> None:
+    def __init__(self, rec, sock, body, dest) -> None:
         self._rec = rec
+        self._dest = dest  # (host, port) the connection was asked for, as a request on it names them
         # a socket we could not count: a weak reference to it (no reference of ours keeps the
         # program's socket open); a counted one is `rec.netaudit_sock`, which stays current
         # through a TLS wrap (socket_bytes.ssl_wrap_socket_wrapper)
         self._sock = None if sock is None else weakref.ref(sock)
         self._body = body  # the held response body of the connection's previous request
+
+    def __reduce__(self):
+        """A copy or a pickle of the connection carries none of it (weak references do not pickle)."""
+        return type(None), ()
 
     def end_body(self) -> None:
         """The connection's next request starts: a body left unread ends here (as without us)."""
@@ -665,7 +671,10 @@ class _ExplicitConnect:
         if rec is None or rec.done:
             return
         sock = self._socket(rec)
-        covered = sock is not None and conn.sock is sock and _same_destination(rec, request)
+        # the destination as named, not the record's port: peer() put the socket's there (a
+        # proxy's, for a tunnel; review 36, 1)
+        covered = (sock is not None and conn.sock is sock and self._dest is not None
+                   and self._dest == destination(request.host, request.dst_port))
         if self._sock is None:
             if covered:
                 socket_bytes.hand_over(sock, rec)
@@ -679,12 +688,6 @@ class _ExplicitConnect:
         rec, self._rec = self._rec, None
         if rec is not None and self._sock is not None:
             emit(rec)
-
-
-def _same_destination(rec, request) -> bool:
-    """Do two records name the same destination (a str host and an int port, compared as such)?"""
-    here = destination(rec.host, rec.dst_port)
-    return here is not None and here == destination(request.host, request.dst_port)
 
 
 def _sending(conn, request) -> None:
@@ -712,28 +715,36 @@ def _connected(conn, frame) -> None:
     a program's own class) is held the same way, without sizes, and emitted unless a request
     covers it."""
     try:
-        if conn._netaudit_rec is not None and conn._netaudit_phase != HEADERS:
-            return  # the request in flight has started sending: the connection is the request's
+        host, port = _request_destination(conn)
+        dest = destination(host, port)
+        request = conn._netaudit_rec
+        if (request is not None and conn._netaudit_phase == SENDING and dest is not None
+                and dest == destination(request.host, request.dst_port)):
+            # inside the request's own endheaders, to the request's destination: the request's own
+            # connection (a subclass's connect calling its base's). To elsewhere, or after the
+            # request sent (review 36, 2), it is the program's own: recorded
+            return
         sock = conn.sock
         if sock is not None and socket_bytes.counted(sock):
             return  # a connection recorded on its own already (an override's, to elsewhere)
-        host, port = _request_destination(conn)
         rec = begin("http", _protocol(conn), "CONNECT", host, port, frame)
     except Exception as exc:
         GUARD.fault("capture", exc)
         return
+    _register(conn)
     try:
         if sock is not None:
             peer(rec, sock)
             if not rec.dst_ip and sock.gettimeout() == 0:
                 rec.status = socket_bytes.IN_PROGRESS  # a non-blocking connect: settled as a raw one's
+            else:  # the request's addresses too: it need not ask the socket again (review 36, 8)
+                conn._netaudit_peer = (sock, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
             counted = socket_bytes.track(sock, rec)
             previous = conn._netaudit_held
             if type(previous) is _ExplicitConnect:
                 previous.end()  # a connection no request rides on: its own event
                 previous = None
-            conn._netaudit_held = _ExplicitConnect(rec, None if counted else sock, previous)
-            _LIVE.add(conn)
+            conn._netaudit_held = _ExplicitConnect(rec, None if counted else sock, previous, dest)
             return
     except Exception as exc:
         GUARD.fault("capture", exc, rec.ts)
@@ -745,14 +756,16 @@ def _request_destination(conn):
     return (getattr(conn, "_tunnel_host", None) or conn.host, getattr(conn, "_tunnel_port", None) or conn.port)
 
 
-def _connection_ends(conn) -> None:
-    """The connection closes, is collected, or the process exits: a request still in flight
-    (put or sent, never answered) is an event as it is, and so is a connect() no request took over.
-    Before, such a request was an event only if the connection made another request. A record
-    of another process (a forked child's copy of the connection) is the parent's to emit."""
+def _connection_ends(conn, closing: bool = False) -> None:
+    """The connection closes (`closing`), is collected, or the process exits: a request still in
+    flight (put or sent, never answered) is an event as it is, and so is a connect() no request
+    took over. Before, such a request was an event only if the connection made another request.
+    A record of another process (a forked child's copy of the connection) is the parent's to emit.
+    A close while the request's endheaders runs (another thread's) leaves the request to
+    endheaders, which ends it with its error (review 36, 3)."""
     try:
         rec = conn._netaudit_rec
-        if rec is not None:
+        if rec is not None and not (closing and conn._netaudit_phase == SENDING):
             if rec.pid == STATE.pid:
                 _end_request(conn)
             else:
@@ -762,6 +775,8 @@ def _connection_ends(conn) -> None:
             conn._netaudit_held = None
             if held._rec is not None and held._rec.pid == STATE.pid:
                 held.end()
+        if closing and conn._netaudit_peer is not None:
+            conn._netaudit_peer = None  # no reference of ours keeps the closed socket
     except Exception as exc:
         GUARD.fault("capture", exc)
 
@@ -771,14 +786,15 @@ def http_close_wrapper(self):
     inside a request's own steps (http.client closes a connection whose tunnel failed, inside
     connect): the request's wrappers end it there, with the error."""
     if not claimed():
-        _connection_ends(self)
+        _connection_ends(self, closing=True)
     return _close(self)
 
 
 def __del__(self, _ends=_connection_ends):
     """HTTPConnection.__del__ (it has none of its own): a connection dropped without close(). A
     finalizer: what raises here, a signal handler's exception too, Python could only report as
-    unraisable."""
+    unraisable. A subclass's own __del__ that does not call its base's skips it: its request left
+    in flight is ended only at exit, if the connection lives until then."""
     try:
         _ends(self)
     except BaseException:
@@ -786,8 +802,17 @@ def __del__(self, _ends=_connection_ends):
 
 
 # Connections that had a socket of their own (_fill_peer, _connected): at exit, each one's request
-# still in flight is ended (_flush_held). A weak set: it keeps no connection alive.
-_LIVE = weakref.WeakSet()
+# still in flight is ended (_flush_held). Weak values, keyed by object.__hash__ (the identity: a
+# program's __hash__ or __eq__ never runs, review 36, 4; id() would raise an audit event): it keeps
+# no connection alive.
+_LIVE = weakref.WeakValueDictionary()
+
+
+def _register(conn) -> None:
+    try:
+        _LIVE[object.__hash__(conn)] = conn
+    except Exception as exc:
+        GUARD.fault("capture", exc)
 
 
 def _connect_destination(conn):

@@ -253,6 +253,43 @@ def https(cert: str, key: str) -> int:
     return _serve(server).server_address[1]
 
 
+class _TunnelHandler(socketserver.BaseRequestHandler):
+    """An HTTP proxy's CONNECT: one line and headers in, "200", then bytes relayed both ways."""
+
+    def handle(self):
+        import select
+
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = self.request.recv(4096)
+            if not data:
+                return
+            head += data
+        target = head.split(b" ")[1].decode()
+        host, _, port = target.rpartition(":")
+        upstream = socket.create_connection((host, int(port)), timeout=10)
+        self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        ends = [self.request, upstream]
+        try:
+            while True:
+                ready, _, _ = select.select(ends, [], [], 10)
+                if not ready:
+                    return
+                for end in ready:
+                    data = end.recv(65536)
+                    if not data:
+                        return
+                    (upstream if end is self.request else self.request).sendall(data)
+        finally:
+            upstream.close()
+
+
+def tunnel_proxy() -> int:
+    """A local HTTP proxy that serves CONNECT (http.client's set_tunnel, urllib3's HTTPS proxying);
+    its port."""
+    return _serve(_ThreadingTCP((HOST, 0), _TunnelHandler)).server_address[1]
+
+
 def datagram(port: int) -> None:
     """One UDP datagram (1 byte) to HOST:port: the smallest call a test's program code can make."""
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

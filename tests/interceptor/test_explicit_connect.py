@@ -37,7 +37,7 @@ import pytest
 
 from interceptor import GUARD, socket_bytes
 from interceptor_fixtures import captured, servers  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, free_port, https, self_signed
+from interceptor_servers import HOST, free_port, https, self_signed, tunnel_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -242,8 +242,9 @@ def test_a_socket_taken_off_the_connection_keeps_its_event(captured, servers):
 
 
 def test_a_request_naming_another_destination_leaves_the_connection_its_event(captured, servers):
-    """The port changed after the connect: the request's event names another destination than
-    the one connected to, so it does not cover the connection (recorded twice, not hidden)."""
+    """The port changed after the connect: the request names another destination than the one
+    connected to, so it does not cover the connection (recorded twice, not hidden; the request's
+    event takes its port from the socket it rode)."""
     conn = http.client.HTTPConnection(HOST, servers.http)
     conn.connect()
     conn.port = servers.smtp
@@ -372,9 +373,132 @@ def test_a_refused_non_blocking_connect_carries_its_error(captured):
 
 
 def test_a_connection_closed_after_connect_still_copies(captured, servers):
-    """Review 35, 6: nothing of ours stays on a closed connection (copy and pickle work as without us)."""
+    """Review 35, 6: nothing of ours stays on a closed connection (copy and pickle work as without
+    us), after a connect() or after a request."""
     conn = http.client.HTTPConnection(HOST, servers.http)
     conn.connect()
     conn.close()
     pickle.dumps(conn)
     copy.deepcopy(conn)
+    conn.request("GET", "/then")
+    conn.getresponse().read()
+    conn.close()
+    pickle.dumps(conn)
+
+
+def test_a_tunnel_through_a_proxy_is_one_event_per_request(captured, servers):
+    """Review 36, 1: through a CONNECT proxy the socket's peer is the proxy; the request covers the
+    connection by the destination both name (before: an extra CONNECT, counting every request's
+    bytes again, the socket counted for its life)."""
+    proxy = tunnel_proxy()
+    conn = http.client.HTTPConnection(HOST, proxy)
+    conn.set_tunnel(HOST, servers.http)
+    conn.connect()
+    for path in ("/via0", "/via1"):
+        conn.request("GET", path)
+        conn.getresponse().read()
+        assert type(conn.sock) is socket.socket
+    conn.close()
+    # the proxy runs in this process: its own connection to the server is an event too ("socket")
+    assert [(e.method, e.host, e.url_path, e.dst_port, e.resp_bytes) for e in captured.events("http")] == [
+        ("GET", HOST, "/via0", proxy, 8), ("GET", HOST, "/via1", proxy, 8)]
+
+
+def test_urllib3_through_an_https_proxy_tunnel_is_one_event_per_request(https_port, captured):
+    """urllib3 connects ahead of the request and tunnels (review 36, 1: an extra CONNECT with
+    every request's bytes on ab64f76)."""
+    urllib3 = pytest.importorskip("urllib3")
+    proxy = urllib3.ProxyManager(f"http://{HOST}:{tunnel_proxy()}", cert_reqs="CERT_NONE")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # InsecureRequestWarning: a throwaway certificate
+        for path in ("/p0", "/p1"):
+            assert proxy.request("GET", f"https://{HOST}:{https_port}{path}").data == b"ok:" + path.encode()
+    proxy.clear()
+    assert [(e.protocol, e.method, e.url_path) for e in captured.events("http")] == [
+        ("https", "GET", "/p0"), ("https", "GET", "/p1")]
+
+
+def test_a_connection_made_after_the_request_sent_is_recorded(captured, servers):
+    """Review 36, 2: the request was sent (never answered); the program points the connection
+    elsewhere and connects: its own connection (before: hidden)."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.request("POST", "/sent", body=b"s" * 10)
+    conn.port = servers.xmlrpc
+    conn.connect()
+    conn.sock.sendall(_RAW)
+    received = len(conn.sock.recv(4096))
+    conn.close()
+    assert received and _rows(captured) == sorted([
+        ("http", "http", "CONNECT", servers.xmlrpc, "", len(_RAW), received),
+        ("http", "http", "POST", servers.http, "/sent", 10, 0)])
+
+
+def test_a_close_while_the_request_sends_leaves_it_its_error(captured, servers):
+    """Review 36, 3: the connection is closed while endheaders runs (here from the body's own
+    generator; a watchdog thread would do the same): endheaders ends the request, with its error
+    (before: ended at the close, the error lost)."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+
+    def body():
+        yield b"first"
+        conn.close()
+        raise ValueError("the body failed")
+
+    conn.putrequest("POST", "/closing")
+    conn.putheader("Transfer-Encoding", "chunked")
+    with pytest.raises(ValueError):
+        conn.endheaders(body(), encode_chunked=True)
+    (e,) = captured.events()
+    assert (e.method, e.url_path, e.error) == ("POST", "/closing", "ValueError")
+
+
+class _Unhashable(http.client.HTTPConnection):
+    """A connection class with its own __eq__ (so no hash): nothing of ours may call either."""
+
+    def __eq__(self, other):
+        raise AssertionError("the program's __eq__ ran")
+
+
+def test_a_connection_with_its_own_eq_is_counted_as_any(captured, servers):
+    """Review 36, 4: the registry of open connections is by identity (before: a fault, and the
+    connection's bytes lost)."""
+    before = GUARD.faults
+    conn = _Unhashable(HOST, servers.http)
+    conn.connect()
+    received = _raw_exchange(conn.sock)
+    conn.close()
+    assert GUARD.faults == before
+    assert _rows(captured) == [("http", "http", "CONNECT", servers.http, "", len(_RAW), received)]
+
+
+_FORK_PROGRAM = """
+import json, os, sys
+sys.path.insert(0, %(root)r)
+import http.client, interceptor
+
+class PrintWriter:
+    salt = None
+    def write_batch(self, events):
+        for e in events:
+            print(json.dumps([os.getpid() == PARENT, e.method, e.url_path]), flush=True)
+    def write_gap(self, *args):
+        pass
+
+PARENT = os.getpid()
+interceptor.install(sink=interceptor.Sink(PrintWriter()))
+conn = http.client.HTTPConnection("127.0.0.1", %(port)d)
+conn.request("POST", "/in-flight", body=b"f")
+if os.fork() == 0:
+    conn.close()      # the child's copy: the parent's request, not the child's to record
+    sys.exit(0)
+os.wait()
+conn.close()
+"""
+
+
+def test_a_forked_child_leaves_the_parents_request_to_the_parent(servers, tmp_path):
+    program = tmp_path / "fork.py"
+    program.write_text(_FORK_PROGRAM % {"root": str(ROOT), "port": servers.http})
+    r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert [json.loads(x) for x in r.stdout.splitlines()] == [[True, "POST", "/in-flight"]]
