@@ -585,12 +585,13 @@ def _flush_held() -> None:
     for rec in list(_HELD.values()):
         _submit_held(rec)
     try:
-        connections = list(_LIVE.values())
+        connections = [ref() for ref in list(_LIVE.values())]
     except Exception as exc:
         GUARD.fault("record", exc)
         return
     for conn in connections:
-        _connection_ends(conn)
+        if conn is not None:
+            _connection_ends(conn)
 
 
 def _forget_held_in_child() -> None:
@@ -802,15 +803,26 @@ def __del__(self, _ends=_connection_ends):
 
 
 # Connections that had a socket of their own (_fill_peer, _connected): at exit, each one's request
-# still in flight is ended (_flush_held). Weak values, keyed by object.__hash__ (the identity: a
-# program's __hash__ or __eq__ never runs, review 36, 4; id() would raise an audit event): it keeps
-# no connection alive.
-_LIVE = weakref.WeakValueDictionary()
+# still in flight is ended (_flush_held). A weak reference to each, keyed by object.__hash__ (the
+# identity, unique among live objects: a program's __hash__ or __eq__ never runs, review 36, 4;
+# id() would raise an audit event); entries of connections gone are pruned as the dict grows
+# (a WeakValueDictionary's entry cost ~2 us a new connection, this one a few hundred ns).
+_LIVE: dict = {}
+_live_prune_at = 1024
+_identity = object.__hash__
 
 
 def _register(conn) -> None:
+    global _live_prune_at
     try:
-        _LIVE[object.__hash__(conn)] = conn
+        _LIVE[_identity(conn)] = weakref.ref(conn)
+        if len(_LIVE) > _live_prune_at:
+            for key, ref in list(_LIVE.items()):  # a snapshot, made in C: no other thread changes it
+                if ref() is None:
+                    ref = _LIVE.pop(key, None)
+                    if ref is not None and ref() is not None:  # another connection took the key meanwhile
+                        _LIVE[key] = ref
+            _live_prune_at = max(1024, 2 * len(_LIVE))
     except Exception as exc:
         GUARD.fault("capture", exc)
 

@@ -502,3 +502,15 @@ def test_a_forked_child_leaves_the_parents_request_to_the_parent(servers, tmp_pa
     r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert [json.loads(x) for x in r.stdout.splitlines()] == [[True, "POST", "/in-flight"]]
+
+
+def test_the_registry_of_open_connections_stays_bounded():
+    """Connections gone are pruned as the registry grows; a live one stays registered."""
+    from interceptor import http_wrappers
+
+    kept = http.client.HTTPConnection(HOST, 1)
+    http_wrappers._register(kept)
+    for _ in range(10_000):
+        http_wrappers._register(http.client.HTTPConnection(HOST, 1))  # dropped at once
+    assert len(http_wrappers._LIVE) <= 2 * 1024 + 1
+    assert http_wrappers._LIVE[object.__hash__(kept)]() is kept
