@@ -494,18 +494,50 @@ def fork_cost(forks: int = 400) -> None:
               f"median of {forks // 2})")
 
 
-_NEW_CONNECTION_PROGRAM = r"""
+# A program timing a new connection's GET on its thread, in alternating rounds of 200 in one
+# process: `use(True)` puts in place what is measured, `use(False)` what it is measured against.
+_ALTERNATING_PROGRAM = r"""
 import json, statistics, subprocess, sys, time
 sys.path.insert(0, ".")
 import http.client
 import interceptor
-from interceptor import NullWriter, Sink, capture
+from interceptor import NullWriter, Sink, capture, http_wrappers
 from bench.bench_interceptor import SERVER
 
 srv = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
 port = int(srv.stdout.readline())
 interceptor.install(sink=Sink(NullWriter()))
-walk, rounds = capture._claim_covers, int(sys.argv[1])
+rounds = int(sys.argv[1])
+%s
+cost = {True: [], False: []}
+for _ in range(200):
+    get()
+for r in range(2 * rounds):
+    measured = r %% 2 == 1
+    use(measured)
+    t0 = time.thread_time_ns()
+    for _ in range(200):
+        get()
+    cost[measured].append((time.thread_time_ns() - t0) / 200 / 1000)
+srv.kill()
+print(json.dumps({"measured": statistics.median(cost[True]), "against": statistics.median(cost[False])}))
+"""
+
+
+def _alternating(setup: str, rounds: int, what: str):
+    """Run _ALTERNATING_PROGRAM with `setup` (defining get() and use(measured)): the two medians
+    (us), or None where it could not run."""
+    out = subprocess.run([sys.executable, "-c", _ALTERNATING_PROGRAM % setup, str(rounds)], capture_output=True,
+                         text=True, timeout=600, cwd=os.getcwd())
+    if out.returncode != 0:
+        print(f"{what}: could not run")
+        return None
+    r = json.loads(out.stdout)
+    return r["measured"], r["against"]
+
+
+_CLAIM_WALK_SETUP = """
+walk = capture._claim_covers
 
 def get():  # a new connection each time: a lookup of "localhost", a connect, then the request
     c = http.client.HTTPConnection("localhost", port)
@@ -513,18 +545,8 @@ def get():  # a new connection each time: a lookup of "localhost", a connect, th
     c.getresponse().read()
     c.close()
 
-cost = {"walk": [], "held": []}
-for _ in range(200):
-    get()
-for r in range(2 * rounds):
-    kind = "walk" if r % 2 else "held"
-    capture._claim_covers = walk if kind == "walk" else (lambda f: True)  # before: a held claim covered all
-    t0 = time.thread_time_ns()
-    for _ in range(200):
-        get()
-    cost[kind].append((time.thread_time_ns() - t0) / 200 / 1000)
-srv.kill()
-print(json.dumps({k: statistics.median(v) for k, v in cost.items()}))
+def use(measured):  # against the rule before: a held claim covered all
+    capture._claim_covers = walk if measured else (lambda f: True)
 """
 
 
@@ -533,29 +555,16 @@ def claim_walk_cost(rounds: int = 15) -> None:
     (capture.claimed: a claim covers library frames only) against the rule before it (a held claim
     covered everything below it), alternating rounds in one process. A kept-alive request makes
     no walk: only a new connection's connect, lookup and socket steps check the claim."""
-    out = subprocess.run([sys.executable, "-c", _NEW_CONNECTION_PROGRAM, str(rounds)], capture_output=True,
-                         text=True, timeout=600, cwd=os.getcwd())
-    if out.returncode != 0:
-        print("claim walk cost: could not run")
-        return
-    r = json.loads(out.stdout)
-    print(f"new-connection http.client GET, calling thread: claim covers all {r['held']:.1f} us, "
-          f"library frames only (the walk) {r['walk']:.1f} us ({r['walk'] - r['held']:+.1f} us; "
-          f"median of {rounds} rounds of 200)")
+    r = _alternating(_CLAIM_WALK_SETUP, rounds, "claim walk cost")
+    if r is not None:
+        walk, held = r
+        print(f"new-connection http.client GET, calling thread: claim covers all {held:.1f} us, "
+              f"library frames only (the walk) {walk:.1f} us ({walk - held:+.1f} us; "
+              f"median of {rounds} rounds of 200)")
 
 
-_EXPLICIT_CONNECT_PROGRAM = r"""
-import json, statistics, subprocess, sys, time
-sys.path.insert(0, ".")
-import http.client
-import interceptor
-from interceptor import NullWriter, Sink, http_wrappers
-from bench.bench_interceptor import SERVER
-
-srv = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-port = int(srv.stdout.readline())
-interceptor.install(sink=Sink(NullWriter()))
-connected, rounds = http_wrappers._connected, int(sys.argv[1])
+_EXPLICIT_CONNECT_SETUP = """
+connected = http_wrappers._connected
 
 def get():  # connect() first, as urllib3 does for HTTPS, then the request on that connection
     c = http.client.HTTPConnection("127.0.0.1", port)
@@ -564,18 +573,8 @@ def get():  # connect() first, as urllib3 does for HTTPS, then the request on th
     c.getresponse().read()
     c.close()
 
-cost = {"counted": [], "before": []}
-for _ in range(200):
-    get()
-for r in range(2 * rounds):
-    kind = "counted" if r % 2 else "before"
-    http_wrappers._connected = connected if kind == "counted" else (lambda conn, frame: None)
-    t0 = time.thread_time_ns()
-    for _ in range(200):
-        get()
-    cost[kind].append((time.thread_time_ns() - t0) / 200 / 1000)
-srv.kill()
-print(json.dumps({k: statistics.median(v) for k, v in cost.items()}))
+def use(measured):  # against nothing recorded for the connect
+    http_wrappers._connected = connected if measured else (lambda conn, frame: None)
 """
 
 
@@ -584,15 +583,12 @@ def explicit_connect_cost(rounds: int = 15) -> None:
     thread (http_wrappers._connected: a CONNECT record and its socket counted until the request,
     which takes it over), against before it (nothing recorded), alternating rounds in one process.
     urllib3 connects every new HTTPS connection so; a kept-alive request pays nothing for it."""
-    out = subprocess.run([sys.executable, "-c", _EXPLICIT_CONNECT_PROGRAM, str(rounds)], capture_output=True,
-                         text=True, timeout=600, cwd=os.getcwd())
-    if out.returncode != 0:
-        print("explicit connect cost: could not run")
-        return
-    r = json.loads(out.stdout)
-    print(f"connect() then GET on a new http.client connection, calling thread: not recorded {r['before']:.1f} us, "
-          f"counted until the request {r['counted']:.1f} us ({r['counted'] - r['before']:+.1f} us; "
-          f"median of {rounds} rounds of 200)")
+    r = _alternating(_EXPLICIT_CONNECT_SETUP, rounds, "explicit connect cost")
+    if r is not None:
+        counted, before = r
+        print(f"connect() then GET on a new http.client connection, calling thread: not recorded {before:.1f} us, "
+              f"counted until the request {counted:.1f} us ({counted - before:+.1f} us; "
+              f"median of {rounds} rounds of 200)")
 
 
 def main() -> None:

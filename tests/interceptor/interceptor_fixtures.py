@@ -15,10 +15,19 @@ import pytest
 import interceptor
 from interceptor import MemoryWriter, NullWriter, Sink
 
-from interceptor_servers import Servers
+from interceptor_servers import Servers, self_signed
 
 
 _servers: list[Servers] = []
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """(certificate, key): a throwaway self-signed pair for 127.0.0.1, made once per test process."""
+    made = self_signed(tmp_path_factory.mktemp("tls"))
+    if made is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    return made
 
 
 @pytest.fixture

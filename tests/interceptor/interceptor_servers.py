@@ -213,6 +213,25 @@ class Servers:
             s.server_close()
 
 
+# How the tests' programs (run in a subprocess) begin: the interceptor installed, writing each event's `fields` as a JSON
+# line on stdout (a gap row as ["gap", ...]).
+PRINTING = """
+import json, os, socket, sys, threading, time
+sys.path.insert(0, %(root)r)
+import interceptor
+
+class PrintWriter:
+    salt = None
+    def write_batch(self, events):
+        for e in events:
+            print(json.dumps([getattr(e, f) for f in %(fields)r]), flush=True)
+    def write_gap(self, *args):
+        print(json.dumps(["gap", *args]), flush=True)
+
+interceptor.install(sink=interceptor.Sink(PrintWriter()))
+"""
+
+
 def self_signed(directory) -> tuple[str, str] | None:
     """A throwaway self-signed certificate and key for 127.0.0.1 in `directory` (openssl CLI), or
     None where the openssl command is missing."""

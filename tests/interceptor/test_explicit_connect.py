@@ -36,8 +36,8 @@ from pathlib import Path
 import pytest
 
 from interceptor import GUARD, socket_bytes
-from interceptor_fixtures import captured, servers  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, free_port, https, self_signed, tunnel_proxy
+from interceptor_fixtures import captured, servers, tls_files  # noqa: F401  (fixtures)
+from interceptor_servers import HOST, PRINTING, free_port, https, tunnel_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,13 +45,10 @@ _https_port: list[int] = []
 
 
 @pytest.fixture
-def https_port(servers, tmp_path_factory):
+def https_port(servers, tls_files):
     """An HTTPS twin of the HTTP server, with a throwaway self-signed certificate."""
     if not _https_port:
-        made = self_signed(tmp_path_factory.mktemp("tls"))
-        if made is None:
-            pytest.skip("needs the openssl command to make a test certificate")
-        _https_port.append(https(*made))
+        _https_port.append(https(*tls_files))
     return _https_port[0]
 
 
@@ -294,20 +291,8 @@ def test_a_request_sent_and_never_answered_is_an_event_when_the_connection_is_co
     assert _rows(captured) == [("http", "http", "POST", servers.http, "/dropped", 300, 0)]
 
 
-_EXIT_PROGRAM = """
-import json, sys
-sys.path.insert(0, %(root)r)
-import http.client, interceptor
-
-class PrintWriter:
-    salt = None
-    def write_batch(self, events):
-        for e in events:
-            print(json.dumps([e.method, e.url_path, e.req_bytes, e.dst_port]), flush=True)
-    def write_gap(self, *args):
-        print(json.dumps(["gap", *args]), flush=True)
-
-interceptor.install(sink=interceptor.Sink(PrintWriter()))
+_EXIT_PROGRAM = PRINTING + """
+import http.client
 SENT = http.client.HTTPConnection("127.0.0.1", %(port)d)
 SENT.request("POST", "/at-exit", body=b"z" * 70)          # sent, never answered
 PUT = http.client.HTTPConnection("127.0.0.1", %(port)d)
@@ -320,7 +305,8 @@ print("done", flush=True)
 
 def test_what_connections_left_in_flight_is_recorded_at_exit(servers, tmp_path):
     program = tmp_path / "in_flight_at_exit.py"
-    program.write_text(_EXIT_PROGRAM % {"root": str(ROOT), "port": servers.http})
+    program.write_text(_EXIT_PROGRAM % {"root": str(ROOT), "port": servers.http,
+                                        "fields": ("method", "url_path", "req_bytes", "dst_port")})
     r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     lines = r.stdout.splitlines()
@@ -471,21 +457,9 @@ def test_a_connection_with_its_own_eq_is_counted_as_any(captured, servers):
     assert _rows(captured) == [("http", "http", "CONNECT", servers.http, "", len(_RAW), received)]
 
 
-_FORK_PROGRAM = """
-import json, os, sys
-sys.path.insert(0, %(root)r)
-import http.client, interceptor
-
-class PrintWriter:
-    salt = None
-    def write_batch(self, events):
-        for e in events:
-            print(json.dumps([os.getpid() == PARENT, e.method, e.url_path]), flush=True)
-    def write_gap(self, *args):
-        pass
-
-PARENT = os.getpid()
-interceptor.install(sink=interceptor.Sink(PrintWriter()))
+_FORK_PROGRAM = PRINTING + """
+import http.client
+print(json.dumps(["parent", os.getpid()]), flush=True)
 conn = http.client.HTTPConnection("127.0.0.1", %(port)d)
 conn.request("POST", "/in-flight", body=b"f")
 if os.fork() == 0:
@@ -498,10 +472,12 @@ conn.close()
 
 def test_a_forked_child_leaves_the_parents_request_to_the_parent(servers, tmp_path):
     program = tmp_path / "fork.py"
-    program.write_text(_FORK_PROGRAM % {"root": str(ROOT), "port": servers.http})
+    program.write_text(_FORK_PROGRAM % {"root": str(ROOT), "port": servers.http,
+                                        "fields": ("pid", "method", "url_path")})
     r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    assert [json.loads(x) for x in r.stdout.splitlines()] == [[True, "POST", "/in-flight"]]
+    (_, parent), *rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert rows == [[parent, "POST", "/in-flight"]]
 
 
 def test_the_registry_of_open_connections_stays_bounded():

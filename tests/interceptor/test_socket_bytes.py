@@ -24,8 +24,8 @@ import pytest
 from interceptor import GUARD
 from interceptor import socket_bytes
 
-from interceptor_fixtures import captured, pythons, servers  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, free_port, self_signed
+from interceptor_fixtures import captured, pythons, servers, tls_files  # noqa: F401  (fixtures)
+from interceptor_servers import HOST, PRINTING, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -388,25 +388,7 @@ def test_faults_are_swallowed_and_counted(captured, count_port):
     assert closed.value.errno == 9  # EBADF, as for a plain socket
 
 
-# How the programs below begin: the interceptor installed, writing each event's `fields` as a JSON
-# line on stdout (a gap row as ["gap", ...]).
-_PRINTING = """
-import json, os, socket, sys, threading, time
-sys.path.insert(0, %(root)r)
-import interceptor
-
-class PrintWriter:
-    salt = None
-    def write_batch(self, events):
-        for e in events:
-            print(json.dumps([getattr(e, f) for f in %(fields)r]), flush=True)
-    def write_gap(self, *args):
-        print(json.dumps(["gap", *args]), flush=True)
-
-interceptor.install(sink=interceptor.Sink(PrintWriter()))
-"""
-
-_EXIT_PROGRAM = _PRINTING + """
+_EXIT_PROGRAM = PRINTING + """
 KEEP = socket.create_connection(("127.0.0.1", %(port)d))
 KEEP.sendall(b"7 9\\n" + b"q" * 7)
 got = 0
@@ -453,7 +435,7 @@ def _ask_so_error():
 atexit.register(_ask_so_error)
 """
 
-_IN_PROGRESS_AT_EXIT = _ASKS_AFTER_OUR_EXIT + _PRINTING + """
+_IN_PROGRESS_AT_EXIT = _ASKS_AFTER_OUR_EXIT + PRINTING + """
 import errno, select
 def connected():  # a non-blocking connect, until it is up
     s = socket.socket()
@@ -507,7 +489,7 @@ def test_a_connect_in_progress_at_exit_is_settled_there(count_port, tmp_path):
 
 # The main thread returns; a thread it left makes the process's first calls afterwards (a server
 # thread, a pool's job nobody waited for), then runs on until the process is terminated.
-_LATE_PROGRAM = _PRINTING + """
+_LATE_PROGRAM = PRINTING + """
 def late():
     time.sleep(0.3)
     for _ in range(3):
@@ -553,7 +535,7 @@ def test_calls_made_after_the_main_thread_returned_are_written_while_the_process
     assert [json.loads(x)[1] for x in lines] == ["ConnectionRefusedError"] * 3, lines
 
 
-_FORK_PROGRAM = _PRINTING + """
+_FORK_PROGRAM = PRINTING + """
 def exchange(sock, n, m):
     sock.sendall(b"%%d %%d\\n" %% (n, m) + b"q" * n)
     got = 0
@@ -605,17 +587,14 @@ _tls_server: list[int] = []
 
 
 @pytest.fixture
-def tls_port(servers, tmp_path_factory):
+def tls_port(servers, tls_files):
     """A count server speaking TLS with a throwaway self-signed certificate (openssl CLI)."""
     import ssl
 
     if not _tls_server:
-        made = self_signed(tmp_path_factory.mktemp("tls"))
-        if made is None:
-            pytest.skip("needs the openssl command to make a test certificate")
         server = _TLSCountServer((HOST, 0), _CountHandler)
         server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server.context.load_cert_chain(*made)
+        server.context.load_cert_chain(*tls_files)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         _tls_server.append(server.server_address[1])
     return _tls_server[0]
