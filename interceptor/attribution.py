@@ -93,16 +93,18 @@ def read_author(manifest_path: str) -> str:
 
 # ---- what a claim covers: library frames only ----------------------------------------------------
 
-LIBRARY, OURS, PROGRAM = 0, 1, 2   # a frame's kind for claim_covers
+LIBRARY, OURS, PROGRAM, LOGGING = 0, 1, 2, 3   # a frame's kind for claim_covers
 _KINDS: dict[str, int] = {}         # module name -> kind, each classified once
 _KINDS_MAX = 65536
 _classifier: StackAttribution | None = None
 
 
-def claim_covers(f) -> bool:
-    """Does a claim held on this thread cover frame `f` (the code about to be silenced)?
+def claim_covers(f) -> int:
+    """Does a claim held on this thread cover frame `f` (the code about to be silenced)? OURS if
+    it does; PROGRAM if not; LOGGING if not, because a log handler runs the code (then not even a
+    connection to the claimed call's own destination is the call's: capture.claimed).
 
-    True when every frame from `f` outward to the nearest frame of the interceptor is library code
+    Covered when every frame from `f` outward to the nearest frame of the interceptor is library code
     (the standard library, a third-party library, Odoo's framework). The nearest interceptor frame
     is the wrapper whose call runs that code (it claimed, or it found itself claimed the same way),
     or code of ours the wrapper runs (a body's reader: its program code runs unclaimed anyway). A
@@ -111,7 +113,7 @@ def claim_covers(f) -> bool:
     as program here, as they do for self-egress; so does the standard library's `logging`, whose
     handlers send the program's log records) means what runs below it is the program's: not
     covered, recorded. No interceptor frame at all (the claim belongs to another stack of this
-    thread: a greenlet's): not covered. Frames are told by their module's `__name__`, read from
+    thread: a greenlet's): not covered (PROGRAM). Frames are told by their module's `__name__`, read from
     `f_globals` (no audit event, unlike `f_code`), each module classified once. Raises on a fault
     (the caller counts it)."""
     kinds = _KINDS
@@ -122,9 +124,9 @@ def claim_covers(f) -> bool:
         if kind is None:
             kind = _kind(name, g)
         if kind:
-            return kind == OURS
+            return kind
         f = f.f_back
-    return False
+    return PROGRAM
 
 
 def _kind(name: str, g) -> int:
@@ -134,8 +136,9 @@ def _kind(name: str, g) -> int:
     elif name == "logging" or name.startswith("logging."):
         # a log record is the program's, whoever logs it: a handler's traffic (DatagramHandler,
         # SocketHandler, SMTPHandler, HTTPHandler...) is never the claimed call's own, even where
-        # a library logs inside the call and the standard library's handler sends it
-        kind = PROGRAM
+        # a library logs inside the call and the standard library's handler sends it, and even to
+        # the call's own destination (review 37, 4)
+        kind = LOGGING
     else:
         if _classifier is None:
             _classifier = StackAttribution()

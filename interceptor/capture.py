@@ -36,7 +36,7 @@ from hashlib import sha256
 
 from .event import EGRESS, NetEvent
 from .guard import GUARD, pass_on
-from .attribution import claim_covers as _claim_covers
+from .attribution import LOGGING as _LOGGING, OURS as _OURS, claim_covers as _claim_covers
 from .native import get_ident as _ident
 from .redact import clean_host, clean_name, clean_names, clean_path, utf8_safe
 
@@ -64,6 +64,8 @@ def claimed(depth: int = 2, dest=None, lookup: bool = False) -> bool:
     connection matches once per claim (a second one there from the program's code is recorded),
     a lookup of it whenever (it reaches a resolver, not the host). Only a str host and an int
     port are compared (review 33, 1: a program's object with its own `__eq__` matched anything).
+    Not for a log handler's code (the standard library's `logging` in between): its traffic is
+    never the call's own (review 37, 4).
 
     The walk starts at the frame `depth` levels up: by default the caller of the function that
     calls this (a wrapper, or the audit hook, whose caller is the code that made the audited C
@@ -75,10 +77,11 @@ def claimed(depth: int = 2, dest=None, lookup: bool = False) -> bool:
     if held is None or held[0] is None or held[0] != _ident():  # an ended claim: no id call
         return False
     try:
-        if _claim_covers(_getframe(depth)):
+        kind = _claim_covers(_getframe(depth))
+        if kind == _OURS:
             return True
         want = held[1] if len(held) > 1 else None
-        if want is None or type(dest) is not tuple or len(dest) < 2:
+        if want is None or kind == _LOGGING or type(dest) is not tuple or len(dest) < 2:
             return False
         if type(want) is Record:  # an HTTP request's: its destination read only here, off the hot path
             want = destination(want.host, want.dst_port)
@@ -219,6 +222,7 @@ class Record:
     call_site = ""
     self_egress = False
     done = False
+    netaudit_connected = False  # an HTTP request's own connect was seen (http_wrappers._connected)
 
     def __init__(self, channel: str, protocol: str, method: str, host: str, port: int) -> None:
         self.ts = time.time_ns()

@@ -62,7 +62,8 @@ HEADERS, SENDING, BODY = 0, 1, 2  # _netaudit_phase: headers being put, inside e
 # inline attribute cache for that connection and slows every attribute access of http.client.
 #   _netaudit_rec    the in-flight Record, or None
 #   _netaudit_phase  HEADERS, SENDING while the original endheaders runs, BODY after it
-#   _netaudit_peer   (socket, src_ip, src_port, dst_ip, dst_port) cached per socket
+#   _netaudit_peer   (weak reference to the socket, src_ip, src_port, dst_ip, dst_port) cached per
+#                    socket (weak: no reference of ours keeps a socket the program let go open)
 #   _netaudit_fx     forensic.Capture of the in-flight request's bodies, only while a body tap
 #                    is set (interceptor/forensic.py); bodies never go on the Record
 #   _netaudit_held   the _BodyCounter of the last response without a length, while its event is
@@ -352,7 +353,7 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     try:
         sock = self.sock
         cached = self._netaudit_peer
-        if cached is not None and cached[0] is sock:  # a kept-alive connection: no syscalls
+        if cached is not None and cached[0]() is sock:  # a kept-alive connection: no syscalls
             _, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port = cached
         elif sock is not None:
             _fill_peer(self, rec)
@@ -366,9 +367,9 @@ def _fill_peer(conn, rec) -> None:
     if sock is None:
         return
     cached = conn._netaudit_peer
-    if cached is None or cached[0] is not sock:
+    if cached is None or cached[0]() is not sock:
         peer(rec, sock)
-        conn._netaudit_peer = (sock, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
+        conn._netaudit_peer = (weakref.ref(sock), rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
         _register(conn)  # a new socket: its requests are ended at exit (_connection_ends)
     else:
         _, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port = cached
@@ -674,8 +675,7 @@ class _ExplicitConnect:
         sock = self._socket(rec)
         # the destination as named, not the record's port: peer() put the socket's there (a
         # proxy's, for a tunnel; review 36, 1)
-        covered = (sock is not None and conn.sock is sock and self._dest is not None
-                   and self._dest == destination(request.host, request.dst_port))
+        covered = sock is not None and conn.sock is sock and _same_named(self._dest, request)
         if self._sock is None:
             if covered:
                 socket_bytes.hand_over(sock, rec)
@@ -689,6 +689,17 @@ class _ExplicitConnect:
         rec, self._rec = self._rec, None
         if rec is not None and self._sock is not None:
             emit(rec)
+
+
+def _same_named(dest, rec) -> bool:
+    """Does `rec` name the destination `dest` ((host, port), as read from the connection)? Both
+    come from the connection's own attributes: compared as they are, type for type (a port given
+    as text, "8080", stays text in http.client: review 37, 5), a str host and an int or str port."""
+    if dest is None:
+        return False
+    host, port = dest
+    return (type(host) is str and type(rec.host) is str and host == rec.host
+            and type(port) in (int, str) and type(port) is type(rec.dst_port) and port == rec.dst_port)
 
 
 def _sending(conn, request) -> None:
@@ -716,14 +727,14 @@ def _connected(conn, frame) -> None:
     a program's own class) is held the same way, without sizes, and emitted unless a request
     covers it."""
     try:
-        host, port = _request_destination(conn)
-        dest = destination(host, port)
+        host, port = dest = _request_destination(conn)
         request = conn._netaudit_rec
-        if (request is not None and conn._netaudit_phase == SENDING and dest is not None
-                and dest == destination(request.host, request.dst_port)):
-            # inside the request's own endheaders, to the request's destination: the request's own
-            # connection (a subclass's connect calling its base's). To elsewhere, or after the
-            # request sent (review 36, 2), it is the program's own: recorded
+        if (request is not None and conn._netaudit_phase == SENDING and not request.netaudit_connected
+                and _same_named(dest, request)):
+            # inside the request's own endheaders, to the request's destination, once: the request's
+            # own connection (a subclass's connect calling its base's). To elsewhere, after the
+            # request sent (review 36, 2), or a second one (review 37, 3): the program's own, recorded
+            request.netaudit_connected = True
             return
         sock = conn.sock
         if sock is not None and socket_bytes.counted(sock):
@@ -739,7 +750,7 @@ def _connected(conn, frame) -> None:
             if not rec.dst_ip and sock.gettimeout() == 0:
                 rec.status = socket_bytes.IN_PROGRESS  # a non-blocking connect: settled as a raw one's
             else:  # the request's addresses too: it need not ask the socket again (review 36, 8)
-                conn._netaudit_peer = (sock, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
+                conn._netaudit_peer = (weakref.ref(sock), rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
             counted = socket_bytes.track(sock, rec)
             previous = conn._netaudit_held
             if type(previous) is _ExplicitConnect:
@@ -776,8 +787,6 @@ def _connection_ends(conn, closing: bool = False) -> None:
             conn._netaudit_held = None
             if held._rec is not None and held._rec.pid == STATE.pid:
                 held.end()
-        if closing and conn._netaudit_peer is not None:
-            conn._netaudit_peer = None  # no reference of ours keeps the closed socket
     except Exception as exc:
         GUARD.fault("capture", exc)
 
@@ -785,17 +794,32 @@ def _connection_ends(conn, closing: bool = False) -> None:
 def http_close_wrapper(self):
     """Wraps HTTPConnection.close: ends what the connection left open (_connection_ends). Not
     inside a request's own steps (http.client closes a connection whose tunnel failed, inside
-    connect): the request's wrappers end it there, with the error."""
-    if not claimed():
-        _connection_ends(self, closing=True)
+    connect): the request's wrappers end it there, with the error. The connection closes whatever
+    lands in our part (a signal handler's exception goes on after it: review 37, 6)."""
+    try:
+        if not claimed():
+            _connection_ends(self, closing=True)
+    except BaseException:
+        _close(self)
+        raise
     return _close(self)
+
+
+def __getstate__(self):
+    """HTTPConnection.__getstate__ (it has none of its own): a copy or a pickle of a connection
+    carries none of our per-connection state (review 37, 1 and 2: a copy shared the request in
+    flight, and the first of the two to end ended it)."""
+    state = getattr(super(http.client.HTTPConnection, self), "__getstate__", None)
+    state = dict(self.__dict__) if state is None else state()
+    if type(state) is dict and any(type(k) is str and k.startswith("_netaudit_") for k in state):
+        state = {k: v for k, v in state.items() if not (type(k) is str and k.startswith("_netaudit_"))}
+    return state
 
 
 def __del__(self, _ends=_connection_ends):
     """HTTPConnection.__del__ (it has none of its own): a connection dropped without close(). A
     finalizer: what raises here, a signal handler's exception too, Python could only report as
-    unraisable. A subclass's own __del__ that does not call its base's skips it: its request left
-    in flight is ended only at exit, if the connection lives until then."""
+    unraisable. A subclass's own __del__ is wrapped to do the same first (_wrap_del)."""
     try:
         _ends(self)
     except BaseException:
@@ -842,10 +866,31 @@ def _wrap_connect(cls) -> None:
     original = cls.__dict__.get("connect")
     if original is not None and not getattr(original, MARK, False):
         cls.connect = _make_connect_wrapper(original)
+    _wrap_del(cls)
+
+
+def _wrap_del(cls) -> None:
+    """A subclass's own __del__ (ours, on HTTPConnection, runs only if it calls its base's): ours
+    first, then its own, once each (review 37, 7)."""
+    original = cls.__dict__.get("__del__")
+    if original is None or getattr(original, MARK, False) or cls is http.client.HTTPConnection:
+        return
+
+    def __del__(self, _ends=_connection_ends, _original=original):
+        try:
+            _ends(self)
+        except BaseException:
+            pass
+        _original(self)
+
+    __del__.__wrapped__ = original
+    setattr(__del__, MARK, True)
+    cls.__del__ = __del__
 
 
 def _subclass_hook(cls, **kwargs):
-    """HTTPConnection.__init_subclass__: a subclass defined later (urllib3's) gets its connect wrapped."""
+    """HTTPConnection.__init_subclass__: a subclass defined later (urllib3's) gets its connect (and
+    its own __del__) wrapped."""
     super(http.client.HTTPConnection, cls).__init_subclass__(**kwargs)
     try:
         _wrap_connect(cls)
@@ -884,6 +929,8 @@ def install() -> None:
         setattr(base, name, wrapper)
     _putrequest, _endheaders = _orig["putrequest"], _orig["endheaders"]
     _send, _getresponse, _close = _orig["send"], _orig["getresponse"], _orig["close"]
+    if "__getstate__" not in base.__dict__:
+        base.__getstate__ = __getstate__
     if "__del__" not in base.__dict__:  # a connection dropped without close(): _connection_ends
         base.__del__ = __del__
     stack = [base]

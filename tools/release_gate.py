@@ -66,6 +66,7 @@ EGRESS_WRAPPERS: tuple[tuple[str, str], ...] = (
     ("interceptor/http_wrappers.py", "http_send_wrapper"),
     ("interceptor/http_wrappers.py", "http_getresponse_wrapper"),
     ("interceptor/http_wrappers.py", "http_close_wrapper"),      # closes, never connects
+    ("interceptor/http_wrappers.py", "_wrap_del.__del__"),       # a subclass's own finalizer, run once
     ("interceptor/http_wrappers.py", "_make_connect_wrapper.http_connect_wrapper"),
     ("interceptor/socket_hooks.py", "socket_connect_wrapper"),
     ("interceptor/socket_hooks.py", "socket_connect_ex_wrapper"),

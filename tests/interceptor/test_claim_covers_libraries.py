@@ -454,3 +454,32 @@ def test_a_standard_library_log_handler_a_library_logs_through_is_recorded(captu
     events = _by_kind(captured.events())
     assert ("http", "http", "GET", servers.http, "/library-logged", 0) in events
     assert [e for e in events if e[0] == "socket" and e[3] == udp][0][:4] == ("socket", "udp", "sendto", udp)
+
+
+def test_a_log_handler_to_the_calls_own_destination_is_recorded(captured, servers, tmp_path, monkeypatch):
+    """Review 37, 4: the destination rule (a connection to the claimed call's own host and port
+    is the call's) does not apply to a log handler's code: a SocketHandler pointed at the request's
+    own server is recorded."""
+    import logging.handlers
+
+    lib = tmp_path / "site-packages"
+    lib.mkdir()
+    (lib / "netaudit_logginglib.py").write_text(_LOGGING_LIB)
+    monkeypatch.syspath_prepend(str(lib))
+    import netaudit_logginglib
+
+    handler = logging.handlers.SocketHandler(HOST, servers.http)
+    netaudit_logginglib.log.addHandler(handler)
+    netaudit_logginglib.log.setLevel(logging.DEBUG)
+    try:
+        c = netaudit_logginglib.LoggingConnection(HOST, servers.http)
+        c.request("GET", "/same-place")
+        c.getresponse().read()
+        c.close()
+    finally:
+        netaudit_logginglib.log.removeHandler(handler)
+        handler.close()
+    events = _by_kind(captured.events())
+    assert ("http", "http", "GET", servers.http, "/same-place", 0) in events
+    (sent,) = [e for e in events if e[0] == "socket"]
+    assert sent[:4] == ("socket", "tcp", "connect", servers.http) and sent[5] > 0

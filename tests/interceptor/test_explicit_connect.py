@@ -31,6 +31,7 @@ import ssl
 import subprocess
 import sys
 import warnings
+import weakref
 from pathlib import Path
 
 import pytest
@@ -480,13 +481,128 @@ def test_a_forked_child_leaves_the_parents_request_to_the_parent(servers, tmp_pa
     assert rows == [[parent, "POST", "/in-flight"]]
 
 
-def test_the_registry_of_open_connections_stays_bounded():
-    """Connections gone are pruned as the registry grows; a live one stays registered."""
+def test_the_registry_of_open_connections_stays_bounded(monkeypatch):
+    """Connections gone are pruned as the registry grows; a live one stays registered. Each
+    connection gets a key of its own here (review 37, 7: dropped at once, a connection's address,
+    and so its key, was reused, and the registry stayed small with no pruning at all)."""
     from interceptor import http_wrappers
 
+    keys = iter(range(10**9, 10**10))
+    monkeypatch.setattr(http_wrappers, "_identity", lambda conn: next(keys))
+    monkeypatch.setattr(http_wrappers, "_LIVE", {})
     kept = http.client.HTTPConnection(HOST, 1)
     http_wrappers._register(kept)
     for _ in range(10_000):
         http_wrappers._register(http.client.HTTPConnection(HOST, 1))  # dropped at once
-    assert len(http_wrappers._LIVE) <= 2 * 1024 + 1
-    assert http_wrappers._LIVE[object.__hash__(kept)]() is kept
+    assert len(http_wrappers._LIVE) <= 1025
+    assert [ref() for ref in http_wrappers._LIVE.values() if ref() is not None] == [kept]
+
+
+def test_a_socket_the_program_lets_go_is_not_kept_by_us(captured, servers):
+    """Review 37, 1: the peer cache holds the socket weakly: the program's `conn.sock = None` frees
+    it (its event comes then), and the connection pickles."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.connect()
+    ref = weakref.ref(conn.sock)
+    conn.sock = None
+    gc.collect()
+    assert ref() is None
+    pickle.dumps(conn)
+    assert _rows(captured) == [("http", "http", "CONNECT", servers.http, "", 0, 0)]
+
+
+def test_a_copy_of_a_connection_carries_none_of_our_state(captured, servers):
+    """Review 37, 2: a copy shared the request in flight (the copy's end ended it, without its
+    response) and an explicit connect's hand-over."""
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.request("GET", "/orig")
+    twin = copy.copy(conn)
+    del twin
+    gc.collect()
+    conn.getresponse().read()
+    conn.close()
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.connect()
+    twin = copy.copy(conn)
+    del twin
+    gc.collect()
+    conn.request("GET", "/after-copy")
+    conn.getresponse().read()
+    conn.close()
+    assert [(e.method, e.url_path, e.status, e.resp_bytes) for e in captured.events()] == [
+        ("GET", "/orig", "200", 8), ("GET", "/after-copy", "200", 14)]
+
+
+class _TwoConnects(http.client.HTTPConnection):
+    """Its connect makes a second connection to the same destination and keeps it for itself."""
+
+    extra = None
+
+    def connect(self):
+        super().connect()
+        first = self.sock
+        super().connect()
+        self.extra, self.sock = self.sock, first
+
+
+def test_a_second_connection_to_the_requests_destination_is_recorded(captured, servers):
+    """Review 37, 3: inside the request's own endheaders one connection is the request's; a
+    second one there is the program's (before: its bytes unrecorded)."""
+    conn = _TwoConnects(HOST, servers.http)
+    conn.request("GET", "/two")
+    conn.getresponse().read()
+    received = _raw_exchange(conn.extra)
+    conn.extra.close()
+    conn.close()
+    assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", len(_RAW), received),
+                                      ("http", "http", "GET", servers.http, "/two", 0, 7)])
+
+
+def test_a_port_given_as_text_is_one_event_per_request(captured, servers):
+    """Review 37, 5: http.client keeps a text port as text; the hand-over compares it as such
+    (before: an extra CONNECT counting every request's bytes)."""
+    conn = http.client.HTTPConnection(HOST, str(servers.http))
+    conn.connect()
+    for path in ("/t0", "/t1"):
+        conn.request("GET", path)
+        conn.getresponse().read()
+    assert type(conn.sock) is socket.socket
+    conn.close()
+    assert [(e.method, e.url_path) for e in captured.events()] == [("GET", "/t0"), ("GET", "/t1")]
+
+
+class _Interrupted(BaseException):
+    """Stands for a signal handler's exception (a time limit) landing in our part of close()."""
+
+
+def test_close_closes_whatever_lands_in_our_part(captured, servers, monkeypatch):
+    """Review 37, 6: the program gets its exception, and the connection is closed all the same."""
+    from interceptor import http_wrappers
+
+    def interrupted(conn, closing=False):
+        raise _Interrupted()
+
+    conn = http.client.HTTPConnection(HOST, servers.http)
+    conn.connect()
+    sock = conn.sock
+    monkeypatch.setattr(http_wrappers, "_connection_ends", interrupted)
+    with pytest.raises(_Interrupted):
+        conn.close()
+    assert conn.sock is None and sock.fileno() == -1
+
+
+class _OwnFinalizer(http.client.HTTPConnection):
+    finalized = 0
+
+    def __del__(self):  # does not call its base's
+        type(self).finalized += 1
+
+
+def test_a_connection_with_its_own_finalizer_still_ends_its_request(captured, servers):
+    """Review 37, 7: its own __del__ is wrapped (before: the request in flight lost at collection)."""
+    conn = _OwnFinalizer(HOST, servers.http)
+    conn.request("POST", "/own-del", body=b"d")
+    del conn
+    gc.collect()
+    assert _OwnFinalizer.finalized == 1
+    assert _rows(captured) == [("http", "http", "POST", servers.http, "/own-del", 1, 0)]
