@@ -222,7 +222,7 @@ class Record:
     call_site = ""
     self_egress = False
     done = False
-    netaudit_connected = False  # an HTTP request's own connect was seen (http_wrappers._connected)
+    netaudit_own = None  # an HTTP request's: connects made inside its endheaders (http_wrappers._connected)
 
     def __init__(self, channel: str, protocol: str, method: str, host: str, port: int) -> None:
         self.ts = time.time_ns()

@@ -41,6 +41,7 @@ Its duration is still the time to the response head, as for every other request.
 from __future__ import annotations
 
 import atexit
+import functools
 import http.client
 import io
 import os
@@ -349,6 +350,8 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
         raise
     finally:
         claim_held[0] = None
+        if rec.netaudit_own is not None:  # connects made inside it: which one the request rides
+            _settle_own(self, rec)
     self._netaudit_phase = BODY
     try:
         sock = self.sock
@@ -369,8 +372,8 @@ def _fill_peer(conn, rec) -> None:
     cached = conn._netaudit_peer
     if cached is None or cached[0]() is not sock:
         peer(rec, sock)
-        conn._netaudit_peer = (weakref.ref(sock), rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
         _register(conn)  # a new socket: its requests are ended at exit (_connection_ends)
+        conn._netaudit_peer = (_ref(sock), rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
     else:
         _, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port = cached
 
@@ -646,7 +649,7 @@ class _ExplicitConnect:
         # a socket we could not count: a weak reference to it (no reference of ours keeps the
         # program's socket open); a counted one is `rec.netaudit_sock`, which stays current
         # through a TLS wrap (socket_bytes.ssl_wrap_socket_wrapper)
-        self._sock = None if sock is None else weakref.ref(sock)
+        self._sock = None if sock is None else _ref(sock)
         self._body = body  # the held response body of the connection's previous request
 
     def __reduce__(self):
@@ -682,6 +685,21 @@ class _ExplicitConnect:
         elif not covered:
             emit(rec)
 
+    def settle_own(self, sock) -> None:
+        """The request's endheaders, inside which this connection was made, returned (or raised):
+        it is the request's own if the request rode it (`sock`, the connection's socket now), and
+        no event of its own, whatever moved on it (the request's bytes); else the program's, whose
+        event stands (at its socket's close where it is counted, now if not)."""
+        rec, self._rec = self._rec, None
+        if rec is None or rec.done:
+            return
+        mine = self._socket(rec)
+        if mine is not None and mine is sock:
+            if self._sock is None:
+                socket_bytes.hand_over(mine, rec, theirs=True)
+        elif self._sock is not None:
+            emit(rec)
+
     def end(self) -> None:
         """The connection closes, is collected, or the process exits with no request sent on it:
         a counted socket's event comes at its own close; one we could not count is emitted now."""
@@ -700,6 +718,29 @@ def _same_named(dest, rec) -> bool:
     host, port = dest
     return (type(host) is str and type(rec.host) is str and host == rec.host
             and type(port) in (int, str) and type(port) is type(rec.dst_port) and port == rec.dst_port)
+
+
+def _settle_own(conn, request) -> None:
+    """endheaders returned or raised: of the connects made inside it to its destination (a
+    subclass's connect calling its base's, once or more: review 38, 1), the one whose socket the
+    connection now has is the request's own; the others are the program's (_connected)."""
+    candidates, request.netaudit_own = request.netaudit_own, None
+    try:
+        sock = conn.sock
+        for candidate in candidates:
+            candidate.settle_own(sock)
+    except Exception as exc:
+        GUARD.fault("capture", exc, request.ts)
+
+
+def _ref(sock):
+    """A weak reference to a socket; for a socket-like object that takes none, a callable that
+    returns it (a strong reference, as before: review 38, 3)."""
+    try:
+        return weakref.ref(sock)
+    except TypeError as exc:
+        pass_on(exc)
+        return lambda: sock
 
 
 def _sending(conn, request) -> None:
@@ -729,13 +770,11 @@ def _connected(conn, frame) -> None:
     try:
         host, port = dest = _request_destination(conn)
         request = conn._netaudit_rec
-        if (request is not None and conn._netaudit_phase == SENDING and not request.netaudit_connected
-                and _same_named(dest, request)):
-            # inside the request's own endheaders, to the request's destination, once: the request's
-            # own connection (a subclass's connect calling its base's). To elsewhere, after the
-            # request sent (review 36, 2), or a second one (review 37, 3): the program's own, recorded
-            request.netaudit_connected = True
-            return
+        # inside the request's own endheaders, to the request's destination: the request's own
+        # connection (a subclass's connect calling its base's), or another the program makes there
+        # (review 37, 3): which one, endheaders settles when it returns (_settle_own: review 38, 1).
+        # To elsewhere, or after the request sent (review 36, 2): the program's own, recorded
+        own = (request is not None and conn._netaudit_phase == SENDING and _same_named(dest, request))
         sock = conn.sock
         if sock is not None and socket_bytes.counted(sock):
             return  # a connection recorded on its own already (an override's, to elsewhere)
@@ -750,8 +789,15 @@ def _connected(conn, frame) -> None:
             if not rec.dst_ip and sock.gettimeout() == 0:
                 rec.status = socket_bytes.IN_PROGRESS  # a non-blocking connect: settled as a raw one's
             else:  # the request's addresses too: it need not ask the socket again (review 36, 8)
-                conn._netaudit_peer = (weakref.ref(sock), rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
+                conn._netaudit_peer = (_ref(sock), rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
             counted = socket_bytes.track(sock, rec)
+            if own:
+                candidate = _ExplicitConnect(rec, None if counted else sock, None, dest)
+                if request.netaudit_own is None:
+                    request.netaudit_own = [candidate]
+                else:
+                    request.netaudit_own.append(candidate)
+                return
             previous = conn._netaudit_held
             if type(previous) is _ExplicitConnect:
                 previous.end()  # a connection no request rides on: its own event
@@ -811,8 +857,14 @@ def __getstate__(self):
     flight, and the first of the two to end ended it)."""
     state = getattr(super(http.client.HTTPConnection, self), "__getstate__", None)
     state = dict(self.__dict__) if state is None else state()
-    if type(state) is dict and any(type(k) is str and k.startswith("_netaudit_") for k in state):
-        state = {k: v for k, v in state.items() if not (type(k) is str and k.startswith("_netaudit_"))}
+    if type(state) is tuple and len(state) == 2 and type(state[0]) is dict:  # a class with __slots__
+        return _ours_left_out(state[0]), state[1]
+    return _ours_left_out(state) if type(state) is dict else state
+
+
+def _ours_left_out(state: dict) -> dict:
+    if any(type(k) is str and k.startswith("_netaudit_") for k in state):
+        return {k: v for k, v in state.items() if not (type(k) is str and k.startswith("_netaudit_"))}
     return state
 
 
@@ -824,6 +876,9 @@ def __del__(self, _ends=_connection_ends):
         _ends(self)
     except BaseException:
         pass
+
+
+_connection_del = __del__  # (the name _wrap_del's own finalizers shadow)
 
 
 # Connections that had a socket of their own (_fill_peer, _connected): at exit, each one's request
@@ -870,20 +925,22 @@ def _wrap_connect(cls) -> None:
 
 
 def _wrap_del(cls) -> None:
-    """A subclass's own __del__ (ours, on HTTPConnection, runs only if it calls its base's): ours
-    first, then its own, once each (review 37, 7)."""
-    original = cls.__dict__.get("__del__")
-    if original is None or getattr(original, MARK, False) or cls is http.client.HTTPConnection:
+    """A subclass's own __del__, or a mixin's it resolves to (ours, on HTTPConnection, runs only if
+    it calls its base's): ours first, then that one, once each (review 37, 7; review 38, 4)."""
+    if cls is http.client.HTTPConnection:
+        return
+    original = getattr(cls, "__del__", None)
+    if original is None or original is _connection_del or getattr(original, MARK, False):
         return
 
-    def __del__(self, _ends=_connection_ends, _original=original):
+    def __del__(self, _ends=_connection_ends, _original=original):  # a finalizer, named as one
         try:
             _ends(self)
         except BaseException:
             pass
         _original(self)
 
-    __del__.__wrapped__ = original
+    functools.update_wrapper(__del__, original)  # an error it raises names the program's
     setattr(__del__, MARK, True)
     cls.__del__ = __del__
 
@@ -932,7 +989,7 @@ def install() -> None:
     if "__getstate__" not in base.__dict__:
         base.__getstate__ = __getstate__
     if "__del__" not in base.__dict__:  # a connection dropped without close(): _connection_ends
-        base.__del__ = __del__
+        base.__del__ = _connection_del
     stack = [base]
     while stack:
         cls = stack.pop()

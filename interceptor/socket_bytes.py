@@ -674,16 +674,18 @@ def counted(sock) -> bool:
     return type(sock) in _COUNTED
 
 
-def hand_over(sock, rec) -> None:
+def hand_over(sock, rec, theirs: bool = False) -> None:
     """A protocol wrapper's event takes over the connection `rec` counts on `sock` (an HTTP
     connection's next request, after a connect() made outside any request): a connection that moved
-    no bytes is no event of its own (the request's covers it), one that did ends here, with them.
-    Either way the socket counts no more (it is of its own class again), unless a dup() of it still
-    shares the record. Never raises but the program's own signal-handler exception (guard.py)."""
+    no bytes is no event of its own (the request's covers it), one that did ends here, with them;
+    with `theirs`, the bytes it moved were the request's own (it was counted while the request sent
+    on it), and it is no event of its own either way. The socket counts no more (it is of its own
+    class again), unless a dup() of it still shares the record. Never raises but the program's own
+    signal-handler exception (guard.py)."""
     try:
         if _OPEN.get(hash(sock)) is not rec:
             return  # ended already: closed, detached, or moved to its SSLSocket
-        if rec.req_bytes or rec.resp_bytes or rec.status or rec.error or rec.netaudit_sockets > 1:
+        if (not theirs and (rec.req_bytes or rec.resp_bytes)) or rec.status or rec.error or rec.netaudit_sockets > 1:
             _end(sock)  # its event ends here; or a dup() of it counts on, emitted when it ends
         else:
             del _OPEN[hash(sock)]

@@ -606,3 +606,95 @@ def test_a_connection_with_its_own_finalizer_still_ends_its_request(captured, se
     gc.collect()
     assert _OwnFinalizer.finalized == 1
     assert _rows(captured) == [("http", "http", "POST", servers.http, "/own-del", 1, 0)]
+
+
+class _Reconnecting(http.client.HTTPConnection):
+    """Its connect probes, drops the probe and connects again: the request rides the second."""
+
+    def connect(self):
+        super().connect()
+        self.sock.close()
+        super().connect()
+
+
+def test_a_connect_that_reconnects_leaves_the_request_its_own_connection(captured, servers):
+    """Review 38, 1: the request's own connection is the one it rides, settled when endheaders
+    returns (on 81cebd5, the first one was taken for it, and the one it rode got a CONNECT with
+    the requests' bytes). The probe is a connection of its own, and an event."""
+    conn = _Reconnecting(HOST, servers.http)
+    for path in ("/r0", "/r1"):
+        conn.request("GET", path)
+        conn.getresponse().read()
+        assert type(conn.sock) is socket.socket
+    conn.close()
+    assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", 0, 0),
+                                      ("http", "http", "GET", servers.http, "/r0", 0, 6),
+                                      ("http", "http", "GET", servers.http, "/r1", 0, 6)])
+
+
+class _Slotted(http.client.HTTPConnection):
+    __slots__ = ("label",)
+
+
+def test_a_copy_of_a_connection_class_with_slots_carries_none_of_our_state(captured, servers):
+    """Review 38, 2: its state pickles as (dict, slots); ours is left out of the dict too."""
+    conn = _Slotted(HOST, servers.http)
+    conn.label = "slotted"
+    conn.request("GET", "/slots")
+    twin = copy.copy(conn)
+    assert twin.label == "slotted"
+    del twin
+    gc.collect()
+    conn.getresponse().read()
+    conn.close()
+    assert [(e.url_path, e.status, e.resp_bytes) for e in captured.events()] == [("/slots", "200", 9)]
+
+
+class _NoWeakSocket:
+    """A socket-like object that takes no weak reference (a program's wrapper with __slots__)."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _WrappedSocketConnection(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = _NoWeakSocket(socket.create_connection((self.host, self.port)))
+
+
+def test_a_socket_like_object_without_weak_references_is_cached_as_before(captured, servers):
+    """Review 38, 3: no fault (on 81cebd5, one a request), and the connection is registered."""
+    before = GUARD.faults
+    conn = _WrappedSocketConnection(HOST, servers.http)
+    for path in ("/w0", "/w1"):
+        conn.request("GET", path)
+        conn.getresponse().read()
+    conn.close()
+    assert GUARD.faults == before
+    assert [(e.url_path, e.src_port > 0) for e in captured.events()] == [("/w0", True), ("/w1", True)]
+
+
+class _DelMixin:
+    finalized = 0
+
+    def __del__(self):  # a mixin's finalizer, ahead of HTTPConnection in the MRO
+        _DelMixin.finalized += 1
+
+
+class _Mixed(_DelMixin, http.client.HTTPConnection):
+    pass
+
+
+def test_a_mixins_finalizer_still_ends_the_request(captured, servers):
+    """Review 38, 4: the finalizer the class resolves to is wrapped, wherever it is defined."""
+    conn = _Mixed(HOST, servers.http)
+    conn.request("POST", "/mixed", body=b"m")
+    del conn
+    gc.collect()
+    assert _DelMixin.finalized == 1
+    assert _rows(captured) == [("http", "http", "POST", servers.http, "/mixed", 1, 0)]
