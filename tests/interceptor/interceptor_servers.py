@@ -276,20 +276,21 @@ def https(cert: str, key: str) -> int:
     return _serve(server).server_address[1]
 
 
-class _TunnelHandler(socketserver.BaseRequestHandler):
-    """An HTTP proxy's CONNECT: one line and headers in, "200", then bytes relayed both ways."""
+# An HTTP proxy's CONNECT: one line and headers in, "200", then bytes relayed both ways. It runs
+# in a process of its own: its own connections upstream, closed whenever the client's end goes,
+# are no events of the tests' process (in a thread here, they landed in a later test's sink).
+_TUNNEL_PROGRAM = r"""
+import select, socket, socketserver, sys
 
+class Handler(socketserver.BaseRequestHandler):
     def handle(self):
-        import select
-
         head = b""
         while b"\r\n\r\n" not in head:
             data = self.request.recv(4096)
             if not data:
                 return
             head += data
-        target = head.split(b" ")[1].decode()
-        host, _, port = target.rpartition(":")
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
         upstream = socket.create_connection((host, int(port)), timeout=10)
         self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
         ends = [self.request, upstream]
@@ -306,11 +307,28 @@ class _TunnelHandler(socketserver.BaseRequestHandler):
         finally:
             upstream.close()
 
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+server = Server(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+_tunnel: list[int] = []
+
 
 def tunnel_proxy() -> int:
-    """A local HTTP proxy that serves CONNECT (http.client's set_tunnel, urllib3's HTTPS proxying);
-    its port."""
-    return _serve(_ThreadingTCP((HOST, 0), _TunnelHandler)).server_address[1]
+    """A local HTTP proxy that serves CONNECT (http.client's set_tunnel, urllib3's HTTPS proxying),
+    in a process of its own, started once; its port."""
+    if not _tunnel:
+        import atexit
+        import subprocess
+        import sys
+
+        proc = subprocess.Popen([sys.executable, "-c", _TUNNEL_PROGRAM], stdout=subprocess.PIPE, text=True)
+        atexit.register(proc.kill)
+        _tunnel.append(int(proc.stdout.readline()))
+    return _tunnel[0]
 
 
 def datagram(port: int) -> None:

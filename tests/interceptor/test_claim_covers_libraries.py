@@ -426,6 +426,27 @@ class LoggingConnection(http.client.HTTPConnection):
 '''
 
 
+def _get_through_a_logging_library(handler, path, servers, tmp_path, monkeypatch) -> None:
+    """A GET made with the logging library's connection class (site-packages), its logger
+    sending through `handler` (the standard library's, configured by the program)."""
+    lib = tmp_path / "site-packages"
+    lib.mkdir()
+    (lib / "netaudit_logginglib.py").write_text(_LOGGING_LIB)
+    monkeypatch.syspath_prepend(str(lib))
+    import netaudit_logginglib
+
+    netaudit_logginglib.log.addHandler(handler)
+    netaudit_logginglib.log.setLevel(logging.DEBUG)
+    try:
+        c = netaudit_logginglib.LoggingConnection(HOST, servers.http)
+        c.request("GET", path)
+        c.getresponse().read()
+        c.close()
+    finally:
+        netaudit_logginglib.log.removeHandler(handler)
+        handler.close()
+
+
 def test_a_standard_library_log_handler_a_library_logs_through_is_recorded(captured, servers, tmp_path,
                                                                            monkeypatch):
     """The program configures the standard library's DatagramHandler; a library logs through it
@@ -433,24 +454,9 @@ def test_a_standard_library_log_handler_a_library_logs_through_is_recorded(captu
     handler's datagram (a leftover of session 11); now `logging`'s frames end the claim."""
     import logging.handlers
 
-    lib = tmp_path / "site-packages"
-    lib.mkdir()
-    (lib / "netaudit_logginglib.py").write_text(_LOGGING_LIB)
-    monkeypatch.syspath_prepend(str(lib))
-    import netaudit_logginglib
-
     udp = free_port()
-    handler = logging.handlers.DatagramHandler(HOST, udp)
-    netaudit_logginglib.log.addHandler(handler)
-    netaudit_logginglib.log.setLevel(logging.DEBUG)
-    try:
-        c = netaudit_logginglib.LoggingConnection(HOST, servers.http)
-        c.request("GET", "/library-logged")
-        c.getresponse().read()
-        c.close()
-    finally:
-        netaudit_logginglib.log.removeHandler(handler)
-        handler.close()
+    _get_through_a_logging_library(logging.handlers.DatagramHandler(HOST, udp), "/library-logged", servers,
+                                   tmp_path, monkeypatch)
     events = _by_kind(captured.events())
     assert ("http", "http", "GET", servers.http, "/library-logged", 0) in events
     assert [e for e in events if e[0] == "socket" and e[3] == udp][0][:4] == ("socket", "udp", "sendto", udp)
@@ -462,23 +468,8 @@ def test_a_log_handler_to_the_calls_own_destination_is_recorded(captured, server
     own server is recorded."""
     import logging.handlers
 
-    lib = tmp_path / "site-packages"
-    lib.mkdir()
-    (lib / "netaudit_logginglib.py").write_text(_LOGGING_LIB)
-    monkeypatch.syspath_prepend(str(lib))
-    import netaudit_logginglib
-
-    handler = logging.handlers.SocketHandler(HOST, servers.http)
-    netaudit_logginglib.log.addHandler(handler)
-    netaudit_logginglib.log.setLevel(logging.DEBUG)
-    try:
-        c = netaudit_logginglib.LoggingConnection(HOST, servers.http)
-        c.request("GET", "/same-place")
-        c.getresponse().read()
-        c.close()
-    finally:
-        netaudit_logginglib.log.removeHandler(handler)
-        handler.close()
+    _get_through_a_logging_library(logging.handlers.SocketHandler(HOST, servers.http), "/same-place", servers,
+                                   tmp_path, monkeypatch)
     events = _by_kind(captured.events())
     assert ("http", "http", "GET", servers.http, "/same-place", 0) in events
     (sent,) = [e for e in events if e[0] == "socket"]
