@@ -319,8 +319,9 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     rec = self._netaudit_rec
     if rec is None or claimed():
         return _endheaders(self, message_body, encode_chunked=encode_chunked)
-    if self._netaudit_held is not None:  # a connect() made before this request sent (_ExplicitConnect)
-        _sending(self, rec)
+    held = self._netaudit_held
+    if held is not None:  # a connect() made before this request sent (_ExplicitConnect)
+        _sending(self, held, rec)
     if _NAMES_FROM_BUFFER:
         try:
             _take_header_names(self, rec)
@@ -662,51 +663,41 @@ class _ExplicitConnect:
         if body is not None:
             body.finish()
 
-    def _socket(self, rec):
+    def _settle(self, rides, theirs: bool = False) -> None:
+        """End it, once. `rides(sock)`: does the request take the connection over, riding `sock`
+        (the connect's socket, None if gone)? Then the record is dropped, unless bytes moved there
+        that were not the request's (`theirs`: they were, it was counted while the request sent):
+        socket_bytes.hand_over, its event with them. Else the connection's own event stands: at its
+        socket's close where it is counted, now where it is not. A record of another process (a
+        forked child's copy of the connection) is the parent's to emit."""
+        rec, self._rec = self._rec, None
+        if rec is None or rec.done or rec.pid != STATE.pid:
+            return
         ref = self._sock if self._sock is not None else getattr(rec, "netaudit_sock", None)
-        return ref() if ref is not None else None
+        sock = ref() if ref is not None else None
+        if not (sock is not None and rides(sock)):
+            if self._sock is not None:
+                emit(rec)
+        elif self._sock is None:
+            socket_bytes.hand_over(sock, rec, theirs)
 
     def hand_over(self, conn, request) -> None:
-        """The connection's request sends. It covers this connection if it sends on the socket the
-        connect() made and names the same destination: the record is dropped then, unless bytes
-        moved on the socket meanwhile (socket_bytes.hand_over: its event, with them). Otherwise
-        the connection's own event stands: at its socket's close where it is counted, now if not."""
+        """The connection's next request sends: it takes the connection over if it sends on the
+        socket the connect() made and names the same destination (as named, not the record's
+        port: peer() put the socket's there, a proxy's for a tunnel: review 36, 1)."""
         self.end_body()
-        rec, self._rec = self._rec, None
-        if rec is None or rec.done:
-            return
-        sock = self._socket(rec)
-        # the destination as named, not the record's port: peer() put the socket's there (a
-        # proxy's, for a tunnel; review 36, 1)
-        covered = sock is not None and conn.sock is sock and _same_named(self._dest, request)
-        if self._sock is None:
-            if covered:
-                socket_bytes.hand_over(sock, rec)
-        elif not covered:
-            emit(rec)
+        self._settle(lambda sock: conn.sock is sock and _same_named(self._dest, request))
 
-    def settle_own(self, sock) -> None:
+    def settle_own(self, sock_now) -> None:
         """The request's endheaders, inside which this connection was made, returned (or raised):
-        it is the request's own if the request rode it (`sock`, the connection's socket now), and
-        no event of its own, whatever moved on it (the request's bytes); else the program's, whose
-        event stands (at its socket's close where it is counted, now if not)."""
-        rec, self._rec = self._rec, None
-        if rec is None or rec.done:
-            return
-        mine = self._socket(rec)
-        if mine is not None and mine is sock:
-            if self._sock is None:
-                socket_bytes.hand_over(mine, rec, theirs=True)
-        elif self._sock is not None:
-            emit(rec)
+        it is the request's own if the request rode it (`sock_now`, the connection's socket now),
+        whatever moved on it (the request's bytes); else the program's."""
+        self._settle(lambda sock: sock is sock_now, theirs=True)
 
     def end(self) -> None:
-        """The connection closes, is collected, or the process exits with no request sent on it:
-        a counted socket's event comes at its own close; one we could not count is emitted now."""
+        """The connection closes, is collected, or the process exits with no request sent on it."""
         self.end_body()
-        rec, self._rec = self._rec, None
-        if rec is not None and self._sock is not None:
-            emit(rec)
+        self._settle(lambda sock: False)
 
 
 def _same_named(dest, rec) -> bool:
@@ -743,10 +734,9 @@ def _ref(sock):
         return lambda: sock
 
 
-def _sending(conn, request) -> None:
+def _sending(conn, held, request) -> None:
     """endheaders of the connection's request, before it sends: a connect() made before it is
     handed over (_ExplicitConnect.hand_over)."""
-    held = conn._netaudit_held
     if type(held) is _ExplicitConnect:
         conn._netaudit_held = None
         try:
@@ -783,30 +773,28 @@ def _connected(conn, frame) -> None:
         GUARD.fault("capture", exc)
         return
     _register(conn)
+    if sock is None:
+        emit(rec)  # no socket: the connection's event now, without sizes
+        return
     try:
-        if sock is not None:
-            peer(rec, sock)
-            if not rec.dst_ip and sock.gettimeout() == 0:
-                rec.status = socket_bytes.IN_PROGRESS  # a non-blocking connect: settled as a raw one's
-            else:  # the request's addresses too: it need not ask the socket again (review 36, 8)
-                conn._netaudit_peer = (_ref(sock), rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
-            counted = socket_bytes.track(sock, rec)
-            if own:
-                candidate = _ExplicitConnect(rec, None if counted else sock, None, dest)
-                if request.netaudit_own is None:
-                    request.netaudit_own = [candidate]
-                else:
-                    request.netaudit_own.append(candidate)
-                return
-            previous = conn._netaudit_held
-            if type(previous) is _ExplicitConnect:
-                previous.end()  # a connection no request rides on: its own event
-                previous = None
-            conn._netaudit_held = _ExplicitConnect(rec, None if counted else sock, previous, dest)
+        peer(rec, sock)
+        if not rec.dst_ip and sock.gettimeout() == 0:
+            rec.status = socket_bytes.IN_PROGRESS  # a non-blocking connect: settled as a raw one's
+        else:  # the request's addresses too: it need not ask the socket again (review 36, 8)
+            conn._netaudit_peer = (_ref(sock), rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port)
+        uncounted = None if socket_bytes.track(sock, rec) else sock
+        if own:
+            request.netaudit_own = [*(request.netaudit_own or ()), _ExplicitConnect(rec, uncounted, None, dest)]
             return
+        previous = conn._netaudit_held
+        if type(previous) is _ExplicitConnect:
+            previous.end()  # a connection no request rides on: its own event
+            previous = None
+        conn._netaudit_held = _ExplicitConnect(rec, uncounted, previous, dest)
+        return
     except Exception as exc:
         GUARD.fault("capture", exc, rec.ts)
-    emit(rec)  # no socket, or a fault: the connection's event now, without sizes
+    emit(rec)  # a fault: the connection's event now, without sizes
 
 
 def _request_destination(conn):
@@ -831,8 +819,7 @@ def _connection_ends(conn, closing: bool = False) -> None:
         held = conn._netaudit_held
         if type(held) is _ExplicitConnect:
             conn._netaudit_held = None
-            if held._rec is not None and held._rec.pid == STATE.pid:
-                held.end()
+            held.end()
     except Exception as exc:
         GUARD.fault("capture", exc)
 

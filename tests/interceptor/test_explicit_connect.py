@@ -79,6 +79,17 @@ def _raw_exchange(sock) -> int:
     return len(got)
 
 
+def _gets_then_close(conn, paths, sock_class=None) -> None:
+    """A GET of each path on the connection, its response read; after each, the socket is of
+    `sock_class` where given (counted no more: the kept-alive path pays nothing); then close."""
+    for path in paths:
+        conn.request("GET", path)
+        conn.getresponse().read()
+        if sock_class is not None:
+            assert type(conn.sock) is sock_class
+    conn.close()
+
+
 def test_an_explicit_connect_then_raw_bytes_is_an_event_with_them(captured, servers):
     """The hole: before, no event at all (test fails on dd6d600)."""
     conn = http.client.HTTPConnection(HOST, servers.http)
@@ -105,11 +116,7 @@ def test_an_explicit_connect_then_requests_is_the_requests_only(captured, server
     conn = http.client.HTTPConnection(HOST, servers.http)
     conn.connect()
     assert type(conn.sock) is not socket.socket  # counted, while no request covers it
-    for path in ("/a", "/b"):
-        conn.request("GET", path)
-        conn.getresponse().read()
-        assert type(conn.sock) is socket.socket
-    conn.close()
+    _gets_then_close(conn, ("/a", "/b"), socket.socket)
     assert _rows(captured) == [("http", "http", "GET", servers.http, "/a", 0, 5),
                                ("http", "http", "GET", servers.http, "/b", 0, 5)]
 
@@ -333,11 +340,7 @@ def test_a_programs_own_tls_wrap_is_handed_over(https_port, captured):
     conn = _OwnTLS(HOST, https_port)
     conn.context = _unverified()
     conn.connect()
-    for path in ("/t0", "/t1"):
-        conn.request("GET", path)
-        conn.getresponse().read()
-        assert type(conn.sock) is ssl.SSLSocket
-    conn.close()
+    _gets_then_close(conn, ("/t0", "/t1"), ssl.SSLSocket)
     assert _rows(captured) == [("http", "http", "GET", https_port, "/t0", 0, 6),
                                ("http", "http", "GET", https_port, "/t1", 0, 6)]
 
@@ -381,11 +384,7 @@ def test_a_tunnel_through_a_proxy_is_one_event_per_request(captured, servers):
     conn = http.client.HTTPConnection(HOST, proxy)
     conn.set_tunnel(HOST, servers.http)
     conn.connect()
-    for path in ("/via0", "/via1"):
-        conn.request("GET", path)
-        conn.getresponse().read()
-        assert type(conn.sock) is socket.socket
-    conn.close()
+    _gets_then_close(conn, ("/via0", "/via1"), socket.socket)
     assert [(e.method, e.host, e.url_path, e.dst_port, e.resp_bytes) for e in captured.events()] == [
         ("GET", HOST, "/via0", proxy, 8), ("GET", HOST, "/via1", proxy, 8)]
 
@@ -562,11 +561,7 @@ def test_a_port_given_as_text_is_one_event_per_request(captured, servers):
     (before: an extra CONNECT counting every request's bytes)."""
     conn = http.client.HTTPConnection(HOST, str(servers.http))
     conn.connect()
-    for path in ("/t0", "/t1"):
-        conn.request("GET", path)
-        conn.getresponse().read()
-    assert type(conn.sock) is socket.socket
-    conn.close()
+    _gets_then_close(conn, ("/t0", "/t1"), socket.socket)
     assert [(e.method, e.url_path) for e in captured.events()] == [("GET", "/t0"), ("GET", "/t1")]
 
 
@@ -611,11 +606,7 @@ def test_a_connect_that_reconnects_leaves_the_request_its_own_connection(capture
     returns (on 81cebd5, the first one was taken for it, and the one it rode got a CONNECT with
     the requests' bytes). The probe is a connection of its own, and an event."""
     conn = _Reconnecting(HOST, servers.http)
-    for path in ("/r0", "/r1"):
-        conn.request("GET", path)
-        conn.getresponse().read()
-        assert type(conn.sock) is socket.socket
-    conn.close()
+    _gets_then_close(conn, ("/r0", "/r1"), socket.socket)
     assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", 0, 0),
                                       ("http", "http", "GET", servers.http, "/r0", 0, 6),
                                       ("http", "http", "GET", servers.http, "/r1", 0, 6)])
@@ -660,10 +651,7 @@ def test_a_socket_like_object_without_weak_references_is_cached_as_before(captur
     """Review 38, 3: no fault (on 81cebd5, one a request), and the connection is registered."""
     before = GUARD.faults
     conn = _WrappedSocketConnection(HOST, servers.http)
-    for path in ("/w0", "/w1"):
-        conn.request("GET", path)
-        conn.getresponse().read()
-    conn.close()
+    _gets_then_close(conn, ("/w0", "/w1"))
     assert GUARD.faults == before
     assert [(e.url_path, e.src_port > 0) for e in captured.events()] == [("/w0", True), ("/w1", True)]
 
