@@ -181,6 +181,31 @@ def _ending(base, finalize=_finalize):
     return detach, _real_close, __del__
 
 
+def __reduce_ex__(self, protocol):
+    """Pickling a counted socket. multiprocessing pickles a socket by its exact class (ForkingPickler's
+    reducers), given the counting classes once it is imported (_register_reducers, at the next
+    connection). A socket counted before that import reaches this method instead: from
+    multiprocessing's own pickler (its `dump`/`dumps` the calling frame), it gets the reducer of
+    the class it stands in for, as the program's socket would; any other pickling (pickle, copy)
+    fails as for the program's class. Never raises but as the program's class would."""
+    original = _UNCOUNTED.get(type(self))
+    reduction = sys.modules.get("multiprocessing.reduction")
+    if original is not None and reduction is not None:
+        reducer = None
+        try:
+            reducer = reduction.ForkingPickler._extra_reducers.get(original)
+            if reducer is not None:
+                _register_reducers()  # the next ForkingPickler finds the counting classes itself
+                if sys._getframe(1).f_globals.get("__name__") != reduction.__name__:
+                    reducer = None
+        except Exception as exc:
+            reducer = None
+            GUARD.fault("capture", exc)
+        if reducer is not None:
+            return reducer(self)  # multiprocessing's own: what it raises, it raises without us too
+    return (original or _ss).__reduce_ex__(self, protocol)
+
+
 class CountingSocket(socket.socket):
     """socket.socket that counts the bytes it moves into its connection's record."""
 
@@ -286,6 +311,7 @@ class CountingSocket(socket.socket):
         return sock
 
     detach, _real_close, __del__ = _ending(_ss)
+    __reduce_ex__ = __reduce_ex__
 
 
 def _counting_gevent_class(base):
@@ -350,6 +376,7 @@ def _counting_gevent_class(base):
             return sock
 
         detach, _real_close, __del__ = _ending(base, getattr(base, "__del__", None))
+        __reduce_ex__ = __reduce_ex__
 
     return _named_as(CountingGeventSocket, base)
 
@@ -395,6 +422,7 @@ def _counting_gevent_ssl_class(base):
 
         do_handshake = _handshake(base)
         detach, _real_close, __del__ = _ending(base, getattr(base, "__del__", None))
+        __reduce_ex__ = __reduce_ex__
 
     return _named_as(CountingGeventSSLSocket, base)
 
@@ -490,6 +518,7 @@ if ssl is not None:
 
         do_handshake = _handshake(_SSLSocket)
         detach, _real_close, __del__ = _ending(_SSLSocket)
+        __reduce_ex__ = __reduce_ex__
 
     _named_as(CountingSSLSocket, _SSLSocket)
     _COUNTING = {_ss: CountingSocket, _SSLSocket: CountingSSLSocket}

@@ -664,6 +664,47 @@ def test_counted_socket_still_pickles_for_multiprocessing(captured, count_port):
     sock.close()
 
 
+_HANDED_TO_A_CHILD = PRINTING + """
+SOCK = socket.create_connection(("127.0.0.1", %(port)d))   # counted before multiprocessing is imported
+import copy, multiprocessing, pickle
+
+def child(conn):
+    s = conn.recv()                      # the socket, rebuilt from the parent's
+    s.sendall(b"5 3\\n" + b"q" * 5)
+    print("child got", len(s.recv(100)), flush=True)
+
+for how in (pickle.dumps, copy.copy):   # elsewhere, it fails as the program's own socket would
+    try:
+        how(SOCK)
+    except TypeError as exc:
+        print("refused:", exc, flush=True)
+ours, theirs = multiprocessing.Pipe()
+p = multiprocessing.get_context("fork").Process(target=child, args=(theirs,), daemon=True)
+p.start()
+ours.send(SOCK)                          # multiprocessing's pickler: the socket's own reducer
+p.join(30)
+print("child exit", p.exitcode, flush=True)
+"""
+
+
+@pytest.mark.parametrize("audited", [True, False], ids=["audited", "bare"])
+def test_a_socket_counted_before_multiprocessing_is_imported_goes_to_a_child(count_port, tmp_path, audited):
+    """multiprocessing pickles a socket by its exact class, and learns the counting classes at the
+    first connection after it is imported. A socket counted before that reached pickle's generic
+    path and failed ("cannot pickle 'socket' object", helper 36): the program broke where, without
+    us, its child got the socket. The bare run shows what the program does without the auditor."""
+    program = tmp_path / "hand_over.py"
+    text = _HANDED_TO_A_CHILD % {"root": str(ROOT), "port": count_port, "fields": ("channel", "req_bytes")}
+    if not audited:
+        text = text.replace("interceptor.install(", "(lambda **kw: None)(")
+    program.write_text(text)
+    r = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "child got 3" in lines and "child exit 0" in lines, r.stdout + r.stderr
+    assert lines.count("refused: cannot pickle 'socket' object") == 2, r.stdout
+
+
 def test_a_self_connecting_sslsocket_whose_handshake_fails_records_the_error(captured):
     """An SSLSocket that connects itself is tracked from its TCP connect, which succeeds; its
     handshake comes after. Review 25: one that failed left the event without an error (a good
