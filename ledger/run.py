@@ -28,7 +28,9 @@ are counted in that process only. A Python the interceptor cannot run on (older 
 on stderr, runs unaudited, and is recorded as `interceptor_not_installed`; a Python started with
 -I, -E or -S never reads the bootstrap.
 
-Returns the program's own exit code (128+N when a signal N ended it).
+Returns the program's own exit code (128+N when a signal N ended it). Signals sent to this
+process while the program runs are passed on to it (_Forwarder), and this process waits for
+it to end, then drains the relay.
 """
 from __future__ import annotations
 
@@ -164,8 +166,10 @@ def _netaudit_alias_spec(name, target):
 def _netaudit_chain():
     import importlib.machinery
     import importlib.util
-    here = os.path.dirname(os.path.abspath(__file__))
-    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    # every bootstrap folder is skipped, not only this one: under a `netaudit run` run by another,
+    # the two bootstraps chained to each other until the recursion limit (helper 39, L2)
+    rest = [p for p in sys.path if not (os.path.isfile(os.path.join(p or os.curdir, "sitecustomize.py"))
+                                        and os.path.isdir(os.path.join(p or os.curdir, "_netaudit_interceptor")))]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
     if spec is not None and spec.loader is not None:
         module = importlib.util.module_from_spec(spec)
@@ -220,11 +224,75 @@ def _say_unwritten(receiver) -> None:
               "this line is the only record of them", file=sys.stderr)
 
 
+# Signals netaudit passes on to the program, which decides what they mean; netaudit keeps waiting
+# for it, then drains the relay and exits with its code. A terminal's ^C and ^\ reach the program
+# already (they go to the terminal's foreground process group, which holds both): passed on only when
+# this process is not in that group. Each handler is a Python function, never SIG_IGN: an ignored
+# signal stays ignored across exec, and a Python program whose SIGINT is ignored at start gets no
+# KeyboardInterrupt (helper 39, H1).
+FORWARDED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+                  if hasattr(signal, name))
+FROM_TERMINAL = tuple(getattr(signal, name) for name in ("SIGINT", "SIGQUIT") if hasattr(signal, name))
+
+
+def _in_terminal_foreground() -> bool:
+    """This process's group is the foreground group of its terminal: a ^C typed there reached the
+    program too."""
+    for fd in (0, 1, 2):
+        try:
+            return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:
+            continue
+    return False
+
+
+class _Forwarder:
+    """Passes FORWARDED signals on to the program while netaudit waits for it (helper 39, H3: a
+    SIGTERM from docker, systemd or `timeout` ended netaudit at once, the program ran on
+    orphaned, its last calls unrecorded, the bootstrap folder left behind). One that comes before
+    the program has started is passed on once it has."""
+
+    def __init__(self) -> None:
+        self.proc = None
+        self.early: list[int] = []
+        self.previous = {}
+        for sig in FORWARDED:
+            try:
+                if signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # ignored where netaudit was started (nohup, `&` in a script): the program inherits that
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except (OSError, ValueError):  # not settable here (not the main thread)
+                pass
+
+    def _handle(self, sig, frame) -> None:
+        if sig in FROM_TERMINAL and _in_terminal_foreground():
+            return
+        if self.proc is None:
+            self.early.append(sig)
+            return
+        try:
+            self.proc.send_signal(sig)  # does nothing once the program has ended
+        except OSError:
+            pass
+
+    def to(self, proc) -> None:
+        self.proc = proc
+        while self.early:
+            self._handle(self.early.pop(0), None)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            try:
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+            except (OSError, ValueError, TypeError):
+                pass
+
+
 def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = None) -> int:
     from ledger.relay import RelayReceiver
 
     led = _prepare(ledger_path, key_dir)
-    boot = receiver = None
+    boot = receiver = forward = None
     try:
         boot = _bootstrap_folder()
         receiver = RelayReceiver(led, os.path.join(boot, RELAY_SOCKET)).start()
@@ -233,15 +301,13 @@ def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = N
         env.pop(ENV_KEY_DIR, None)
         env[ENV_RELAY] = receiver.path
         env["PYTHONPATH"] = os.pathsep.join(p for p in (boot, env.get("PYTHONPATH", "")) if p)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program gets ^C and decides
+        forward = _Forwarder()  # until the relay is drained: a signal then finds the program ended
         try:
-            try:
-                proc = subprocess.Popen(argv, env=env)
-            except OSError as exc:
-                raise LedgerError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-            code = proc.wait()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+            proc = subprocess.Popen(argv, env=env)
+        except OSError as exc:
+            raise LedgerError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        forward.to(proc)
+        code = proc.wait()
     finally:
         if receiver is not None:
             receiver.stop()  # every datagram the program's processes sent is in the ledger now
@@ -252,4 +318,6 @@ def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = N
         led.close()
         if boot is not None:
             shutil.rmtree(boot, ignore_errors=True)
+        if forward is not None:
+            forward.restore()
     return 128 - code if code < 0 else code

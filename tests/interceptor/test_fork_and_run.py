@@ -144,6 +144,26 @@ def test_netaudit_run_with_each_python(tmp_path, servers, python):
     assert verify_ledger(str(tmp_path / "run.sqlite")).valid
 
 
+def test_netaudit_run_under_netaudit_run(tmp_path):
+    """A `netaudit run` run by another: each bootstrap's sitecustomize chained to the other's
+    until the recursion limit ("Error in sitecustomize ... RecursionError", helper 39, L2)."""
+    from interceptor_fixtures import netaudit_run
+    from interceptor_servers import free_port
+
+    child = tmp_path / "child.py"
+    child.write_text("import socket, sys\ntry:\n    socket.create_connection(('127.0.0.1', %d))\n"
+                     "except OSError:\n    pass\nsys.exit(6)\n" % free_port())
+    inner = tmp_path / "inner.sqlite"
+    r = netaudit_run(tmp_path, sys.executable, "-m", "ledger.cli", "run", "--ledger", str(inner), "--key-dir",
+                     str(tmp_path / "keys"), "--", sys.executable, str(child))
+    assert r.returncode == 6 and "Error" not in r.stderr, r.stderr
+    from ledger.ledger import Ledger
+
+    with Ledger.open(str(inner), key_dir=str(tmp_path / "keys"), readonly=True) as led:
+        rows = list(led.rows())
+    assert [(x["module"], x["error"]) for x in rows if x["channel"] == "socket"] == [("child", "ConnectionRefusedError")]
+
+
 def test_netaudit_run_missing_program(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ledger.cli", "run", "--ledger", str(tmp_path / "l.sqlite"),
                         "--key-dir", str(tmp_path / "k"), "--", str(tmp_path / "no-such-program")],
