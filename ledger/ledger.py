@@ -175,27 +175,42 @@ class Ledger:
         if not exists:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        con = None
         try:
             con = apsw.Connection(path, flags=flags)
             con.setbusytimeout(BUSY_TIMEOUT_MS)
-            if not readonly:
+            meta = cls._read_meta(con)
+            # A database with tables but no ledger in it is something else's (a typo in --ledger
+            # naming an application's database): never written, not even switched to WAL (helper
+            # 39, M3). Read again first: a concurrent creator's tables come with its meta.
+            foreign = meta is None and cls._has_tables(con) and cls._read_meta(con) is None
+            if not readonly and not foreign:
                 con.execute("PRAGMA journal_mode=WAL").fetchall()
                 con.execute("PRAGMA synchronous=NORMAL")
-            meta = cls._read_meta(con)
         except apsw.NotADBError:
+            if con is not None:
+                con.close()
             raise NotALedgerError(f"{path}: not a SQLite file") from None
         except apsw.Error as exc:
+            if con is not None:
+                con.close()
             raise LedgerError(f"{path}: cannot open ledger: {exc}") from None
         if meta is None:
-            if readonly:
+            if readonly or foreign:
                 con.close()
-                raise NotALedgerError(f"{path}: not a ledger (no meta table)")
+                raise NotALedgerError(f"{path}: not a ledger (no meta table)"
+                                      + ("; it holds other tables: a database of something else, left as it is"
+                                         if foreign else ""))
             meta = cls._create(con, key_dir, host_id or default_host_id(), clock)
         if meta.get("format_version") != str(FORMAT_VERSION):
             con.close()
             raise NotALedgerError(f"{path}: ledger format version {meta.get('format_version')!r}, "
                                   f"this code writes version {FORMAT_VERSION}")
         return cls(con, path, meta["ledger_id"], meta, key_dir, clock)
+
+    @staticmethod
+    def _has_tables(con) -> bool:
+        return bool(con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall())
 
     @staticmethod
     def _read_meta(con) -> dict[str, str] | None:

@@ -79,3 +79,24 @@ def test_not_a_ledger_file(tmp_path, home):
     code, _, err = netaudit("report", "--ledger", bad)
     assert code == 2 and "not a SQLite file" in err
     assert bad.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", [["run", "--", sys.executable, "-c", "print(1)"], ["sign-head"], ["report"]])
+def test_a_database_of_something_else_is_never_written(tmp_path, home, command):
+    """`--ledger` naming an application's own SQLite database (a typo): `netaudit run` turned it
+    into a ledger, adding tables and switching it to WAL (helper 39, M3). It is refused, byte
+    for byte unchanged, and no keys are made for it."""
+    import sqlite3
+
+    app_db = tmp_path / "app.sqlite"
+    con = sqlite3.connect(app_db)
+    con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+    con.execute("INSERT INTO orders (total) VALUES (9.5)")
+    con.commit()
+    con.close()
+    before = app_db.read_bytes()
+    keys = tmp_path / "keys"
+    code, out, err = netaudit(command[0], "--ledger", app_db, "--key-dir", keys, *command[1:])
+    assert code == 2 and "1\n" not in out, (out, err)
+    assert "it holds other tables" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert app_db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite"]
