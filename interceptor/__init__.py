@@ -18,6 +18,7 @@ from .attribution import StackAttribution
 from .capture import STATE
 from .event import AUDIT, EGRESS, INGRESS, NetEvent
 from .guard import GUARD
+from . import sink as _sink
 from .sink import LazyWriter, MemoryWriter, NullWriter, Sink
 
 __all__ = ["NetEvent", "EGRESS", "INGRESS", "AUDIT", "install", "installed", "current_sink", "use_sink",
@@ -56,6 +57,7 @@ def install(sink=None, attribution=None) -> bool:
         http_wrappers.install()
         mail_wrappers.install()
         socket_hooks.install()
+        _sink.wrap_os_exit()
         STATE.installed = True
         return True
 

@@ -25,6 +25,7 @@ with the claim suspended (`unclaimed`): its calls are the program's, and are rec
 """
 from __future__ import annotations
 
+import atexit
 import contextvars
 import functools
 import hmac
@@ -406,6 +407,16 @@ def peer(rec: Record, sock) -> None:
 
 def missed(step: str, exc: BaseException) -> None:
     GUARD.fault(step, exc)
+
+
+EXIT_FLUSHES: list = []   # what runs at exit, in registration order (atexit runs the last first)
+
+
+def at_exit(flush) -> None:
+    """Run `flush` at interpreter exit, and before os._exit, which skips atexit (interceptor.sink:
+    _exit)."""
+    atexit.register(flush)
+    EXIT_FLUSHES.append(flush)
 
 
 def flush_at_multiprocessing_exit(flush, priority: int) -> None:

@@ -40,7 +40,6 @@ Its duration is still the time to the response head, as for every other request.
 """
 from __future__ import annotations
 
-import atexit
 import functools
 import http.client
 import io
@@ -51,7 +50,7 @@ import weakref
 
 from . import forensic as _fx
 from . import socket_bytes
-from .capture import (GUARD, STATE, Record, begin, claim, claimed, destination, emit, fail,
+from .capture import (GUARD, STATE, Record, at_exit, begin, claim, claimed, destination, emit, fail,
                       flush_at_multiprocessing_exit, peer, unclaimed)
 from .guard import pass_on
 from .redact import query_names, split_url
@@ -983,5 +982,5 @@ def install() -> None:
         _wrap_connect(cls)
         stack.extend(cls.__subclasses__())
     base.__init_subclass__ = classmethod(_subclass_hook)
-    atexit.register(_flush_held)  # after interceptor.sink's: atexit runs it first
+    at_exit(_flush_held)  # after interceptor.sink's: atexit runs it first
     os.register_at_fork(after_in_child=_forget_held_in_child)

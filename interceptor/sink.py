@@ -24,14 +24,13 @@ is not in threading.enumerate() and gets no threading.settrace/setprofile or exc
 """
 from __future__ import annotations
 
-import atexit
 import os
 import time
 import weakref
 from collections import deque
 
 from . import native
-from .capture import Record, flush_at_multiprocessing_exit
+from .capture import EXIT_FLUSHES, Record, at_exit, flush_at_multiprocessing_exit
 from .guard import on_main_thread, pass_on
 
 DEFAULT_MAXSIZE = 10_000
@@ -508,4 +507,50 @@ def _flush_all_at_exit() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_flush_all_at_exit)
+at_exit(_flush_all_at_exit)
+
+
+# os._exit skips atexit: a forked child that ends with it (a program's own fork, a fork server,
+# Odoo's forced shutdown; multiprocessing's children run our flushes from its finalizers first)
+# lost every event still queued, held or open (helper 39, H2). It runs the exit flushes first, on a
+# thread of its own, waited for EXIT_FLUSH_S at most: os._exit may come from a signal handler
+# that interrupted our code while it held a lock, and the process exits whatever happens. Replaced
+# at install (interceptor.install); a `from os import _exit` made before keeps the original.
+EXIT_FLUSH_S = 2.0
+_os_exit = None
+
+
+def _exit(status):
+    try:
+        _flush_before_exit()
+    finally:
+        _os_exit(status)
+
+
+def _flush_before_exit() -> None:
+    flushes = EXIT_FLUSHES[::-1]  # as atexit runs them: held and open records, then the queues
+
+    def run():
+        for flush in flushes:
+            try:
+                flush()
+            except BaseException:  # noqa: S110  the process is exiting: nothing to report to
+                pass
+
+    t = native.Thread(target=run, name="netaudit-exit-flush")
+    try:
+        t.start()
+    except RuntimeError:  # no thread starts here (an atexit handler of the program's, on 3.12)
+        run()
+        return
+    t.join(EXIT_FLUSH_S)
+
+
+def wrap_os_exit() -> None:
+    global _os_exit
+    current = getattr(os, "_exit", None)
+    if current is not None and current is not _exit:
+        _os_exit = current
+        _exit.__doc__ = current.__doc__
+        _exit.__wrapped__ = current
+        os._exit = _exit

@@ -61,7 +61,6 @@ Decisions:
 """
 from __future__ import annotations
 
-import atexit
 import errno
 import os
 import socket
@@ -69,7 +68,7 @@ import sys
 import weakref
 
 from . import native
-from .capture import GUARD, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer
+from .capture import GUARD, at_exit, claim, claimed, emit, fail, flush_at_multiprocessing_exit, peer
 from .guard import pass_on
 
 # The Python class whose methods (C ones from _socket.socket) we call: the standard library's,
@@ -773,7 +772,7 @@ def install() -> None:
     imported: atexit runs handlers last-registered first, so this one runs before the sink's."""
     global _installed, _orig_wrap_socket
     if not _installed:
-        atexit.register(flush_open)
+        at_exit(flush_open)
         os.register_at_fork(after_in_child=_forget_in_child)
         _installed = True
     if ssl is not None and not getattr(ssl.SSLContext.__dict__.get("wrap_socket"), MARK, False):

@@ -337,3 +337,74 @@ def test_a_fork_waits_for_what_was_queued_not_for_what_comes_after(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout) == {"threads_at_fork": [1], "flushed": True, "ports": [9, 7000, 7001, 7002]}
+
+
+ENDS_WITH_OS_EXIT = """
+import os, socket, sys, urllib.request
+port = int(sys.argv[1])
+pids = []
+for i in range(3):
+    pid = os.fork()
+    if pid == 0:
+        urllib.request.urlopen("http://127.0.0.1:%d/forked-%d" % (port, i)).read()
+        if i == 2:  # a connection still open: emitted at exit, with its bytes
+            KEPT = socket.create_connection(("127.0.0.1", port))
+            KEPT.sendall(b"GET /kept HTTP/1.0\\r\\n\\r\\n")
+            while KEPT.recv(65536):
+                pass
+        os._exit(0)  # no atexit: a forked child's usual end
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+urllib.request.urlopen("http://127.0.0.1:%d/parent" % port).read()
+os._exit(4)
+"""
+
+
+def test_a_process_ending_with_os_exit_loses_nothing(tmp_path, servers):
+    """os._exit skips atexit, where the queue, the held and the open records are flushed: under
+    netaudit run, three forked children's calls, made and finished, were all missing, with no gap
+    row (helper 39, H2). os._exit now flushes them first."""
+    from interceptor_fixtures import netaudit_run, run_rows
+
+    app = tmp_path / "app.py"
+    app.write_text(ENDS_WITH_OS_EXIT)
+    r = netaudit_run(tmp_path, sys.executable, str(app), str(servers.http))
+    assert r.returncode == 4, r.stderr
+    rows = run_rows(tmp_path)
+    assert sorted(x["url_path"] for x in rows if x["channel"] == "http") == ["/forked-0", "/forked-1", "/forked-2",
+                                                                              "/parent"]
+    (kept,) = [x for x in rows if x["channel"] == "socket"]
+    assert kept["req_bytes"] == len(b"GET /kept HTTP/1.0\r\n\r\n") and kept["resp_bytes"] > 0
+    assert not [x for x in rows if x["method"] == "gap"]
+
+
+STUCK_AT_OS_EXIT = r"""
+import os, socket, sys, time
+sys.path.insert(0, %(root)r)
+import interceptor
+from interceptor import sink as sink_module
+
+class Stuck:
+    salt = None
+    def write_batch(self, events):
+        print("writing", flush=True)
+        time.sleep(3600)            # a ledger that never returns
+    def write_gap(self, *args):
+        pass
+
+interceptor.install(sink=interceptor.Sink(Stuck(), linger_s=0))
+sink_module.EXIT_FLUSH_S = 0.5
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"p", ("127.0.0.1", 9))
+u.close()
+os._exit(3)
+"""
+
+
+def test_os_exit_exits_though_the_flush_is_stuck(tmp_path):
+    """The flush before os._exit is bounded: a writer that never returns holds the exit for
+    EXIT_FLUSH_S (here 0.5 s), then the process exits with its status, as os._exit promises."""
+    r = subprocess.run([sys.executable, "-c", STUCK_AT_OS_EXIT % {"root": str(ROOT)}], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 3 and r.stdout.count("writing") == 1, (r.stdout, r.stderr)
