@@ -6,7 +6,8 @@ are skipped. The first remaining frame names the caller:
   read once with `ast.literal_eval` and cached (the addon is never imported);
 - our own packages (interceptor, under whatever name it was imported, ledger, verifier,
   mit_network_audit) give `self_egress=True`;
-- anything else gives the user's top-level package (a script run as `__main__`: its file's stem).
+- anything else gives the user's top-level package (a script run as `__main__`, or as `__mp_main__` in a
+  spawned multiprocessing child: its file's stem; `python -m pkg`: `pkg`).
 `call_site` is "module.path:line:function" of that frame.
 
 Frames are classified by their module's `__name__` (from `f_globals`, which costs no audit event,
@@ -36,6 +37,7 @@ CAPTURE_MODULES = frozenset({PACKAGE, *(f"{PACKAGE}.{m}" for m in (
 OUR_PACKAGES = frozenset({PACKAGE, "ledger", "verifier", "mit_network_audit"})
 ODOO_ADDONS = "odoo.addons."
 UNATTRIBUTED = ("", "", "", False)
+MAIN_NAMES = ("__main__", "__mp_main__")  # the program's main module; the second in a spawned child
 
 _SKIP = None
 _SITES_MAX = 4096    # call-site keys cached; the cache starts over when full
@@ -248,15 +250,27 @@ class StackAttribution:
                 file = None
         if top in OUR_PACKAGES and (top in (PACKAGE, "mit_network_audit") or _beside_ours(parts, file)):
             return (top, "", name, True)
+        main = name in MAIN_NAMES
         if not file:
-            if name == "__main__":  # interactive or -c
+            if main:  # interactive or -c
                 return ("__main__", "", "__main__", False)
             return _SKIP  # built-in or frozen
         if file.startswith("<"):
-            return ("__main__", "", "__main__", False) if name == "__main__" else _SKIP
+            return ("__main__", "", "__main__", False) if main else _SKIP
         if self._is_library(file):
             return _SKIP
-        if name == "__main__":
+        if main:
+            # `python -m pkg` runs pkg/__main__.py: its package names it, as any other of its
+            # modules; a script (no spec) is named by its file's stem. The same main module in a
+            # multiprocessing child started by spawn or forkserver is `__mp_main__`: named as in
+            # the parent, where it was one module under two names (helper 39, L3)
+            try:
+                spec_name = getattr(g.get("__spec__"), "name", None)
+            except Exception as exc:  # a program's own object there: named by the file, as before
+                pass_on(exc)
+                spec_name = None
+            if isinstance(spec_name, str) and spec_name and spec_name.split(".")[0] not in MAIN_NAMES:
+                return (spec_name.split(".")[0], "", spec_name, False)
             stem = os.path.splitext(os.path.basename(file))[0]
             return (stem, "", stem, False)
         return (top, "", name, False)

@@ -248,3 +248,42 @@ def test_a_program_package_named_like_ours_is_not_self_egress(tmp_path, servers)
     assert r.returncode == 0, r.stderr
     [(module, call_site, self_egress)] = json.loads(r.stdout)
     assert (module, self_egress) == ("ledger", False) and call_site.startswith("ledger.books:")
+
+
+MAIN_WITH_SPAWNED_CHILD = """
+import multiprocessing, sys, urllib.request
+
+def get(path):
+    urllib.request.urlopen("http://127.0.0.1:%d%s" % (int(sys.argv[1]), path)).read()
+
+if __name__ == "__main__":
+    get("/from-main")
+    for method in sys.argv[2:]:
+        p = multiprocessing.get_context(method).Process(target=get, args=("/from-" + method,))
+        p.start()
+        p.join(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_the_main_module_is_named_alike_in_spawned_children_and_under_python_m(tmp_path, servers, how):
+    """One program, one module name: a spawned (or forkserver) child runs the main module again as
+    `__mp_main__`, which named its calls `__mp_main__` where the parent's and a forked child's
+    were the script's; `python -m pkg` named them `__main__` (helper 39, L3). (A spawned child
+    cannot run a target of a package's `__main__`, with or without the auditor: multiprocessing
+    does not import it again.)"""
+    from interceptor_fixtures import netaudit_run, run_rows
+
+    if how == "script":
+        (tmp_path / "shop.py").write_text(MAIN_WITH_SPAWNED_CHILD)
+        argv, module, label, methods = [str(tmp_path / "shop.py")], "shop", "shop", ["spawn", "fork"]
+    else:
+        (tmp_path / "shop").mkdir()
+        (tmp_path / "shop" / "__init__.py").write_text("")
+        (tmp_path / "shop" / "__main__.py").write_text(MAIN_WITH_SPAWNED_CHILD)
+        argv, module, label, methods = ["-m", "shop"], "shop", "shop.__main__", ["fork"]
+    r = netaudit_run(tmp_path, sys.executable, *argv, str(servers.http), *methods)
+    assert r.returncode == 0, r.stderr
+    rows = sorted((x["url_path"], x["module"], x["call_site"].split(":")[0])
+                  for x in run_rows(tmp_path) if x["channel"] == "http")
+    assert rows == sorted((path, module, label) for path in ["/from-main", *("/from-" + m for m in methods)])
