@@ -339,7 +339,34 @@ def install_from_env(environ=os.environ) -> bool:
     writer = RelayWriter(path)
     sink = Sink(writer)
     writer.on_miss = sink.miss
-    return install(sink=sink)
+    installed = install(sink=sink)
+    boot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # netaudit run's bootstrap folder
+    if installed and os.path.isfile(os.path.join(boot, "sitecustomize.py")):
+        from .socket_hooks import audit_children
+
+        audit_children(_keeps_children_audited(path, boot))
+    return installed
+
+
+def _keeps_children_audited(path: str, boot: str):
+    """The audit hook's handler for a subprocess about to start (the `subprocess.Popen` event): an
+    environment given as a dict without NETAUDIT_RELAY (a program's `env={"PATH": ...}`) gets it
+    back, with the bootstrap first on PYTHONPATH, so the Python child is audited as one that
+    inherits the environment is (helper 39, M1: it ran unaudited, without a trace, and a module
+    could hide its traffic so). The program's own dict is changed: the audit event passes no copy.
+    Left as it is: an environment that names a relay already (a `netaudit run` inside this one),
+    one with bytes keys or a PYTHONPATH that is not text, one that is no dict. os.execve and
+    os.posix_spawn read the environment before their audit event: too late to change there."""
+    def on_child(args) -> None:
+        env = args[-1] if args else None
+        if type(env) is not dict or ENV_RELAY in env:
+            return
+        pythonpath = env.get("PYTHONPATH", "")
+        if type(pythonpath) is not str or any(type(k) is not str for k in env):
+            return
+        env[ENV_RELAY] = path
+        env["PYTHONPATH"] = os.pathsep.join([boot, *(p for p in pythonpath.split(os.pathsep) if p and p != boot)])
+    return on_child
 
 
 # ---- the parent's side --------------------------------------------------------------------------

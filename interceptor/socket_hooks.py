@@ -455,12 +455,26 @@ def _destination(event, args):
     return None
 
 
+# A process about to start: its environment (interceptor.relay, under `netaudit run`), whatever
+# claim is held (a library's call that starts a process still starts the program's process).
+# subprocess's only: os.exec and os.posix_spawn raise theirs once the environment is read.
+_CHILD_EVENTS = frozenset({"subprocess.Popen"})
+
+
+def audit_children(handler) -> None:
+    """Have `handler(args)` see every process start's audit event (its environment is args[-1])."""
+    for event in _CHILD_EVENTS:
+        _HANDLERS[event] = handler
+
+
 def audit_hook(event, args):
     """PEP 578 hook. Called for every audit event of the process, so the common exit is first.
     It must never raise an exception of ours: one would abort the audited operation (the program's
     own signal-handler exception goes on, guard.py, as it would have without us)."""
     handler = _HANDLERS.get(event)
-    if handler is None or claimed(2, _destination(event, args), event == "socket.getaddrinfo") or not STATE.enabled:
+    if handler is None or (event not in _CHILD_EVENTS and claimed(2, _destination(event, args),
+                                                                  event == "socket.getaddrinfo")) \
+            or not STATE.enabled:
         return
     try:
         handler(args)

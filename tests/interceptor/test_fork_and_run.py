@@ -408,3 +408,29 @@ def test_os_exit_exits_though_the_flush_is_stuck(tmp_path):
     r = subprocess.run([sys.executable, "-c", STUCK_AT_OS_EXIT % {"root": str(ROOT)}], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 3 and r.stdout.count("writing") == 1, (r.stdout, r.stderr)
+
+
+STARTS_CHILDREN_WITH_ENVIRONMENTS = """
+import os, subprocess, sys
+port = sys.argv[1]
+child = "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/' + sys.argv[1]).read()" % port
+subprocess.run([sys.executable, "-c", child, "inherits"], check=True)
+env = {"PATH": os.environ["PATH"]}
+subprocess.run([sys.executable, "-c", child, "clean-env"], env=env, check=True)
+subprocess.run([sys.executable, "-c", child, "own-pythonpath"], env={"PYTHONPATH": "/nowhere"}, check=True)
+subprocess.Popen([sys.executable, "-c", child, "spawned"], env={}, close_fds=False).wait()  # posix_spawn's path
+print(sorted(env), flush=True)
+"""
+
+
+def test_a_subprocess_with_an_environment_of_its_own_is_audited(tmp_path, servers):
+    """`subprocess.run(..., env={"PATH": ...})` dropped NETAUDIT_RELAY and the bootstrap's
+    PYTHONPATH: the child ran unaudited and left no trace (helper 39, M1)."""
+    from interceptor_fixtures import http_rows, netaudit_run
+
+    app = tmp_path / "app.py"
+    app.write_text(STARTS_CHILDREN_WITH_ENVIRONMENTS)
+    r = netaudit_run(tmp_path, sys.executable, str(app), str(servers.http))
+    assert r.returncode == 0, r.stderr
+    assert set(http_rows(tmp_path)) == {"/inherits", "/clean-env", "/own-pythonpath", "/spawned"}
+    assert r.stdout.strip() == "['NETAUDIT_RELAY', 'PATH', 'PYTHONPATH']"  # the program's dict got them
