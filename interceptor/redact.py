@@ -11,6 +11,7 @@ from urllib.parse import unquote_plus
 
 MAX_NAME = 128
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
+_PARAM_VALUE = re.compile(r"(;[^;/=]*)=[^;/]*")  # a path parameter's "=value", up to the next ";" or "/"
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -59,8 +60,9 @@ def clean_name(name, unquote: bool = False) -> str:
         name = bytes(name).decode("latin-1")
     else:
         name = str(name)
-    if unquote:
-        name = unquote_plus(name)
+    if unquote:  # a query parameter's name: what a server decodes, up to an "=" it holds
+        # ("token%3Dsecret" decodes to "token=secret": value-like text, cut at the "=", helper 39, M4)
+        name = unquote_plus(name).partition("=")[0]
     name = _SPACE.sub("_", name.strip())
     return utf8_safe(name[:MAX_NAME])
 
@@ -77,10 +79,16 @@ def clean_names(names, unquote: bool = False) -> tuple[str, ...]:
 
 
 def clean_path(path: str) -> str:
-    """The path as kept: no whitespace or control characters (they would be a value smuggled in)."""
-    if type(path) is str and path.isascii() and path.isprintable() and " " not in path:
+    """The path as kept: no whitespace or control characters (they would be a value smuggled in),
+    and path parameters by name only ("/cart;jsessionid=SECRET" -> "/cart;jsessionid": a session
+    token in the URL, RFC 3986's `;name=value`, helper 39, M4)."""
+    if type(path) is not str:
+        path = str(path)
+    if ";" in path:
+        path = _PARAM_VALUE.sub(r"\1", path)
+    if path.isascii() and path.isprintable() and " " not in path:
         return path[:2048]  # the common case, checked in C: nothing for the regex to replace
-    return utf8_safe(_SPACE.sub("_", str(path))[:2048])
+    return utf8_safe(_SPACE.sub("_", path)[:2048])
 
 
 def verb(line, limit: int = 16) -> str:

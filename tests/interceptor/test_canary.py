@@ -68,7 +68,8 @@ def test_no_marker_reaches_the_evidence(ledger_sink, servers):
 def _markers() -> dict[str, str]:
     tag = uuid.uuid4().hex[:12]
     return {k: f"CANARY{k.upper()}{tag}" for k in (
-        "body", "auth", "cookie", "query", "smtptext", "smtppw", "poppw", "imappw", "ftppw", "rpc", "raw", "form")}
+        "body", "auth", "cookie", "query", "smtptext", "smtppw", "poppw", "imappw", "ftppw", "rpc", "raw", "form",
+        "pathparam", "encodedquery")}
 
 
 def _canary_calls(servers, m: dict[str, str]) -> None:
@@ -89,6 +90,9 @@ def _canary_calls(servers, m: dict[str, str]) -> None:
     urllib.request.urlopen(urllib.request.Request(
         servers.url(f"/u?token={m['query']}"), data=m["body"].encode(), headers={"Cookie": m["cookie"]})).read()
     conn = http.client.HTTPConnection(HOST, servers.http)
+    # a session token as a path parameter, a query name whose "=" is encoded (helper 39, M4)
+    conn.request("GET", f"/cart;jsessionid={m['pathparam']}/items?page=1&token%3D{m['encodedquery']}")
+    conn.getresponse().read()
     conn.request("PUT", f"/put?k={m['query']}", body=io.BytesIO(m["body"].encode() * 100),
                  headers={"Content-Length": str(len(m["body"]) * 100), "X-Token": m["auth"]})
     conn.getresponse().read()
