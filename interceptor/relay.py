@@ -12,13 +12,17 @@ Wire format (version 2): one JSON object per datagram, at most MAX_DATAGRAM byte
     {"v": 2, "kind": "events", "pid": P, "t0": NS, "shapes": [SHAPE, ...], "events": [ROW, ...]}
     {"v": 2, "kind": "gap",    "pid": P, "dropped": N, "t1": NS, "t2": NS, "reason": "..."}
     {"v": 2, "kind": "sync",   "pid": P, "token": N}     "tell me when all I sent is in the ledger"
+    {"v": 2, "kind": "bye",    "pid": P}                 the exit's flush is done: all was sent
     {"v": 2, "kind": "unaudited", "pid": P, "ts": NS, "python": "3.9.2", "reason": "..."}
 
 A `sync` is answered once every datagram the receiver got before it is appended (or counted as a
 miss): the receiver creates the empty file `synced-P-N` in the socket's folder, which the sender
 waits for and removes (`RelayWriter.sync`, which Sink.flush calls: a flush means "in the ledger").
 The `unaudited` message comes from `netaudit run`'s bootstrap, not from this module: a process where the
-interceptor could not be installed says so, and the parent records it in the chain.
+interceptor could not be installed says so, and the parent records it in the chain. A process says
+hello when its writer thread starts (at its first event) and bye once its exit's flush is done: a
+process gone without its bye (killed by a signal, or ended some other way that skips the flush)
+may have taken unsent events with it, and the parent records that too (ledger.relay).
 
 An event is split in two. What a process repeats call after call (host, method, addresses, header
 names, module, call site...: SHAPE_FIELDS) is its SHAPE, sent once per datagram however many of its
@@ -205,6 +209,24 @@ class RelayWriter:
             self._send(_dumps({"v": WIRE_VERSION, "kind": "hello", "pid": os.getpid(),
                                "ts": time.time_ns(), "version": VERSION}))
             self._hello = True
+
+    def started(self) -> None:
+        """The sink starts its writer thread, at this process's first event (interceptor.sink, on
+        the calling thread): say hello now, not with the first batch, a linger later, so that the
+        receiver knows this process, and finds out if it is killed before it could send what it
+        queued (no `bye`, ledger.relay). Never waits: where the receiver's queue is full, the hello
+        goes with the first batch, as before."""
+        if not self._hello:
+            from . import VERSION
+
+            self._hello = self._send_by(_dumps({"v": WIRE_VERSION, "kind": "hello", "pid": os.getpid(),
+                                                "ts": time.time_ns(), "version": VERSION}), time.monotonic())
+
+    def at_exit(self) -> None:
+        """The exit's flush is done (interceptor.sink, at exit or before os._exit): `bye`, after
+        everything this process sent."""
+        if self._hello:
+            self._send(_dumps({"v": WIRE_VERSION, "kind": "bye", "pid": os.getpid()}))
 
     def write_records(self, records: list) -> None:
         self._say_hello()
@@ -569,6 +591,8 @@ def decode(datagram: bytes, salt: bytes, fields: bool = False) -> Message:
                                               "reason": _text(msg.get("reason"))[:256]})
         if kind == "sync":
             return Message(kind, pid, detail={"token": _int(msg.get("token"))})
+        if kind == "bye":
+            return Message(kind, pid)
         if kind == "gap":
             return Message(kind, pid, detail={"dropped": _int(msg.get("dropped")), "t1": _int(msg.get("t1")),
                                               "t2": _int(msg.get("t2")), "reason": _text(msg.get("reason"))[:256]})

@@ -136,6 +136,12 @@ class Sink:
         if self._thread is not None or self._threadless or self._parked():
             return
         _register_fork_hooks()
+        started = getattr(self.writer, "started", None)  # a relay's hello, before the first linger
+        if started is not None:
+            try:
+                started()
+            except Exception as exc:  # said with the first batch then
+                pass_on(exc)
         # Made outside the lock: a collection during the construction may emit and start a writer
         # itself, and then this one is not needed.
         t = native.Thread(target=lambda: self._run(t), name="netaudit-writer")
@@ -546,7 +552,22 @@ def _flush_before_exit() -> None:
     t.join(EXIT_FLUSH_S)
 
 
+def _flushing_first(exec_function):
+    """os.execv or os.execve, after the exit flushes: the process image is replaced, and what it
+    queued would go with it (a launcher that calls home, then execs the real program)."""
+    def flushed_then(*args, **kwargs):
+        _flush_before_exit()
+        return exec_function(*args, **kwargs)
+    flushed_then.__name__ = flushed_then.__qualname__ = exec_function.__name__
+    flushed_then.__doc__ = exec_function.__doc__
+    flushed_then.__wrapped__ = exec_function
+    flushed_then._netaudit_flushes = True
+    return flushed_then
+
+
 def wrap_os_exit() -> None:
+    """os._exit, os.execv and os.execve run the exit flushes first (os.execl*, execvp* and
+    execle call the last two)."""
     global _os_exit
     current = getattr(os, "_exit", None)
     if current is not None and current is not _exit:
@@ -554,3 +575,7 @@ def wrap_os_exit() -> None:
         _exit.__doc__ = current.__doc__
         _exit.__wrapped__ = current
         os._exit = _exit
+    for name in ("execv", "execve"):
+        current = getattr(os, name, None)
+        if current is not None and not getattr(current, "_netaudit_flushes", False):
+            setattr(os, name, _flushing_first(current))

@@ -324,7 +324,14 @@ class ProcessWriter:
         """The interpreter is exiting, after the sink's last flush (which waited until the helper
         had appended this process's events): let go of the helper. It drains anything still
         queued and exits once every process holding its pipe is gone; nothing waits for or kills
-        it here, so forked children still running keep their helper and this exit is not held up."""
+        it here, so forked children still running keep their helper and this exit is not held up.
+        The helper hears `bye` first: this process ended with its flush (ledger.relay)."""
+        relay = self._relay
+        if relay is not None and not self._closed:
+            try:
+                relay.at_exit()
+            except Exception:  # a helper gone: it finds this process gone without its bye
+                pass
         self._closed = True
         if self._owner == os.getpid():
             self._stop_helper(0.0)

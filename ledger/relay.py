@@ -54,6 +54,8 @@ POLL_S = 0.2
 BATCH = 512
 RCVBUF = 4 * 1024 * 1024
 SENDERS_KEPT = 256            # senders remembered before those whose process is gone are forgotten
+EXIT_CHECK_S = 2.0            # how often the senders gone without their bye are looked for
+UNFLUSHED = "interceptor_exit_unflushed"  # the fact of a sender gone without its bye
 UNWRITTEN = "unwritten"       # folder in the key dir: miss counts kept until a ledger holds them
 
 
@@ -87,6 +89,12 @@ class RelayReceiver:
         # appended, or counted in our gap row), for the hello repeated in a reopened ledger file
         # (_check_file); this batch's counts join them once the batch is handled.
         self._senders: dict[int, list] = {}
+        # Senders whose process was found gone, not having said bye: pid -> (its _senders entry,
+        # the drain count then). Recorded as UNFLUSHED once the socket has been drained after that
+        # (a bye sent before the process ended is read by then), unless the bye came.
+        self._suspects: dict[int, tuple] = {}
+        self._drains = 0              # times _receive found the socket empty
+        self._checked_at = time.monotonic()
         self._forget_at = SENDERS_KEPT  # then twice the living senders: one entry per process, not per pid ever
         self._batch: dict[int, list] = {}
         self._carried: list[tuple[str, int, int]] = []  # (claimed file, count, its locked fd): kept counts now in _gap
@@ -230,6 +238,7 @@ class RelayReceiver:
                 self._answer_syncs()
                 if len(self._senders) >= self._forget_at:
                     self._forget_gone()
+                self._check_exits(final=stopping and not rows)
             except Exception as exc:  # never let one fault end the thread: count it, go on
                 self._count_batch()
                 self._reject(f"relay_{type(exc).__name__}")
@@ -248,6 +257,7 @@ class RelayReceiver:
             try:
                 data = sock.recv(MAX_DATAGRAM + 1)  # one byte more: a longer datagram is oversized
             except (BlockingIOError, TimeoutError, InterruptedError):
+                self._drains += 1
                 break
             self.datagrams += 1
             sock.settimeout(0.0)  # then take what is queued, without waiting
@@ -279,6 +289,10 @@ class RelayReceiver:
                 rows.append(self._fact("gap", d["t1"], msg.pid, dropped=d["dropped"], until=d["t2"],
                                        reason=d["reason"]))
                 self._batch.setdefault(msg.pid, [0, 0])[1] += d["dropped"]
+            elif msg.kind == "bye":  # its exit's flush is done: nothing of it was left unsent
+                self._senders.pop(msg.pid, None)
+                self._suspects.pop(msg.pid, None)
+                self._batch.pop(msg.pid, None)
             elif msg.kind == "sync":  # answered once what came before it is appended
                 self._syncs.append((msg.pid, msg.detail["token"]))
                 break
@@ -296,9 +310,41 @@ class RelayReceiver:
         """Forget the senders whose process is gone. What is kept of a sender serves only its own
         count of what it relayed (a hello repeated in a reopened file, _rehellos), which a gone
         process never makes. A writer that serves processes for long (Odoo's recycled workers,
-        a build's many subprocesses) keeps an entry per living process, not one per process ever."""
-        self._senders = {pid: sender for pid, sender in self._senders.items() if _alive(pid)}
+        a build's many subprocesses) keeps an entry per living process, not one per process ever.
+        A gone one that has not said bye is a suspect (_check_exits)."""
+        living = {}
+        for pid, sender in self._senders.items():
+            if _alive(pid):
+                living[pid] = sender
+            elif pid not in self._suspects:
+                self._suspects[pid] = (sender, self._drains)
+        self._senders = living
         self._forget_at = max(SENDERS_KEPT, 2 * len(self._senders))
+
+    def _check_exits(self, final: bool = False) -> None:
+        """Record the senders gone without their bye: killed by a signal, or ended past the exit's
+        flush otherwise; what they had queued and not sent is lost, and this fact says so (helper
+        39, H2: Pool.terminate()'s workers lost their last calls without a trace). Every
+        EXIT_CHECK_S, and at the end (`final`: the socket just found empty; one more drain after
+        the look, for a bye sent by a process that ended since)."""
+        now = time.monotonic()
+        if not final and now - self._checked_at < EXIT_CHECK_S:
+            return
+        self._checked_at = now
+        self._forget_gone()
+        if final and self._suspects:
+            rows = self._receive(wait=False)
+            if rows or self._gap[0]:
+                self._append(rows)
+            self._count_batch()
+        ready = [(pid, sender) for pid, (sender, drains) in self._suspects.items() if drains < self._drains]
+        if not ready:
+            return
+        for pid, _ in ready:
+            del self._suspects[pid]
+        ts = time.time_ns()
+        self._append([self._fact(UNFLUSHED, ts, pid, pid=pid, relayed=sender[2], hello=sender[0])
+                      for pid, sender in ready])
 
     def _rehellos(self) -> list:
         """Each living sender's hello again, for a ledger file opened in place of a replaced one:

@@ -434,3 +434,62 @@ def test_a_subprocess_with_an_environment_of_its_own_is_audited(tmp_path, server
     assert r.returncode == 0, r.stderr
     assert set(http_rows(tmp_path)) == {"/inherits", "/clean-env", "/own-pythonpath", "/spawned"}
     assert r.stdout.strip() == "['NETAUDIT_RELAY', 'PATH', 'PYTHONPATH']"  # the program's dict got them
+
+
+ENDINGS = """
+import os, signal, subprocess, sys
+port = sys.argv[1]
+call = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/%%s').read()\\n" % port
+endings = {
+    "killed": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",   # before its writer sent
+    "exits": "raise SystemExit(0)",
+    "os-exit": "import os; os._exit(0)",
+}
+for name, ending in endings.items():
+    p = subprocess.run([sys.executable, "-c", call % name + "print(__import__('os').getpid(), flush=True)\\n" + ending],
+                       capture_output=True, text=True)
+    print(name, p.stdout.strip(), p.returncode, flush=True)
+"""
+
+
+def test_a_process_gone_without_its_flush_is_a_fact_in_the_ledger(tmp_path, servers):
+    """A process killed by a signal it does not handle takes what it had queued with it (the
+    writer sends after a linger); nothing of it can say so. It says hello when its writer starts
+    and bye after the exit's flush: one gone without its bye is recorded as such (helper 39, H2:
+    Pool.terminate()'s workers lost their last calls without a trace). The killed child's call is
+    lost here; its fact is there. The children that end with their flush leave no such fact."""
+    from interceptor_fixtures import netaudit_run, run_rows
+
+    app = tmp_path / "app.py"
+    app.write_text(ENDINGS)
+    r = netaudit_run(tmp_path, sys.executable, str(app), str(servers.http))
+    assert r.returncode == 0, r.stderr
+    children = {line.split()[0]: (int(line.split()[1]), int(line.split()[2])) for line in r.stdout.splitlines()}
+    assert children["killed"][1] == -9 and children["exits"][1] == 0 and children["os-exit"][1] == 0, r.stdout
+    rows = run_rows(tmp_path)
+    assert {x["url_path"] for x in rows if x["channel"] == "http"} >= {"/exits", "/os-exit"}
+    unflushed = [x for x in rows if x["method"] == "interceptor_exit_unflushed"]
+    assert [x["pid"] for x in unflushed] == [children["killed"][0]], unflushed
+    assert f"pid={children['killed'][0]}" in unflushed[0]["url_path"]
+
+
+EXECS = """
+import os, sys, urllib.request
+urllib.request.urlopen("http://127.0.0.1:%s/before-exec" % sys.argv[1]).read()
+after = "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/after-exec' % sys.argv[1]).read()"
+os.execv(sys.executable, [sys.executable, "-c", after, sys.argv[1]])
+"""
+
+
+def test_a_process_that_execs_sends_what_it_queued_first(tmp_path, servers):
+    """os.execv replaces the process image, atexit and all: a launcher's call made just before
+    (linger: its writer had not sent it yet) was lost, and the exec'd image said hello under the
+    same pid without a bye from the one before."""
+    from interceptor_fixtures import http_rows, netaudit_run, run_rows
+
+    app = tmp_path / "app.py"
+    app.write_text(EXECS)
+    r = netaudit_run(tmp_path, sys.executable, str(app), str(servers.http))
+    assert r.returncode == 0, r.stderr
+    assert set(http_rows(tmp_path)) == {"/before-exec", "/after-exec"}
+    assert not [x for x in run_rows(tmp_path) if x["method"] == "interceptor_exit_unflushed"]

@@ -659,3 +659,40 @@ def test_a_refused_shape_costs_only_the_rows_that_use_it():
     out = decode(json.dumps(msg).encode(), b"salt")
     assert [e.url_path for e in out.events] == ["/v1/1"]
     assert sorted(out.rejected) == ["audit_row", "bad_shape_index"]
+
+
+def _gone_pid() -> int:
+    """The pid of a process that has ended and been reaped."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_bye_read_after_the_look_clears_the_suspect(tmp_path):
+    """The receiver finds a sender gone without its bye (ledger.relay._check_exits) only once it
+    has drained the socket after seeing the process gone: a bye sent just before the process ended
+    may still be queued. Driven step by step here (the receiver thread not started), with pids of
+    real processes that have ended."""
+    path = str(tmp_path / "relay.sock")
+    led = Ledger.open(str(tmp_path / "l.sqlite"), key_dir=str(tmp_path / "keys"), create=True)
+    receiver = RelayReceiver(led, path)
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def say(kind, pid, **more):
+        sender.sendto(json.dumps({"v": WIRE_VERSION, "kind": kind, "pid": pid, **more}).encode(), path)
+
+    flushed, killed = _gone_pid(), _gone_pid()
+    try:
+        for pid in (flushed, killed):
+            say("hello", pid, ts=time.time_ns(), version="test")
+        receiver._append(receiver._receive(wait=False))
+        say("bye", flushed)            # queued, not read yet, when the receiver looks
+        receiver._check_exits(final=True)
+        rows = list(led.rows())
+    finally:
+        sender.close()
+        receiver._sock.close()
+        led.close()
+    unflushed = [x["pid"] for x in rows if x["method"] == "interceptor_exit_unflushed"]
+    assert unflushed == [killed]
+    assert sorted(x["pid"] for x in rows if x["method"] == "interceptor_installed") == sorted([flushed, killed])
