@@ -19,7 +19,10 @@ def _ledger_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from verifier.cli import PrintVersion
+
     p = argparse.ArgumentParser(prog="netaudit", description="MIT Network Audit: record, sign and report outbound calls.")
+    p.add_argument("--version", action=PrintVersion)  # the verifier's: one version, said the same way (helper 39, L6d)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("sign-head", help="sign the ledger's current last row; print the checkpoint")
@@ -53,9 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the library's errors are named; anything else still gets one line
         import apsw
 
-        kind = "ledger" if isinstance(exc, apsw.Error) else exc.__class__.__name__
+        # SQLite's own errors while reading (a malformed file) name the ledger, as every other
+        # ledger error does: "ledger: database disk image is malformed" did not say which (helper 39, L6b)
+        kind = _ledger_shown(args) if isinstance(exc, apsw.Error) else exc.__class__.__name__
         print(f"netaudit: error: {kind}: {exc}", file=sys.stderr)
     return 2
+
+
+def _ledger_shown(args) -> str:
+    from ledger.ledger import default_ledger_path
+
+    return args.ledger or default_ledger_path()
 
 
 def _open(args, readonly: bool = False, create: bool = False):

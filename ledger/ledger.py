@@ -7,7 +7,9 @@ link to the same row (a plain deferred `BEGIN` would fail with SQLITE_BUSY inste
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -16,6 +18,7 @@ from dataclasses import dataclass, fields as dataclass_fields
 from operator import attrgetter
 from hashlib import sha256
 from typing import Iterable, Iterator
+from urllib.parse import quote
 
 import apsw
 
@@ -158,6 +161,7 @@ class Ledger:
         self.clock = clock
         self._lock = threading.RLock()
         self._keys: LedgerKeys | None = None
+        self._private_copy: str | None = None  # the folder of a read-only open's private copy
 
     # ---- opening ---------------------------------------------------------------------------
 
@@ -169,15 +173,17 @@ class Ledger:
         key_dir = key_dir or default_key_dir()
         if os.path.isdir(path):
             raise NotALedgerError(f"{path}: is a directory, not a ledger file")
-        exists = os.path.exists(path) and os.path.getsize(path) > 0
+        present = os.path.exists(path)
+        exists = present and os.path.getsize(path) > 0
         if not exists and (readonly or not create):
-            raise NotALedgerError(f"{path}: no such ledger")
+            # an empty file is not a missing one: say what the user sees (helper 39, L6c)
+            raise NotALedgerError(f"{path}: " + ("empty file, not a ledger" if present else "no such ledger"))
         if not exists:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-        con = None
+            cls._make_folder(path)
+        con = private = None
         try:
-            con = apsw.Connection(path, flags=flags)
+            con, private = cls._connect_readonly(path) if readonly else (
+                apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE), None)
             con.setbusytimeout(BUSY_TIMEOUT_MS)
             meta = cls._read_meta(con)
             # A database with tables but no ledger in it is something else's (a typo in --ledger
@@ -188,25 +194,84 @@ class Ledger:
                 con.execute("PRAGMA journal_mode=WAL").fetchall()
                 con.execute("PRAGMA synchronous=NORMAL")
         except apsw.NotADBError:
-            if con is not None:
-                con.close()
+            cls._discard(con, private)
             raise NotALedgerError(f"{path}: not a SQLite file") from None
         except apsw.Error as exc:
-            if con is not None:
-                con.close()
+            cls._discard(con, private)
             raise LedgerError(f"{path}: cannot open ledger: {exc}") from None
+        except BaseException:
+            cls._discard(con, private)
+            raise
         if meta is None:
             if readonly or foreign:
-                con.close()
+                cls._discard(con, private)
                 raise NotALedgerError(f"{path}: not a ledger (no meta table)"
                                       + ("; it holds other tables: a database of something else, left as it is"
                                          if foreign else ""))
             meta = cls._create(con, key_dir, host_id or default_host_id(), clock)
         if meta.get("format_version") != str(FORMAT_VERSION):
-            con.close()
+            cls._discard(con, private)
             raise NotALedgerError(f"{path}: ledger format version {meta.get('format_version')!r}, "
                                   f"this code writes version {FORMAT_VERSION}")
-        return cls(con, path, meta["ledger_id"], meta, key_dir, clock)
+        led = cls(con, path, meta["ledger_id"], meta, key_dir, clock)
+        led._private_copy = private
+        return led
+
+    @staticmethod
+    def _make_folder(path: str) -> None:
+        """The new ledger's folder, or a one-line error naming it (helper 39, L6a: a bare
+        "OSError: [Errno 30] Read-only file system: '/ro/sub'" did not say what it was for)."""
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create the ledger's folder {folder}: {exc.strerror or exc}") from None
+
+    @classmethod
+    def _connect_readonly(cls, path: str) -> tuple[apsw.Connection, str | None]:
+        """A read-only connection to what the file holds, and the private folder it was copied
+        to (or None).
+
+        A WAL ledger opened read-only still needs its -shm beside it, so in a folder the user
+        cannot write (a read-only mount, an auditor's read access) every read failed with "unable
+        to open database file" (helper 39, L1). There, with no -wal content, the file is all there
+        is and cannot change under us (no writer can create the -wal either): SQLite reads it as
+        immutable, without a -shm. A -wal with content holds committed rows the file does not yet;
+        immutable would silently leave them out, so the file and its -wal are read from a private
+        copy instead, as the verifier always does. A -wal and -shm both present need neither.
+        """
+        con = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            cls._has_tables(con)  # SQLite opens lazily: the first read is where a missing -shm shows
+            return con, None
+        except BaseException as exc:
+            con.close()
+            if not isinstance(exc, apsw.CantOpenError) or os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+                raise  # not the unwritable folder: SQLite's own reason stands
+        wal = path + "-wal"
+        if not (os.path.exists(wal) and os.path.getsize(wal) > 0):
+            uri = "file:" + quote(os.path.abspath(path)) + "?immutable=1"
+            return apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI), None
+        from verifier.verify import _copy_sparse  # keeps a huge sparse file's holes, as the verifier's copy does
+
+        private = tempfile.mkdtemp(prefix="netaudit-read-")
+        copy = os.path.join(private, "ledger.sqlite")
+        try:
+            _copy_sparse(path, copy)
+            _copy_sparse(wal, copy + "-wal")
+        except OSError as exc:
+            shutil.rmtree(private, ignore_errors=True)
+            raise LedgerError(f"{path}: cannot read it and its -wal into a private copy: "
+                              f"{exc.strerror or exc}") from None
+        return apsw.Connection(copy, flags=apsw.SQLITE_OPEN_READONLY), private
+
+    @staticmethod
+    def _discard(con: apsw.Connection | None, private: str | None) -> None:
+        """Close a connection Ledger.open will not return, and remove its private copy."""
+        if con is not None:
+            con.close()
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
 
     @staticmethod
     def _has_tables(con) -> bool:
@@ -239,6 +304,9 @@ class Ledger:
 
     def close(self) -> None:
         self.con.close()
+        if self._private_copy:
+            shutil.rmtree(self._private_copy, ignore_errors=True)
+            self._private_copy = None
 
     def __enter__(self):
         return self

@@ -24,6 +24,24 @@ def _read_text_arg(value: str, what: str) -> str:
     return value
 
 
+class PrintVersion(argparse.Action):
+    """--version: `<prog> <version>` on stdout, the installed package's version (pyproject.toml's,
+    as pip shows it); netaudit's --version is this one too (helper 39, L6d). Looked up only when
+    asked: importing importlib.metadata costs ~30 ms, which every `netaudit run` would pay."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"{parser.prog} {version('mit-network-audit')}")
+        except PackageNotFoundError:  # the verifier/ folder copied on its own, or a tree never installed
+            print(f"{parser.prog} unknown (mit-network-audit is not installed)")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="netaudit-verify",
@@ -40,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or the text itself; catches truncation and rollback; may be repeated")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--version", action=PrintVersion)
     return p
 
 

@@ -133,3 +133,11 @@ def test_verifier_folder_stands_alone(live, tmp_path):
     p = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path / "alone"), led.path, "--pubkey", pub,
                         "--head", heads], capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
+
+
+def test_version():
+    """`netaudit-verify --version`, the same version as `netaudit --version` (helper 39, L6d)."""
+    from importlib.metadata import version
+
+    code, out, err = verify("--version")
+    assert (code, out, err) == (0, f"netaudit-verify {version('mit-network-audit')}\n", "")
