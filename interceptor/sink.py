@@ -569,13 +569,15 @@ def wrap_os_exit() -> None:
     """os._exit, os.execv and os.execve run the exit flushes first (os.execl*, execvp* and
     execle call the last two)."""
     global _os_exit
-    current = getattr(os, "_exit", None)
-    if current is not None and current is not _exit:
-        _os_exit = current
-        _exit.__doc__ = current.__doc__
-        _exit.__wrapped__ = current
+    exit_now = getattr(os, "_exit", None)
+    if exit_now is not None and exit_now is not _exit:
+        _os_exit = exit_now
+        _exit.__doc__ = exit_now.__doc__
+        _exit.__wrapped__ = exit_now
         os._exit = _exit
-    for name in ("execv", "execve"):
-        current = getattr(os, name, None)
-        if current is not None and not getattr(current, "_netaudit_flushes", False):
-            setattr(os, name, _flushing_first(current))
+    # named literally, each: the release gate follows a function looked up by a computed name
+    execv, execve = getattr(os, "execv", None), getattr(os, "execve", None)
+    if execv is not None and not getattr(execv, "_netaudit_flushes", False):
+        os.execv = _flushing_first(execv)
+    if execve is not None and not getattr(execve, "_netaudit_flushes", False):
+        os.execve = _flushing_first(execve)
