@@ -222,11 +222,13 @@ class RelayWriter:
             self._hello = self._send_by(_dumps({"v": WIRE_VERSION, "kind": "hello", "pid": os.getpid(),
                                                 "ts": time.time_ns(), "version": VERSION}), time.monotonic())
 
-    def at_exit(self) -> None:
-        """The exit's flush is done (interceptor.sink, at exit or before os._exit): `bye`, after
-        everything this process sent."""
+    def bye(self) -> None:
+        """The exit's flush is done (interceptor.sink, at exit, before os._exit or an exec): `bye`,
+        after everything this process sent."""
         if self._hello:
             self._send(_dumps({"v": WIRE_VERSION, "kind": "bye", "pid": os.getpid()}))
+
+    at_exit = bye
 
     def write_records(self, records: list) -> None:
         self._say_hello()

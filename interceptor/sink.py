@@ -500,14 +500,16 @@ def _register_fork_hooks() -> None:
             os.fork = _fork
 
 
-def _flush_all_at_exit() -> None:
+def _flush_all_at_exit(ending: bool = True) -> None:
+    """Every sink's queue written; then the writer's `at_exit` (a relay's bye, a helper let go), or
+    before an exec, which may fail and leave the process running on (not `ending`), its `bye`."""
     for sink in list(_SINKS):
         try:
             if not sink.flush(timeout=5.0) and sink.pending_gap:
                 sink.flush(timeout=5.0)  # a miss found by the flush itself (a relay gone): its gap row
-            at_exit = getattr(sink.writer, "at_exit", None)  # e.g. wait for a helper's drain
-            if at_exit is not None:
-                at_exit()
+            done = getattr(sink.writer, "at_exit" if ending else "bye", None)  # e.g. wait for a helper's drain
+            if done is not None:
+                done()
         except Exception:
             pass
 
@@ -533,13 +535,16 @@ def _exit(status):
         _os_exit(status)
 
 
-def _flush_before_exit() -> None:
+def _flush_before_exit(ending: bool = True) -> None:
     flushes = EXIT_FLUSHES[::-1]  # as atexit runs them: held and open records, then the queues
 
     def run():
         for flush in flushes:
             try:
-                flush()
+                if flush is _flush_all_at_exit:
+                    flush(ending)
+                else:
+                    flush()
             except BaseException:  # noqa: S110  the process is exiting: nothing to report to
                 pass
 
@@ -556,7 +561,7 @@ def _flushing_first(exec_function):
     """os.execv or os.execve, after the exit flushes: the process image is replaced, and what it
     queued would go with it (a launcher that calls home, then execs the real program)."""
     def flushed_then(*args, **kwargs):
-        _flush_before_exit()
+        _flush_before_exit(ending=False)  # an exec that fails leaves the process as it was, writer and all
         return exec_function(*args, **kwargs)
     flushed_then.__name__ = flushed_then.__qualname__ = exec_function.__name__
     flushed_then.__doc__ = exec_function.__doc__

@@ -326,15 +326,20 @@ class ProcessWriter:
         queued and exits once every process holding its pipe is gone; nothing waits for or kills
         it here, so forked children still running keep their helper and this exit is not held up.
         The helper hears `bye` first: this process ended with its flush (ledger.relay)."""
-        relay = self._relay
-        if relay is not None and not self._closed:
-            try:
-                relay.at_exit()
-            except Exception:  # a helper gone: it finds this process gone without its bye
-                pass
+        if not self._closed:
+            self.bye()
         self._closed = True
         if self._owner == os.getpid():
             self._stop_helper(0.0)
+
+    def bye(self) -> None:
+        """Tell the helper this process's flush is done (at exit, or before an exec)."""
+        relay = self._relay
+        if relay is not None:
+            try:
+                relay.bye()
+            except Exception:  # a helper gone: it finds this process gone without its bye
+                pass
 
     def close(self) -> None:
         """Stop sending; in the process that started the helper, let it drain and wait a little

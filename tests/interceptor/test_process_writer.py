@@ -204,7 +204,8 @@ def test_a_ledger_the_helper_cannot_open_falls_back_and_is_counted_as_before(tmp
     finally:
         interceptor.use_sink(previous)
         sink.close(1)
-    assert writer.mode == "in-process" and "did not start: FileExistsError" in writer.fallback_reason
+    assert writer.mode == "in-process" and "did not start: LedgerError: cannot create the ledger's folder" \
+        in writer.fallback_reason
     assert sink.dropped_total == 1 and sink.write_faults >= 1
 
 
