@@ -493,3 +493,27 @@ def test_a_process_that_execs_sends_what_it_queued_first(tmp_path, servers):
     assert r.returncode == 0, r.stderr
     assert set(http_rows(tmp_path)) == {"/before-exec", "/after-exec"}
     assert not [x for x in run_rows(tmp_path) if x["method"] == "interceptor_exit_unflushed"]
+
+
+EXEC_FAILS = """
+import os, sys, urllib.request
+get = lambda path: urllib.request.urlopen("http://127.0.0.1:%s%s" % (sys.argv[1], path)).read()
+get("/before")
+try:
+    os.execvp("no-such-program-netaudit", ["no-such-program-netaudit"])  # each PATH entry fails
+except OSError:
+    get("/after-failed-exec")
+"""
+
+
+def test_an_exec_that_fails_leaves_the_process_audited(tmp_path, servers):
+    """The flush before an exec must not end the writer: an exec that fails returns, and the
+    program goes on making calls."""
+    from interceptor_fixtures import http_rows, netaudit_run, run_rows
+
+    app = tmp_path / "app.py"
+    app.write_text(EXEC_FAILS)
+    r = netaudit_run(tmp_path, sys.executable, str(app), str(servers.http))
+    assert r.returncode == 0, r.stderr
+    assert set(http_rows(tmp_path)) == {"/before", "/after-failed-exec"}
+    assert not [x for x in run_rows(tmp_path) if x["method"] == "interceptor_exit_unflushed"]
