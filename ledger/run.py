@@ -225,19 +225,27 @@ def _say_unwritten(receiver) -> None:
 
 
 # Signals netaudit passes on to the program, which decides what they mean; netaudit keeps waiting
-# for it, then drains the relay and exits with its code. A terminal's ^C and ^\ reach the program
-# already (they go to the terminal's foreground process group, which holds both): passed on only when
-# this process is not in that group. Each handler is a Python function, never SIG_IGN: an ignored
-# signal stays ignored across exec, and a Python program whose SIGINT is ignored at start gets no
-# KeyboardInterrupt (helper 39, H1).
+# for it, then drains the relay and exits with its code. Each handler is a Python function, never
+# SIG_IGN: an ignored signal stays ignored across exec, and a Python program whose SIGINT is
+# ignored at start gets no KeyboardInterrupt (helper 39, H1). A signal ignored where netaudit
+# started stays ignored (nohup, `&` in a script): the program inherits that, as without netaudit.
+#
+# Where the program runs decides what is passed on, so that each signal reaches it once:
+# - netaudit in its terminal's foreground (a shell's job): the program runs in netaudit's process
+#   group, as the job's own process would, reading the terminal, and ^C, ^\ and a hangup reach it
+#   from the terminal: only SIGTERM, SIGUSR1 and SIGUSR2 (sent to netaudit's pid) are passed on;
+# - anywhere else (a service, cron, CI, `timeout`, a supervisor, a background job): the program
+#   runs in a process group of its own, and every one of FORWARDED is passed on. A signal sent to
+#   netaudit's group (`timeout`, `kill -- -PGID`, a supervisor's stop-as-group) reached the
+#   program twice when it shared that group, and a second SIGTERM or SIGINT means "stop now" to
+#   many servers (Odoo's "Forced shutdown", celery, uvicorn) (review 41, H1).
 FORWARDED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2")
                   if hasattr(signal, name))
-FROM_TERMINAL = tuple(getattr(signal, name) for name in ("SIGINT", "SIGQUIT") if hasattr(signal, name))
+FROM_TERMINAL = tuple(getattr(signal, name) for name in ("SIGINT", "SIGQUIT", "SIGHUP") if hasattr(signal, name))
 
 
 def _in_terminal_foreground() -> bool:
-    """This process's group is the foreground group of its terminal: a ^C typed there reached the
-    program too."""
+    """This process's group is the foreground group of its terminal: a shell's job."""
     for fd in (0, 1, 2):
         try:
             return os.tcgetpgrp(fd) == os.getpgrp()
@@ -247,26 +255,29 @@ def _in_terminal_foreground() -> bool:
 
 
 class _Forwarder:
-    """Passes FORWARDED signals on to the program while netaudit waits for it (helper 39, H3: a
-    SIGTERM from docker, systemd or `timeout` ended netaudit at once, the program ran on
-    orphaned, its last calls unrecorded, the bootstrap folder left behind). One that comes before
-    the program has started is passed on once it has."""
+    """Passes signals on to the program while netaudit waits for it (helper 39, H3: a SIGTERM
+    from docker, systemd or `timeout` ended netaudit at once, the program ran on orphaned, its
+    last calls unrecorded, the bootstrap folder left behind). One that comes before the program
+    has started is passed on once it has. `popen` is what the program is started with: a
+    process group of its own unless netaudit is a terminal's foreground job (see above)."""
 
     def __init__(self) -> None:
         self.proc = None
         self.early: list[int] = []
         self.previous = {}
+        self.job = _in_terminal_foreground()
+        self.popen = {} if self.job else {"process_group": 0}
         for sig in FORWARDED:
             try:
                 if signal.getsignal(sig) == signal.SIG_IGN:
-                    continue  # ignored where netaudit was started (nohup, `&` in a script): the program inherits that
+                    continue  # ignored where netaudit was started: the program inherits that
                 self.previous[sig] = signal.signal(sig, self._handle)
             except (OSError, ValueError):  # not settable here (not the main thread)
                 pass
 
     def _handle(self, sig, frame) -> None:
-        if sig in FROM_TERMINAL and _in_terminal_foreground():
-            return
+        if self.job and sig in FROM_TERMINAL:
+            return  # the terminal sent it to the whole job, the program with it
         if self.proc is None:
             self.early.append(sig)
             return
@@ -303,7 +314,7 @@ def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = N
         env["PYTHONPATH"] = os.pathsep.join(p for p in (boot, env.get("PYTHONPATH", "")) if p)
         forward = _Forwarder()  # until the relay is drained: a signal then finds the program ended
         try:
-            proc = subprocess.Popen(argv, env=env)
+            proc = subprocess.Popen(argv, env=env, **forward.popen)
         except OSError as exc:
             raise LedgerError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         forward.to(proc)

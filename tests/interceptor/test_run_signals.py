@@ -160,3 +160,27 @@ def test_a_terminals_ctrl_c_reaches_the_program_once(tmp_path, servers):
         os.close(slave)
     assert code == 0, (code, out, err)
     assert set(http_rows(tmp_path)) == {"/hello", "/interrupts-1"}
+
+
+COUNTING_TERM = """
+got = []
+signal.signal(signal.SIGTERM, lambda sig, frame: got.append(sig))
+def _count(seconds, _sleep=time.sleep):
+    while not got:
+        _sleep(0.01)
+    _sleep(1.0)  # time for a second one, had it come
+    get("/terms-%d" % len(got))
+    sys.exit(0)
+time.sleep = _count
+"""
+
+
+def test_a_signal_to_netaudits_process_group_reaches_the_program_once(tmp_path, servers):
+    """`timeout`, `kill -- -PGID` and supervisors signal a whole process group. The program shared
+    netaudit's, got the group's SIGTERM, then netaudit's copy of it: twice, which servers take for
+    "stop now" (review 41, H1). Outside a terminal's foreground the program has a group of its own."""
+    proc, _, _ = _start(tmp_path, servers.http, COUNTING_TERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # netaudit's group (its own session here)
+    code, out, err = _finish(proc)
+    assert code == 0, (code, out, err)
+    assert set(http_rows(tmp_path)) == {"/hello", "/terms-1"}
