@@ -186,6 +186,8 @@ class RelayWriter:
         self.send_timeout = send_timeout
         self.on_miss = None
         self.datagrams = 0        # datagrams sent
+        self._quiet_at = 0        # `datagrams` when all sent was last known in the ledger (or only a bye since)
+        self._bye_at = -1         # `datagrams` when the last bye was sent
         self._sock = None
         self._hello = False
         self._shapes = Shapes()
@@ -224,9 +226,15 @@ class RelayWriter:
 
     def bye(self) -> None:
         """The exit's flush is done (interceptor.sink, at exit, before os._exit or an exec): `bye`,
-        after everything this process sent."""
-        if self._hello:
-            self._send(_dumps({"v": WIRE_VERSION, "kind": "bye", "pid": os.getpid()}))
+        after everything this process sent; once, until it sends again (an exec that fails, tried
+        on each PATH entry by os.execvp, flushes before each try)."""
+        if not self._hello or self._bye_at == self.datagrams:
+            return
+        quiet = self._quiet_at == self.datagrams
+        self._send(_dumps({"v": WIRE_VERSION, "kind": "bye", "pid": os.getpid()}))
+        self._bye_at = self.datagrams
+        if quiet:  # a bye needs no answer: what was in the ledger still is all
+            self._quiet_at = self.datagrams
 
     at_exit = bye
 
@@ -286,6 +294,8 @@ class RelayWriter:
         """True once the receiver has appended everything this process sent before the call."""
         # A random token: a forked child, a later process with a reused pid, or a concurrent
         # flush never finds an answer that was not to its own question.
+        if self.datagrams == self._quiet_at:
+            return True  # nothing sent since the last answer (or but a bye): no round trip to make
         token = int.from_bytes(os.urandom(8), "big") >> 2
         pid = os.getpid()
         done = os.path.join(os.path.dirname(self.path), f"synced-{pid}-{token}")
@@ -293,6 +303,7 @@ class RelayWriter:
         if not self._send_by(_dumps({"v": WIRE_VERSION, "kind": "sync", "pid": pid, "token": token}),
                              min(deadline, time.monotonic() + self.send_timeout)):
             return False  # the receiver's queue stayed full: not sent, so not answered either
+        asked_at = self.datagrams
         pause = 0.0002
         while not os.path.exists(done):
             if time.monotonic() >= deadline:
@@ -303,6 +314,7 @@ class RelayWriter:
             os.unlink(done)
         except OSError:
             pass
+        self._quiet_at = max(self._quiet_at, asked_at)
         return True
 
     def _send_by(self, data: bytes, deadline: float) -> bool:
@@ -340,6 +352,7 @@ class RelayWriter:
         sock = self._sock
         self._sock = None
         self._hello = False
+        self._quiet_at = self.datagrams  # the child has sent nothing of its own yet
         if sock is not None:
             sock.close()  # the child's copy of the descriptor; the parent's stays open
 

@@ -136,12 +136,6 @@ class Sink:
         if self._thread is not None or self._threadless or self._parked():
             return
         _register_fork_hooks()
-        started = getattr(self.writer, "started", None)  # a relay's hello, before the first linger
-        if started is not None:
-            try:
-                started()
-            except Exception as exc:  # said with the first batch then
-                pass_on(exc)
         # Made outside the lock: a collection during the construction may emit and start a writer
         # itself, and then this one is not needed.
         t = native.Thread(target=lambda: self._run(t), name="netaudit-writer")
@@ -152,6 +146,7 @@ class Sink:
                     started = True  # another call started one: nothing of ours to undo
                     return
                 self._thread = t
+            self._hello()  # this thread starts the writer: the one to say hello
             t.start()
             started = True
         except RuntimeError as exc:  # 3.12 once its main thread has returned, or no thread is left:
@@ -168,6 +163,15 @@ class Sink:
             # place back or gives way (_run), so one writer runs.
             if not started and self._thread is t:
                 self._thread = None
+
+    def _hello(self) -> None:
+        """A relay's hello, before the first linger (interceptor.relay: RelayWriter.started)."""
+        hello = getattr(self.writer, "started", None)
+        if hello is not None:
+            try:
+                hello()
+            except Exception as exc:  # said with the first batch then
+                pass_on(exc)
 
     def _start_or_write(self, deadline: float) -> None:
         """Start the writer thread; where none can start, write the queue on this thread."""

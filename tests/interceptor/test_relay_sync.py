@@ -34,6 +34,7 @@ def test_a_sync_to_a_full_queue_returns_within_its_own_timeout(tmp_path):
     rx = _full_receiver(path)
     try:
         writer = RelayWriter(path)
+        writer.datagrams = 1  # it has sent before: a sync with nothing sent since returns at once
         t0 = time.monotonic()
         assert writer.sync(0.3) is False  # not sent, so not in the ledger: the flush did not finish
         took = time.monotonic() - t0
@@ -49,6 +50,7 @@ def test_a_sync_sent_once_room_comes_is_answered(tmp_path):
     rx = _full_receiver(path)
     try:
         writer = RelayWriter(path)
+        writer.datagrams = 1  # as above
         def drain_then_answer():
             time.sleep(0.2)
             rx.settimeout(2.0)
@@ -63,6 +65,29 @@ def test_a_sync_sent_once_room_comes_is_answered(tmp_path):
         t.start()
         assert writer.sync(3.0) is True
         t.join()
+        writer.close()
+    finally:
+        rx.close()
+
+
+def test_a_sync_with_nothing_sent_since_the_last_answer_makes_no_round_trip(tmp_path):
+    """Before an exec the flushes run, and os.execvp tries each PATH entry: each failed try paid a
+    sync's round trip (review 41, L4). Nothing sent since the last answer (or only a bye): the
+    ledger holds it all already. A receiver that never answers shows it: the second sync is True
+    at once, where the first, unanswered, is False."""
+    path = str(tmp_path / "r.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(path)
+    try:
+        writer = RelayWriter(path)
+        writer.started()                       # hello: one datagram sent
+        assert writer.sync(0.2) is False       # never answered
+        writer._quiet_at = writer.datagrams    # as an answered sync leaves it
+        writer.bye()
+        sent = writer.datagrams
+        assert writer.sync(5.0) is True and writer.datagrams == sent  # no sync datagram: no question asked
+        writer.bye()                           # said already, nothing sent since: not again
+        assert writer.datagrams == sent
         writer.close()
     finally:
         rx.close()
