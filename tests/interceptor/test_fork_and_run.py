@@ -517,3 +517,36 @@ def test_an_exec_that_fails_leaves_the_process_audited(tmp_path, servers):
     assert r.returncode == 0, r.stderr
     assert set(http_rows(tmp_path)) == {"/before", "/after-failed-exec"}
     assert not [x for x in run_rows(tmp_path) if x["method"] == "interceptor_exit_unflushed"]
+
+
+FIRST_CALLS_AT_ONCE = """
+import socket, sys, threading
+port = int(sys.argv[1])
+barrier = threading.Barrier(16)
+def first_call():
+    barrier.wait()
+    try:
+        socket.create_connection(("127.0.0.1", port)).close()
+    except OSError:
+        pass
+threads = [threading.Thread(target=first_call) for _ in range(16)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_threads_making_their_first_calls_at_once_say_one_hello(tmp_path, servers, attempt):
+    """Each thread whose event found no writer running said hello before the one that starts the
+    writer was chosen: one process, several interceptor_installed facts (review 41, L1)."""
+    from interceptor_fixtures import netaudit_run, run_rows
+
+    app = tmp_path / "app.py"
+    app.write_text(FIRST_CALLS_AT_ONCE)
+    r = netaudit_run(tmp_path, sys.executable, str(app), str(servers.http))
+    assert r.returncode == 0, r.stderr
+    rows = run_rows(tmp_path)
+    assert len([x for x in rows if x["channel"] == "socket"]) == 16
+    assert len([x for x in rows if x["method"] == "interceptor_installed"]) == 1
