@@ -270,7 +270,10 @@ class StackAttribution:
                 pass_on(exc)
                 spec_name = None
             if isinstance(spec_name, str) and spec_name and spec_name.split(".")[0] not in MAIN_NAMES:
-                return (spec_name.split(".")[0], "", spec_name, False)
+                spec_top = spec_name.split(".")[0]
+                ours = spec_top in OUR_PACKAGES and (spec_top in (PACKAGE, "mit_network_audit")
+                                                     or _beside_ours(spec_name.split("."), file))
+                return (spec_top, "", spec_name, ours)  # `python -m ledger.x`: ours, as when imported (review 41, L5)
             stem = os.path.splitext(os.path.basename(file))[0]
             return (stem, "", stem, False)
         return (top, "", name, False)

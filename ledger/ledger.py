@@ -259,11 +259,14 @@ class Ledger:
         try:
             _copy_sparse(path, copy)
             _copy_sparse(wal, copy + "-wal")
+            return apsw.Connection(copy, flags=apsw.SQLITE_OPEN_READONLY), private
         except OSError as exc:
             shutil.rmtree(private, ignore_errors=True)
             raise LedgerError(f"{path}: cannot read it and its -wal into a private copy: "
                               f"{exc.strerror or exc}") from None
-        return apsw.Connection(copy, flags=apsw.SQLITE_OPEN_READONLY), private
+        except BaseException:  # ^C during a large copy: no partial copy left in the temp folder (review 41, L2)
+            shutil.rmtree(private, ignore_errors=True)
+            raise
 
     @staticmethod
     def _discard(con: apsw.Connection | None, private: str | None) -> None:

@@ -5,6 +5,7 @@ import importlib
 import sys
 import threading
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -287,3 +288,40 @@ def test_the_main_module_is_named_alike_in_spawned_children_and_under_python_m(t
     rows = sorted((x["url_path"], x["module"], x["call_site"].split(":")[0])
                   for x in run_rows(tmp_path) if x["channel"] == "http")
     assert rows == sorted((path, module, label) for path in ["/from-main", *("/from-" + m for m in methods)])
+
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_AS_MODULE = """
+import json, sys, urllib.request
+sys.path.insert(0, %(root)r)
+import interceptor
+from interceptor import MemoryWriter, Sink
+writer = MemoryWriter()
+sink = Sink(writer, linger_s=0)
+interceptor.install(sink=sink)
+urllib.request.urlopen("http://127.0.0.1:%%s/" %% sys.argv[1]).read()
+sink.flush(5)
+print(json.dumps([(e.module, e.call_site.split(":")[0], e.self_egress) for e in writer.events if e.channel == "http"]))
+"""
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["ours", "namesake"])
+def test_a_module_of_ours_run_with_python_m_is_self_egress(tmp_path, servers, ours):
+    """`python -m ledger.x` names the call by its package, and one of ours is self-egress, as when
+    imported (review 41, L5: it was named `ledger`, not self-egress). A package beside our
+    `ledger` and `verifier` is ours; a namesake `ledger` alone is the program's."""
+    import json
+    import os
+    import subprocess
+
+    (tmp_path / "ledger").mkdir()
+    (tmp_path / "ledger" / "__init__.py").write_text("")
+    (tmp_path / "ledger" / "probe.py").write_text(RUN_AS_MODULE % {"root": str(ROOT)})
+    if ours:  # laid out as our packages are installed together
+        (tmp_path / "ledger" / "ledger.py").write_text("")
+        (tmp_path / "verifier").mkdir()
+        (tmp_path / "verifier" / "format.py").write_text("")
+    r = subprocess.run([sys.executable, "-m", "ledger.probe", str(servers.http)], capture_output=True, text=True,
+                       timeout=60, cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=""))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [["ledger", "ledger.probe", ours]]
