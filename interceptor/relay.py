@@ -290,6 +290,14 @@ class RelayWriter:
         self._send(_dumps({"v": WIRE_VERSION, "kind": "gap", "pid": os.getpid(), "dropped": int(dropped),
                            "t1": int(t1_ns), "t2": int(t2_ns), "reason": str(reason)[:256]}))
 
+    def gap_now(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> bool:
+        """A gap count sent at once, on a socket of its own, waiting at most a moment for room
+        (interceptor.sink: the exit's flush ran out of time while the writer thread holds the
+        shared socket)."""
+        return self._send_by(_dumps({"v": WIRE_VERSION, "kind": "gap", "pid": os.getpid(), "dropped": int(dropped),
+                                     "t1": int(t1_ns), "t2": int(t2_ns), "reason": str(reason)[:256]}),
+                             time.monotonic() + 0.2)
+
     def sync(self, timeout: float = 5.0) -> bool:
         """True once the receiver has appended everything this process sent before the call."""
         # A random token: a forked child, a later process with a reused pid, or a concurrent
