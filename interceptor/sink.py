@@ -570,19 +570,30 @@ EXIT_FLUSH_TIMEOUT = "ExitFlushTimeout"
 def _count_unsent() -> None:
     """The exit's flush ran out of time: what is still queued, and the misses not yet written,
     go out as one gap count, where the writer can send one at once (a relay's `gap_now`), so that
-    they are counted, not silently lost (review 41, M2). A batch the writer holds in hand is not
-    counted: it may have been written already, and an event is never both a row and in a gap."""
+    they are counted, not silently lost (review 41, M2). Exactly what will never be sent: the
+    writer is kept from taking more (its `_writing` lock, held from here to the exit), or, where
+    it is in the middle of a batch, the queue is emptied here and the misses it may be writing are
+    left out; the batch in its hand is not counted (it may have been written). An event is never
+    both a row and in a gap."""
     for sink in list(_SINKS):
         try:
             tell = getattr(sink.writer, "gap_now", None)
-            q = sink._q
-            n = len(q) + sink._gap_n
-            if tell is None or not n:
+            if tell is None:
                 continue
-            times = [r.ts for r in (q[0], q[-1])] if q else []
-            if sink._gap_n:
+            held = sink._writing.acquire(True, 0.1)  # kept: the process exits next
+            q, unsent = sink._q, []
+            while q:
+                try:
+                    unsent.append(q.popleft())
+                except IndexError:  # the writer took the last one meanwhile
+                    break
+            times = [r.ts for r in unsent[:1] + unsent[-1:]]
+            n = len(unsent)
+            if held and sink._gap_n:
+                n += sink._gap_n
                 times += [sink._gap_t1, sink._gap_t2]
-            tell(n, min(times), max(times), ",".join(sorted({EXIT_FLUSH_TIMEOUT, *sink._gap_reasons})))
+            if n:
+                tell(n, min(times), max(times), ",".join(sorted({EXIT_FLUSH_TIMEOUT, *sink._gap_reasons})))
         except Exception:  # noqa: S110  the process is exiting: nothing to report to
             pass
 
