@@ -24,6 +24,7 @@ is not in threading.enumerate() and gets no threading.settrace/setprofile or exc
 """
 from __future__ import annotations
 
+import operator
 import os
 import time
 import weakref
@@ -534,6 +535,10 @@ _os_exit = None
 
 
 def _exit(status):
+    try:
+        operator.index(status)
+    except Exception:  # os._exit refuses it and the process goes on: nothing flushed, nothing held
+        return _os_exit(status)
     try:
         _flush_before_exit()
     finally:
