@@ -481,20 +481,6 @@ os.execv(sys.executable, [sys.executable, "-c", after, sys.argv[1]])
 """
 
 
-def test_a_process_that_execs_sends_what_it_queued_first(tmp_path, servers):
-    """os.execv replaces the process image, atexit and all: a launcher's call made just before
-    (linger: its writer had not sent it yet) was lost, and the exec'd image said hello under the
-    same pid without a bye from the one before."""
-    from interceptor_fixtures import http_rows, netaudit_run, run_rows
-
-    app = tmp_path / "app.py"
-    app.write_text(EXECS)
-    r = netaudit_run(tmp_path, sys.executable, str(app), str(servers.http))
-    assert r.returncode == 0, r.stderr
-    assert set(http_rows(tmp_path)) == {"/before-exec", "/after-exec"}
-    assert not [x for x in run_rows(tmp_path) if x["method"] == "interceptor_exit_unflushed"]
-
-
 EXEC_FAILS = """
 import os, sys, urllib.request
 get = lambda path: urllib.request.urlopen("http://127.0.0.1:%s%s" % (sys.argv[1], path)).read()
@@ -506,16 +492,20 @@ except OSError:
 """
 
 
-def test_an_exec_that_fails_leaves_the_process_audited(tmp_path, servers):
-    """The flush before an exec must not end the writer: an exec that fails returns, and the
-    program goes on making calls."""
+@pytest.mark.parametrize("program,paths", [(EXECS, {"/before-exec", "/after-exec"}),
+                                           (EXEC_FAILS, {"/before", "/after-failed-exec"})], ids=["execs", "exec-fails"])
+def test_a_process_that_execs_sends_what_it_queued_first(tmp_path, servers, program, paths):
+    """os.execv replaces the process image, atexit and all: a launcher's call made just before
+    (linger: its writer had not sent it yet) was lost, and the exec'd image said hello under the
+    same pid without a bye from the one before. The flush before an exec must not end the writer
+    either: an exec that fails returns, and the program goes on making calls."""
     from interceptor_fixtures import http_rows, netaudit_run, run_rows
 
     app = tmp_path / "app.py"
-    app.write_text(EXEC_FAILS)
+    app.write_text(program)
     r = netaudit_run(tmp_path, sys.executable, str(app), str(servers.http))
     assert r.returncode == 0, r.stderr
-    assert set(http_rows(tmp_path)) == {"/before", "/after-failed-exec"}
+    assert set(http_rows(tmp_path)) == paths
     assert not [x for x in run_rows(tmp_path) if x["method"] == "interceptor_exit_unflushed"]
 
 

@@ -128,12 +128,12 @@ def test_a_signal_ignored_where_netaudit_started_stays_ignored_for_the_program(t
 
 COUNTING = """
 got = []
-signal.signal(signal.SIGINT, lambda sig, frame: got.append(sig))
+signal.signal(signal.%(signal)s, lambda sig, frame: got.append(sig))
 def _count(seconds, _sleep=time.sleep):
     while not got:
         _sleep(0.01)
-    _sleep(1.0)  # time for a second one, if netaudit passed the terminal's on
-    get("/interrupts-%d" % len(got))
+    _sleep(1.0)  # time for a second one, had netaudit passed on what already reached the program
+    get("/%(signal)s-%%d" %% len(got))
     sys.exit(0)
 time.sleep = _count
 """
@@ -152,35 +152,23 @@ def test_a_terminals_ctrl_c_reaches_the_program_once(tmp_path, servers):
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the session's controlling terminal: stdin, the pty
 
     try:
-        proc, _, _ = _start(tmp_path, servers.http, COUNTING, stdin=slave, preexec_fn=take_terminal)
+        proc, _, _ = _start(tmp_path, servers.http, COUNTING % {"signal": "SIGINT"}, stdin=slave,
+                            preexec_fn=take_terminal)
         os.write(master, b"\x03")  # ^C: the terminal driver signals its foreground group
         code, out, err = _finish(proc)
     finally:
         os.close(master)
         os.close(slave)
     assert code == 0, (code, out, err)
-    assert set(http_rows(tmp_path)) == {"/hello", "/interrupts-1"}
-
-
-COUNTING_TERM = """
-got = []
-signal.signal(signal.SIGTERM, lambda sig, frame: got.append(sig))
-def _count(seconds, _sleep=time.sleep):
-    while not got:
-        _sleep(0.01)
-    _sleep(1.0)  # time for a second one, had it come
-    get("/terms-%d" % len(got))
-    sys.exit(0)
-time.sleep = _count
-"""
+    assert set(http_rows(tmp_path)) == {"/hello", "/SIGINT-1"}
 
 
 def test_a_signal_to_netaudits_process_group_reaches_the_program_once(tmp_path, servers):
     """`timeout`, `kill -- -PGID` and supervisors signal a whole process group. The program shared
     netaudit's, got the group's SIGTERM, then netaudit's copy of it: twice, which servers take for
     "stop now" (review 41, H1). Outside a terminal's foreground the program has a group of its own."""
-    proc, _, _ = _start(tmp_path, servers.http, COUNTING_TERM)
+    proc, _, _ = _start(tmp_path, servers.http, COUNTING % {"signal": "SIGTERM"})
     os.killpg(proc.pid, signal.SIGTERM)  # netaudit's group (its own session here)
     code, out, err = _finish(proc)
     assert code == 0, (code, out, err)
-    assert set(http_rows(tmp_path)) == {"/hello", "/terms-1"}
+    assert set(http_rows(tmp_path)) == {"/hello", "/SIGTERM-1"}
