@@ -505,13 +505,13 @@ def _register_fork_hooks() -> None:
             os.fork = _fork
 
 
-def _flush_all_at_exit(ending: bool = True) -> None:
+def _flush_all_at_exit(ending: bool = True, timeout: float = 5.0) -> None:
     """Every sink's queue written; then the writer's `at_exit` (a relay's bye, a helper let go), or
     before an exec, which may fail and leave the process running on (not `ending`), its `bye`."""
     for sink in list(_SINKS):
         try:
-            if not sink.flush(timeout=5.0) and sink.pending_gap:
-                sink.flush(timeout=5.0)  # a miss found by the flush itself (a relay gone): its gap row
+            if not sink.flush(timeout=timeout) and sink.pending_gap:
+                sink.flush(timeout=timeout)  # a miss found by the flush itself (a relay gone): its gap row
             # each looked up by a literal name: the release gate follows a computed one as a network original
             done = getattr(sink.writer, "at_exit", None) if ending else getattr(sink.writer, "bye", None)
             if done is not None:
@@ -548,11 +548,11 @@ def _exit(status):
 def _flush_before_exit(ending: bool = True) -> None:
     flushes = EXIT_FLUSHES[::-1]  # as atexit runs them: held and open records, then the queues
 
-    def run():
+    def run(timeout: float = 5.0):
         for flush in flushes:
             try:
                 if flush is _flush_all_at_exit:
-                    flush(ending)
+                    flush(ending, timeout)
                 else:
                     flush()
             except BaseException:  # noqa: S110  the process is exiting: nothing to report to
@@ -561,8 +561,8 @@ def _flush_before_exit(ending: bool = True) -> None:
     t = native.Thread(target=run, name="netaudit-exit-flush")
     try:
         t.start()
-    except RuntimeError:  # no thread starts here (an atexit handler of the program's, on 3.12)
-        run()
+    except RuntimeError:  # no thread starts here (an atexit handler of the program's, on 3.12):
+        run(EXIT_FLUSH_S / 2)  # here, within the same bound (each sink's flush may run twice)
         return
     t.join(EXIT_FLUSH_S)
     if ending and t.is_alive():
