@@ -185,7 +185,8 @@ class RelayWriter:
         self.path = path
         self.send_timeout = send_timeout
         self.on_miss = None
-        self.datagrams = 0        # datagrams sent
+        self.datagrams = 0        # datagrams sent (counted under _counting: several threads send)
+        self._counting = native.Lock()
         self._quiet_at = 0        # `datagrams` when all sent was last known in the ledger (or only a bye since)
         self._bye_at = -1         # `datagrams` when the last bye was sent
         self._sock = None
@@ -202,7 +203,8 @@ class RelayWriter:
             self._sock.sendto(data, self.path)
         finally:
             claim_held[0] = None
-        self.datagrams += 1
+        with self._counting:
+            self.datagrams += 1
 
     def _say_hello(self) -> None:
         if not self._hello:
@@ -228,13 +230,13 @@ class RelayWriter:
         """The exit's flush is done (interceptor.sink, at exit, before os._exit or an exec): `bye`,
         after everything this process sent; once, until it sends again (an exec that fails, tried
         on each PATH entry by os.execvp, flushes before each try)."""
-        if not self._hello or self._bye_at == self.datagrams:
+        before = self.datagrams
+        if not self._hello or self._bye_at == before:
             return
-        quiet = self._quiet_at == self.datagrams
         self._send(_dumps({"v": WIRE_VERSION, "kind": "bye", "pid": os.getpid()}))
-        self._bye_at = self.datagrams
-        if quiet:  # a bye needs no answer: what was in the ledger still is all
-            self._quiet_at = self.datagrams
+        self._bye_at = before + 1
+        if self._quiet_at == before:  # a bye needs no answer: what was in the ledger still is all
+            self._quiet_at = before + 1  # (another thread's datagram meanwhile makes the count exceed it)
 
     at_exit = bye
 
@@ -302,7 +304,8 @@ class RelayWriter:
         """True once the receiver has appended everything this process sent before the call."""
         # A random token: a forked child, a later process with a reused pid, or a concurrent
         # flush never finds an answer that was not to its own question.
-        if self.datagrams == self._quiet_at:
+        before = self.datagrams
+        if before == self._quiet_at:
             return True  # nothing sent since the last answer (or but a bye): no round trip to make
         token = int.from_bytes(os.urandom(8), "big") >> 2
         pid = os.getpid()
@@ -311,7 +314,7 @@ class RelayWriter:
         if not self._send_by(_dumps({"v": WIRE_VERSION, "kind": "sync", "pid": pid, "token": token}),
                              min(deadline, time.monotonic() + self.send_timeout)):
             return False  # the receiver's queue stayed full: not sent, so not answered either
-        asked_at = self.datagrams
+        asked_at = before + 1  # the sync itself: a datagram sent meanwhile by the writer is not covered (review 42, L1)
         pause = 0.0002
         while not os.path.exists(done):
             if time.monotonic() >= deadline:
@@ -352,7 +355,8 @@ class RelayWriter:
                 pause = min(pause * 2, 0.01)
         finally:
             sock.close()
-        self.datagrams += 1
+        with self._counting:
+            self.datagrams += 1
         return True
 
     def after_fork(self) -> None:
@@ -361,6 +365,7 @@ class RelayWriter:
         self._sock = None
         self._hello = False
         self._quiet_at = self.datagrams  # the child has sent nothing of its own yet
+        self._counting = native.Lock()   # another thread of the parent may have held it at the fork
         if sock is not None:
             sock.close()  # the child's copy of the descriptor; the parent's stays open
 

@@ -216,8 +216,11 @@ class Sink:
             batch = []
             try:
                 with self._writing:
-                    for _ in range(min(len(q), self.batch_size)):
-                        batch.append(q.popleft())
+                    try:
+                        for _ in range(min(len(q), self.batch_size)):
+                            batch.append(q.popleft())
+                    except IndexError:  # emptied meanwhile by an exit's count (_count_unsent)
+                        pass
                     ok = self._write(batch)
             finally:
                 self._busy = False
@@ -536,8 +539,10 @@ _os_exit = None
 
 def _exit(status):
     try:
-        operator.index(status)
-    except Exception:  # os._exit refuses it and the process goes on: nothing flushed, nothing held
+        refused = not -2 ** 31 <= operator.index(status) < 2 ** 31  # os._exit takes a C int
+    except Exception:
+        refused = True
+    if refused:  # os._exit raises, and the process goes on: nothing flushed, nothing held (review 42, M3)
         return _os_exit(status)
     try:
         _flush_before_exit()

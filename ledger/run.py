@@ -230,43 +230,45 @@ def _say_unwritten(receiver) -> None:
 # ignored at start gets no KeyboardInterrupt (helper 39, H1). A signal ignored where netaudit
 # started stays ignored (nohup, `&` in a script): the program inherits that, as without netaudit.
 #
-# Where the program runs decides what is passed on, so that each signal reaches it once:
-# - netaudit in its terminal's foreground (a shell's job): the program runs in netaudit's process
-#   group, as the job's own process would, reading the terminal, and ^C, ^\ and a hangup reach it
-#   from the terminal: only SIGTERM, SIGUSR1 and SIGUSR2 (sent to netaudit's pid) are passed on;
-# - anywhere else (a service, cron, CI, `timeout`, a supervisor, a background job): the program
-#   runs in a process group of its own, and every one of FORWARDED is passed on. A signal sent to
-#   netaudit's group (`timeout`, `kill -- -PGID`, a supervisor's stop-as-group) reached the
-#   program twice when it shared that group, and a second SIGTERM or SIGINT means "stop now" to
-#   many servers (Odoo's "Forced shutdown", celery, uvicorn) (review 41, H1).
+# The program runs in netaudit's process group, as a shell job's own process would: it reads the
+# terminal, ^Z stops the job, a SIGKILL to the group ends it too, it may call setsid(). ^C and ^\
+# typed in the terminal reach it from there (the terminal signals its whole foreground group):
+# SIGINT and SIGQUIT are passed on only when netaudit is not its controlling terminal's foreground
+# group. A signal sent to netaudit's whole group (`timeout`, `kill -- -PGID`) reaches the program
+# twice: once as a member of the group, once passed on. A process group of its own for the
+# program avoided that (c08bb57), and broke more (review 42: the program outlived a SIGKILL to the
+# group, hung when a background job was brought to the foreground, and could no longer call
+# setsid()); the shared group is what a program started by a shell has.
 FORWARDED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2")
                   if hasattr(signal, name))
-FROM_TERMINAL = tuple(getattr(signal, name) for name in ("SIGINT", "SIGQUIT", "SIGHUP") if hasattr(signal, name))
+FROM_TERMINAL = tuple(getattr(signal, name) for name in ("SIGINT", "SIGQUIT") if hasattr(signal, name))
 
 
 def _in_terminal_foreground() -> bool:
-    """This process's group is the foreground group of its terminal: a shell's job."""
-    for fd in (0, 1, 2):
-        try:
-            return os.tcgetpgrp(fd) == os.getpgrp()
-        except OSError:
-            continue
-    return False
+    """This process's group is the foreground group of its controlling terminal (/dev/tty: also
+    where 0, 1 and 2 are all redirected, review 42, L2)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:  # no controlling terminal
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class _Forwarder:
     """Passes signals on to the program while netaudit waits for it (helper 39, H3: a SIGTERM
     from docker, systemd or `timeout` ended netaudit at once, the program ran on orphaned, its
     last calls unrecorded, the bootstrap folder left behind). One that comes before the program
-    has started is passed on once it has. `popen` is what the program is started with: a
-    process group of its own unless netaudit is a terminal's foreground job (see above)."""
+    has started is passed on once it has."""
 
     def __init__(self) -> None:
         self.proc = None
         self.early: list[int] = []
         self.previous = {}
-        self.job = _in_terminal_foreground()
-        self.popen = {} if self.job else {"process_group": 0}
         for sig in FORWARDED:
             try:
                 if signal.getsignal(sig) == signal.SIG_IGN:
@@ -276,8 +278,8 @@ class _Forwarder:
                 pass
 
     def _handle(self, sig, frame) -> None:
-        if self.job and sig in FROM_TERMINAL:
-            return  # the terminal sent it to the whole job, the program with it
+        if sig in FROM_TERMINAL and _in_terminal_foreground():
+            return  # typed in the terminal, which sent it to the whole job, the program with it
         if self.proc is None:
             self.early.append(sig)
             return
@@ -314,7 +316,7 @@ def run(argv: list[str], ledger_path: str | None = None, key_dir: str | None = N
         env["PYTHONPATH"] = os.pathsep.join(p for p in (boot, env.get("PYTHONPATH", "")) if p)
         forward = _Forwarder()  # until the relay is drained: a signal then finds the program ended
         try:
-            proc = subprocess.Popen(argv, env=env, **forward.popen)
+            proc = subprocess.Popen(argv, env=env)
         except OSError as exc:
             raise LedgerError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         forward.to(proc)

@@ -587,24 +587,25 @@ BAD_EXIT_STATUS = """
 import os, sys, urllib.request
 import _netaudit_interceptor.sink as sink_module   # the bootstrap's private copy
 sink_module.EXIT_FLUSH_S = 0                       # an exit's flush would run out of time at once
-get = lambda path: urllib.request.urlopen("http://127.0.0.1:%s%s" % (sys.argv[1], path)).read()
+get = lambda path: urllib.request.urlopen("http://127.0.0.1:%%s%%s" %% (sys.argv[1], path)).read()
 get("/before")
 try:
-    os._exit("not a status")          # refused: the process goes on, as without the auditor
-except TypeError as exc:
+    os._exit(%(status)s)              # refused: the process goes on, as without the auditor
+except (TypeError, OverflowError) as exc:
     print("refused:", exc, flush=True)
 get("/after")
 """
 
 
-def test_an_os_exit_refusing_its_argument_leaves_the_writer_working(tmp_path, servers):
+@pytest.mark.parametrize("status", ["'not a status'", "2 ** 40"], ids=["not-an-int", "too-big"])
+def test_an_os_exit_refusing_its_argument_leaves_the_writer_working(tmp_path, servers, status):
     """os._exit raises TypeError for a status that is no integer, and the program goes on: the
     wrapper must neither flush as for an exit nor keep the writer's lock (which a flush out of
     time keeps, to the exit it expects: then no event was written after it)."""
     from interceptor_fixtures import http_rows, netaudit_run
 
     app = tmp_path / "app.py"
-    app.write_text(BAD_EXIT_STATUS)
+    app.write_text(BAD_EXIT_STATUS % {"status": status})
     r = netaudit_run(tmp_path, sys.executable, str(app), str(servers.http))
     assert r.returncode == 0 and "refused:" in r.stdout, (r.stdout, r.stderr)
     assert set(http_rows(tmp_path)) == {"/before", "/after"}

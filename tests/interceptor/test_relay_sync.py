@@ -91,3 +91,45 @@ def test_a_sync_with_nothing_sent_since_the_last_answer_makes_no_round_trip(tmp_
         writer.close()
     finally:
         rx.close()
+
+
+def test_a_datagram_sent_while_a_sync_waits_is_not_taken_as_answered(tmp_path):
+    """The answer to a sync covers what was sent before it. The writer thread may send in the
+    moment after the sync left: counting from the total after the send took that datagram as
+    answered too, and the next flush skipped its sync while the row was not in the ledger yet
+    (review 42, L1). The interleaving is forced here (the race is a few bytecodes wide): the
+    sync's own send is wrapped to count one more datagram right after it, as the writer thread's
+    would; the receiver is a real socket, answered by hand as ledger.relay does."""
+    path = str(tmp_path / "r.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(path)
+    try:
+        writer = RelayWriter(path)
+        writer.started()  # hello: one datagram
+        send_by = writer._send_by
+
+        def then_the_writer_sends(data, deadline):
+            sent = send_by(data, deadline)
+            with writer._counting:
+                writer.datagrams += 1  # the writer thread's datagram, right after the sync
+            return sent
+
+        def answer():
+            rx.settimeout(5)
+            while True:
+                msg = json.loads(rx.recv(65536))
+                if msg["kind"] == "sync":
+                    open(str(tmp_path / f"synced-{msg['pid']}-{msg['token']}"), "w").close()
+                    return
+
+        writer._send_by = then_the_writer_sends
+        t = threading.Thread(target=answer)
+        t.start()
+        assert writer.sync(5.0) is True
+        t.join()
+        writer._send_by = send_by
+        before = writer.datagrams
+        assert writer.sync(0.2) is False and writer.datagrams == before + 1  # asked again, not skipped
+        writer.close()
+    finally:
+        rx.close()

@@ -163,12 +163,50 @@ def test_a_terminals_ctrl_c_reaches_the_program_once(tmp_path, servers):
     assert set(http_rows(tmp_path)) == {"/hello", "/SIGINT-1"}
 
 
-def test_a_signal_to_netaudits_process_group_reaches_the_program_once(tmp_path, servers):
-    """`timeout`, `kill -- -PGID` and supervisors signal a whole process group. The program shared
-    netaudit's, got the group's SIGTERM, then netaudit's copy of it: twice, which servers take for
-    "stop now" (review 41, H1). Outside a terminal's foreground the program has a group of its own."""
-    proc, _, _ = _start(tmp_path, servers.http, COUNTING % {"signal": "SIGTERM"})
-    os.killpg(proc.pid, signal.SIGTERM)  # netaudit's group (its own session here)
+def test_a_sigkill_to_netaudits_group_ends_the_program_too(tmp_path, servers):
+    """`timeout -k`, `kill -9 -- -PGID`, a supervisor's kill-as-group: the program shares
+    netaudit's process group and ends with it. Given a group of its own (c08bb57), it outlived
+    netaudit, unaudited from then on (review 42, H1)."""
+    proc, boot, _ = _start(tmp_path, servers.http, "")
+    relay = os.path.join(boot, "relay.sock")
+    program = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _environ_has(p, relay))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)  # not communicate(): a program still running holds the output pipes open
+    deadline = time.monotonic() + 10  # well before the program's own sleep (30 s) would end it
+    while _alive(program) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    alive = _alive(program)
+    if alive:
+        os.kill(program, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert not alive
+
+
+def _environ_has(pid: str, text: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return text.encode() in f.read()
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+SETSID = """
+os.setsid()  # a daemon's first step: refused (EPERM) to a process group's leader
+"""
+
+
+def test_the_program_may_start_a_session_of_its_own(tmp_path, servers):
+    """A program that calls os.setsid() must not be a process group's leader: under a group of its
+    own (c08bb57) it got PermissionError where, without netaudit, it ran (review 42, M1)."""
+    proc, _, _ = _start(tmp_path, servers.http, SETSID)
+    os.kill(proc.pid, signal.SIGTERM)
     code, out, err = _finish(proc)
-    assert code == 0, (code, out, err)
-    assert set(http_rows(tmp_path)) == {"/hello", "/SIGTERM-1"}
+    assert code == 128 + signal.SIGTERM and "PermissionError" not in err, (code, out, err)
