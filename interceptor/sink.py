@@ -552,9 +552,11 @@ def _exit(status):
 
 def _flush_before_exit(ending: bool = True) -> None:
     flushes = EXIT_FLUSHES[::-1]  # as atexit runs them: held and open records, then the queues
+    reached = [None]  # the flush under way: past the held and open records once it is the queues'
 
     def run(timeout: float = 5.0):
         for flush in flushes:
+            reached[0] = flush
             try:
                 if flush is _flush_all_at_exit:
                     flush(ending, timeout)
@@ -571,20 +573,23 @@ def _flush_before_exit(ending: bool = True) -> None:
         return
     t.join(EXIT_FLUSH_S)
     if ending and t.is_alive():
-        _count_unsent()
+        _count_unsent(reached[0] is _flush_all_at_exit)
 
 
 EXIT_FLUSH_TIMEOUT = "ExitFlushTimeout"
 
 
-def _count_unsent() -> None:
+def _count_unsent(records_handed: bool) -> None:
     """The exit's flush ran out of time: what is still queued, and the misses not yet written,
     go out as one gap count, where the writer can send one at once (a relay's `gap_now`), so that
     they are counted, not silently lost (review 41, M2). Exactly what will never be sent: the
     writer is kept from taking more (its `_writing` lock, held from here to the exit), or, where
     it is in the middle of a batch, the queue is emptied here and the misses it may be writing are
     left out; the batch in its hand is not counted (it may have been written). An event is never
-    both a row and in a gap."""
+    both a row and in a gap. Nothing left at all, the held and open records handed over
+    (`records_handed`) and the writer idle: all was sent, and the flush only waited for the
+    receiver's answer, so the relay says bye (`bye_now`): without it, the process was reported gone
+    unflushed (review 42, L3)."""
     for sink in list(_SINKS):
         try:
             tell = getattr(sink.writer, "gap_now", None)
@@ -604,6 +609,10 @@ def _count_unsent() -> None:
                 times += [sink._gap_t1, sink._gap_t2]
             if n:
                 tell(n, min(times), max(times), ",".join(sorted({EXIT_FLUSH_TIMEOUT, *sink._gap_reasons})))
+            elif held and records_handed and not sink._gap_n:
+                bye = getattr(sink.writer, "bye_now", None)
+                if bye is not None:
+                    bye()
         except Exception:  # noqa: S110  the process is exiting: nothing to report to
             pass
 

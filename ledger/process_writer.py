@@ -341,6 +341,15 @@ class ProcessWriter:
             except Exception:  # a helper gone: it finds this process gone without its bye
                 pass
 
+    def gap_now(self, dropped: int, t1_ns: int, t2_ns: int, reason: str) -> bool:
+        """The relay's one gap count sent at once (interceptor.sink: an exit's flush out of time)."""
+        relay = self._relay
+        return relay is not None and relay.gap_now(dropped, t1_ns, t2_ns, reason)
+
+    def bye_now(self) -> bool:
+        relay = self._relay
+        return relay is not None and relay.bye_now()
+
     def close(self) -> None:
         """Stop sending; in the process that started the helper, let it drain and wait a little
         for it to exit (it stays while forked children that share it are alive; never killed)."""

@@ -133,3 +133,48 @@ def test_a_datagram_sent_while_a_sync_waits_is_not_taken_as_answered(tmp_path):
         writer.close()
     finally:
         rx.close()
+
+
+UNANSWERED_AT_OS_EXIT = r"""
+import os, socket, sys
+sys.path.insert(0, %(root)r)
+import interceptor
+from interceptor import sink as sink_module
+from interceptor.relay import RelayWriter
+writer = RelayWriter(%(path)r)
+interceptor.install(sink=interceptor.Sink(writer, linger_s=0))
+sink_module.EXIT_FLUSH_S = 0.5      # the flush then waits for a sync nobody answers
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"p", ("127.0.0.1", 9))
+u.close()
+os._exit(0)
+"""
+
+
+def test_an_exit_flush_out_of_time_waiting_only_for_the_answer_still_says_bye(tmp_path):
+    """os._exit's flush had sent everything and waited only for the receiver's answer to its sync
+    (a slow ledger) when its time ran out: with nothing left to count, no bye went out, and the
+    receiver recorded the process as gone unflushed (review 42, L3). A receiver that reads but
+    never answers: the process still ends with its bye."""
+    path = str(tmp_path / "r.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(path)
+    try:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = str(Path(__file__).resolve().parents[2])
+        r = subprocess.run([sys.executable, "-c", UNANSWERED_AT_OS_EXIT % {"root": root, "path": path}],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        rx.settimeout(0.5)
+        kinds = []
+        while True:
+            try:
+                kinds.append(json.loads(rx.recv(65536))["kind"])
+            except TimeoutError:
+                break
+    finally:
+        rx.close()
+    assert kinds[0] == "hello" and "events" in kinds and "sync" in kinds and kinds[-1] == "bye", kinds
