@@ -54,8 +54,8 @@ def library_prefixes() -> tuple[str, ...]:
             paths.add(os.path.realpath(p))
     try:
         paths.update(os.path.realpath(p) for p in site.getsitepackages())
-    except Exception:  # some embedded interpreters lack it
-        pass
+    except Exception as exc:  # some embedded interpreters lack it
+        pass_on(exc)  # a signal handler's exception is the program's (found by the signal storm test)
     paths.add(os.path.realpath(os.path.dirname(os.__file__)))
     return tuple(sorted(p.rstrip(os.sep) + os.sep for p in paths))
 

@@ -540,7 +540,8 @@ _os_exit = None
 def _exit(status):
     try:
         refused = not -2 ** 31 <= operator.index(status) < 2 ** 31  # os._exit takes a C int
-    except Exception:
+    except Exception as exc:
+        pass_on(exc)
         refused = True
     if refused:  # os._exit raises, and the process goes on: nothing flushed, nothing held (review 42, M3)
         return _os_exit(status)
