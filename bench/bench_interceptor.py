@@ -524,16 +524,17 @@ print(json.dumps({"measured": statistics.median(cost[True]), "against": statisti
 """
 
 
-def _alternating(setup: str, rounds: int, what: str):
-    """Run _ALTERNATING_PROGRAM with `setup` (defining get() and use(measured)): the two medians
-    (us), or None where it could not run."""
+def _alternating(setup: str, rounds: int, what: str, call: str, against: str, measured: str) -> None:
+    """Run _ALTERNATING_PROGRAM with `setup` (defining get() and use(measured)) and print its two
+    medians (us): "<call>: <against> X us, <measured> Y us (+D us; ...)"."""
     out = subprocess.run([sys.executable, "-c", _ALTERNATING_PROGRAM % setup, str(rounds)], capture_output=True,
                          text=True, timeout=600, cwd=os.getcwd())
     if out.returncode != 0:
         print(f"{what}: could not run")
-        return None
+        return
     r = json.loads(out.stdout)
-    return r["measured"], r["against"]
+    print(f"{call}: {against} {r['against']:.1f} us, {measured} {r['measured']:.1f} us "
+          f"({r['measured'] - r['against']:+.1f} us; median of {rounds} rounds of 200)")
 
 
 _CLAIM_WALK_SETUP = """
@@ -555,12 +556,8 @@ def claim_walk_cost(rounds: int = 15) -> None:
     (capture.claimed: a claim covers library frames only) against the rule before it (a held claim
     covered everything below it), alternating rounds in one process. A kept-alive request makes
     no walk: only a new connection's connect, lookup and socket steps check the claim."""
-    r = _alternating(_CLAIM_WALK_SETUP, rounds, "claim walk cost")
-    if r is not None:
-        walk, held = r
-        print(f"new-connection http.client GET, calling thread: claim covers all {held:.1f} us, "
-              f"library frames only (the walk) {walk:.1f} us ({walk - held:+.1f} us; "
-              f"median of {rounds} rounds of 200)")
+    _alternating(_CLAIM_WALK_SETUP, rounds, "claim walk cost", "new-connection http.client GET, calling thread",
+                 "claim covers all", "library frames only (the walk)")
 
 
 _EXPLICIT_CONNECT_SETUP = """
@@ -583,12 +580,9 @@ def explicit_connect_cost(rounds: int = 15) -> None:
     thread (http_wrappers._connected: a CONNECT record and its socket counted until the request,
     which takes it over), against before it (nothing recorded), alternating rounds in one process.
     urllib3 connects every new HTTPS connection so; a kept-alive request pays nothing for it."""
-    r = _alternating(_EXPLICIT_CONNECT_SETUP, rounds, "explicit connect cost")
-    if r is not None:
-        counted, before = r
-        print(f"connect() then GET on a new http.client connection, calling thread: not recorded {before:.1f} us, "
-              f"counted until the request {counted:.1f} us ({counted - before:+.1f} us; "
-              f"median of {rounds} rounds of 200)")
+    _alternating(_EXPLICIT_CONNECT_SETUP, rounds, "explicit connect cost",
+                 "connect() then GET on a new http.client connection, calling thread", "not recorded",
+                 "counted until the request")
 
 
 def main() -> None:

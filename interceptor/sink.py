@@ -489,6 +489,13 @@ def _fork():
     return pid
 
 
+def _standing_for(wrapper, original):
+    """`wrapper`, the os function we put in place of `original`, documented as it."""
+    wrapper.__doc__ = original.__doc__
+    wrapper.__wrapped__ = original
+    return wrapper
+
+
 _fork_hooks_registered = False
 
 
@@ -503,9 +510,7 @@ def _register_fork_hooks() -> None:
         fork = getattr(os, "fork", None)
         if fork is not None and fork is not _fork:
             _os_fork = fork
-            _fork.__doc__ = fork.__doc__
-            _fork.__wrapped__ = fork
-            os.fork = _fork
+            os.fork = _standing_for(_fork, fork)
 
 
 def _flush_all_at_exit(ending: bool = True, timeout: float = 5.0) -> None:
@@ -625,10 +630,8 @@ def _flushing_first(exec_function):
         _flush_before_exit(ending=False)  # an exec that fails leaves the process as it was, writer and all
         return exec_function(*args, **kwargs)
     flushed_then.__name__ = flushed_then.__qualname__ = exec_function.__name__
-    flushed_then.__doc__ = exec_function.__doc__
-    flushed_then.__wrapped__ = exec_function
     flushed_then._netaudit_flushes = True
-    return flushed_then
+    return _standing_for(flushed_then, exec_function)
 
 
 def wrap_os_exit() -> None:
@@ -638,9 +641,7 @@ def wrap_os_exit() -> None:
     exit_now = getattr(os, "_exit", None)
     if exit_now is not None and exit_now is not _exit:
         _os_exit = exit_now
-        _exit.__doc__ = exit_now.__doc__
-        _exit.__wrapped__ = exit_now
-        os._exit = _exit
+        os._exit = _standing_for(_exit, exit_now)
     # named literally, each: the release gate follows a function looked up by a computed name
     execv, execve = getattr(os, "execv", None), getattr(os, "execve", None)
     if execv is not None and not getattr(execv, "_netaudit_flushes", False):
