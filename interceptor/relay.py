@@ -58,12 +58,13 @@ from . import native
 from .capture import _INT_MAX, _INT_MIN, _as_int, claim, fingerprint
 from .event import AUDIT, NetEvent
 from .redact import clean_path
-from .sink import YIELD_EVERY
 
 ENV_RELAY = "NETAUDIT_RELAY"
 WIRE_VERSION = 2
 MAX_DATAGRAM = 60 * 1024      # fits the default AF_UNIX send buffer (Linux: 208 KiB)
-CHUNK = YIELD_EVERY           # rows tried per datagram (a row is ~150 bytes; a shape ~300, once)
+# Rows tried per datagram (a row is ~150 bytes, a shape ~300, once): a batch of the sink's in one
+# or two sends, as each send is a wait for the GIL on the writer thread (interceptor.sink)
+CHUNK = 256
 SEND_TIMEOUT_S = 2.0          # the writer thread waits this long for room in the parent's queue
 MAX_TEXT = 8192               # characters of one text field the parent accepts
 DIGEST_HEX = 64
@@ -254,8 +255,8 @@ class RelayWriter:
         sent_any, unsent = False, []
         start, chunk = 0, CHUNK
         while start < len(records):
-            if start:
-                native.sleep(0)  # let the audited threads take the GIL, as the sink does
+            # no GIL offer between two datagrams: each send is one (the GIL is released around the
+            # system call), and an offer more is one more wait for the GIL (interceptor.sink)
             # `chunk` records per datagram, halved until they fit, and the size that fitted is where
             # the next datagram starts (doubled again up to CHUNK); a record that alone does not fit,
             # or cannot be framed (never seen: Record.fields takes any value), is a miss alone.

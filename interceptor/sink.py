@@ -102,6 +102,9 @@ class Sink:
         if self._thread is None:
             self._start_or_write(time.monotonic() + INLINE_S)
         if self._sleeping:
+            # once: the writer may take a while to get the GIL back, and a set() of a set wake-up
+            # raises (and is swallowed) in every submit meanwhile
+            self._sleeping = False
             self._wake.set()
 
     def miss(self, ts: int, reason: str, n: int = 1, until: int = 0) -> None:
@@ -227,6 +230,15 @@ class Sink:
             self._park_left -= len(batch)
             if ok:
                 backoff = 0.0
+                if self.linger_s and q and len(q) < self.batch_size:
+                    # traffic goes on: wait one linger for the next batch, rather than write the few
+                    # events queued meanwhile at once. Each wake of this thread takes the GIL from
+                    # the audited threads (with a forced switch where they run Python all along:
+                    # about 5 ms of waiting, the audited thread signalled at each of its GIL
+                    # releases meanwhile), so one wake per linger, not one per trickle.
+                    self._wake.clear()
+                    if not (self._parking or self._stop):
+                        self._wake.wait(self.linger_s)  # flush(), close() and _park() cut it short
             else:
                 backoff = min(MAX_BACKOFF_S, backoff * 2 or 0.05)
                 self._wake.wait(backoff)
