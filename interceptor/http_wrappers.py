@@ -146,6 +146,14 @@ def _take_header_names(conn, rec) -> None:
         rec.header_names = [line.partition(b":")[0].decode("latin-1") for line in buffered[start:]]
 
 
+def _head_size(buffered) -> int:
+    """The size of the request head http.client is about to send: its request line and header
+    lines joined by CRLF, then a blank line (`_send_output` joins `_buffer + [b"", b""]`). Counted
+    into the request's bytes out, as a raw socket's event counts every byte: data a program puts
+    in a header or query value is data sent. Only sizes: the lines themselves are never kept."""
+    return sum(map(len, buffered)) + 2 * (len(buffered) + 1)
+
+
 def _forensic_end(conn, response_seen) -> None:
     """The request ended without a response to tee: hand its request body to the tap."""
     capture = conn._netaudit_fx
@@ -324,6 +332,7 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     if _NAMES_FROM_BUFFER:
         try:
             _take_header_names(self, rec)
+            rec.req_bytes += _head_size(self._buffer)
         except Exception as exc:
             GUARD.fault("redact", exc, rec.ts)
     body = message_body
