@@ -15,7 +15,7 @@ import pytest
 import interceptor
 from interceptor import MemoryWriter, NullWriter, Sink
 
-from interceptor_servers import Servers, self_signed
+from interceptor_servers import Servers, forget_heads, self_signed
 
 
 _servers: list[Servers] = []
@@ -32,9 +32,11 @@ def tls_files(tmp_path_factory):
 
 @pytest.fixture
 def servers():
-    """The local servers, started once per test process (daemon threads)."""
+    """The local servers, started once per test process (daemon threads); the request heads they
+    read before this test are forgotten (interceptor_servers.head_size)."""
     if not _servers:
         _servers.append(Servers())
+    forget_heads()
     interceptor.install(sink=Sink(NullWriter()))  # idempotent; outside a test, capture to nowhere
     return _servers[0]
 

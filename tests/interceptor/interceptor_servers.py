@@ -9,6 +9,7 @@ import http.server
 import socket
 import socketserver
 import threading
+import time
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 HOST = "127.0.0.1"
@@ -19,7 +20,91 @@ def _serve(server):
     return server
 
 
-class _HTTPHandler(http.server.BaseHTTPRequestHandler):
+# The size of each request head the HTTP servers here read, as they read it: (server port, request
+# target as received, path and query) -> one size per request, in order. Cleared as a test starts
+# (interceptor_fixtures.servers).
+_HEADS: dict[tuple[int, str], list[int]] = {}
+_HEADS_LOCK = threading.Lock()
+
+
+class _CountingReader:
+    """A request handler's rfile, counting the bytes the handler reads from it (data passes as is)."""
+
+    def __init__(self, fp):
+        self._fp = fp
+        self.count = 0
+
+    def read(self, *args):
+        data = self._fp.read(*args)
+        self.count += len(data)
+        return data
+
+    def read1(self, *args):
+        data = self._fp.read1(*args)
+        self.count += len(data)
+        return data
+
+    def readline(self, *args):
+        data = self._fp.readline(*args)
+        self.count += len(data)
+        return data
+
+    def readinto(self, buffer):
+        n = self._fp.readinto(buffer)
+        self.count += n or 0
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
+
+
+class _HeadCounting:
+    """Mixed into a BaseHTTPRequestHandler: measures each request's head (its request line, its
+    header lines and the blank line ending them) by the bytes the handler read from the connection
+    between the start of the request and the end of its headers, and keeps that size in _HEADS."""
+
+    def setup(self):
+        super().setup()
+        self.rfile = _CountingReader(self.rfile)
+
+    def handle_one_request(self):
+        self._head_start = self.rfile.count  # the previous request on the connection was read to its end
+        super().handle_one_request()
+
+    def parse_request(self):
+        parsed = super().parse_request()  # reads the header lines, up to and with the blank line
+        if parsed:
+            size = self.rfile.count - self._head_start
+            with _HEADS_LOCK:
+                _HEADS.setdefault((self.server.server_address[1], self.path), []).append(size)
+        return parsed
+
+
+def forget_heads() -> None:
+    """Forget the request heads the servers read so far (a test starts)."""
+    with _HEADS_LOCK:
+        _HEADS.clear()
+
+
+def head_size(port: int, target: str, timeout: float = 5.0) -> int:
+    """The size in bytes of the head of the request for `target` (the request target as sent: path,
+    query) that the HTTP server here on `port` (HTTP, HTTPS or XML-RPC) read since the test began:
+    request line, header lines and blank line, counted by the server as it read them. Waits up to
+    `timeout` for the server to read it (a request sent and never answered may still be in transit).
+    Several requests for the target: their heads must have had one size."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _HEADS_LOCK:
+            sizes = list(_HEADS.get((port, target), ()))
+        if sizes:
+            break
+        assert time.monotonic() < deadline, f"the server on port {port} read no request for {target!r}"
+        time.sleep(0.01)
+    assert len(set(sizes)) == 1, f"requests for {target!r} with heads of different sizes: {sizes}"
+    return sizes[0]
+
+
+class _HTTPHandler(_HeadCounting, http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
     disable_nagle_algorithm = True
 
@@ -191,7 +276,7 @@ class Servers:
         h = self._add(_HTTPServer((HOST, 0), _HTTPHandler))
         self.http = h.server_address[1]
 
-        class _RPCHandler(SimpleXMLRPCRequestHandler):
+        class _RPCHandler(_HeadCounting, SimpleXMLRPCRequestHandler):
             def log_message(self, *args):
                 pass
 

@@ -13,7 +13,7 @@ import pytest
 import interceptor
 
 from interceptor_fixtures import captured, ledger_sink, servers  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, free_port
+from interceptor_servers import HOST, free_port, head_size
 
 
 
@@ -34,7 +34,9 @@ def test_http_client_get_is_one_event_with_names_only(captured, servers):
     assert e.status == "200" and e.error == ""
     assert "X-Api-Key" in e.header_names and "Host" not in e.header_names
     assert (e.dst_ip, e.dst_port) == (HOST, servers.http) and e.src_port > 0
-    assert e.resp_bytes == len(body) and e.req_bytes == 0 and e.fingerprint == ""
+    # bytes out: the request's head as the server read it (no body)
+    assert e.resp_bytes == len(body) and e.req_bytes == head_size(servers.http, "/items/7?token=v1&page=2#frag")
+    assert e.fingerprint == ""
     assert e.module == "tests" or e.module.startswith("test")
     assert e.call_site.endswith(":test_http_client_get_is_one_event_with_names_only")
     assert e.pid > 0 and not e.self_egress and e.duration_ms > 0
@@ -66,7 +68,9 @@ def test_payload_fingerprint_streams_and_matches_across_clients(captured, server
     a, b, c, d, other = captured.events()
     assert a.fingerprint and len(a.fingerprint) == 32
     assert a.fingerprint == b.fingerprint == c.fingerprint == d.fingerprint != other.fingerprint
-    assert a.req_bytes == b.req_bytes == c.req_bytes == len(payload)
+    # each: its head as the server read it (each client's own headers) and the body once, however streamed
+    heads = [head_size(servers.http, path) for path in ("/a", "/b", "/c")]
+    assert [a.req_bytes, b.req_bytes, c.req_bytes] == [head + len(payload) for head in heads]
 
 
 def test_urllib_and_xmlrpc(captured, servers):

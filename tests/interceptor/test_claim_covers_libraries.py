@@ -20,7 +20,7 @@ import smtplib
 import socket
 
 from interceptor_fixtures import captured, servers  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, datagram as _datagram, free_port
+from interceptor_servers import HOST, datagram as _datagram, free_port, head_size
 
 
 def _by_kind(events):
@@ -48,7 +48,8 @@ def test_a_subclass_override_inside_endheaders_is_recorded(captured, servers):
     c.getresponse().read()
     c.close()
     assert _by_kind(captured.events()) == sorted([
-        ("http", "http", "GET", servers.http, "/ridden", 0), ("socket", "tcp", "connect", servers.smtp, "", 5)])
+        ("http", "http", "GET", servers.http, "/ridden", head_size(servers.http, "/ridden")),
+        ("socket", "tcp", "connect", servers.smtp, "", 5)])
 
 
 class _EveryKindOfCall(http.client.HTTPConnection):
@@ -93,7 +94,8 @@ def test_every_kind_of_call_from_an_override_is_recorded(captured, servers):
         ("dns", "getaddrinfo", servers.http, 0),
         ("socket", "connect", servers.http, 2), ("socket", "connect", servers.http, 0),
         ("socket", "sendto", udp, 1), ("socket", "sendto", udp, 2),
-        ("http", "GET", servers.http, 0), ("http", "GET", servers.xmlrpc, 0),
+        ("http", "GET", servers.http, head_size(servers.http, "/nested")),
+        ("http", "GET", servers.xmlrpc, head_size(servers.xmlrpc, "/outer")),
         ("smtp", "CONNECT", servers.smtp, 0)])
 
 
@@ -118,7 +120,8 @@ def test_a_subclass_connect_is_claimed_for_the_library_only(captured, servers):
     c.getresponse().read()
     c.close()
     assert _by_kind(captured.events()) == sorted([
-        ("http", "http", "GET", servers.http, "/twice", 0), ("socket", "udp", "sendto", udp, "", 1)])
+        ("http", "http", "GET", servers.http, "/twice", head_size(servers.http, "/twice")),
+        ("socket", "udp", "sendto", udp, "", 1)])
 
 
 class _DatagramHandler(logging.Handler):
@@ -155,7 +158,7 @@ def test_a_log_handler_called_inside_a_claimed_call_is_recorded(captured, server
     finally:
         log.removeHandler(handler)
     events = _by_kind(captured.events())
-    assert ("http", "http", "GET", servers.http, "/logged", 0) in events
+    assert ("http", "http", "GET", servers.http, "/logged", head_size(servers.http, "/logged")) in events
     assert ("socket", "udp", "sendto", udp, "", 1) in events
 
 
@@ -220,7 +223,8 @@ def test_an_override_making_the_calls_own_connection_adds_no_event(captured, ser
         c.getresponse().read()
         c.close()
     assert _by_kind(captured.events()) == sorted([
-        ("http", "http", "GET", servers.http, "/own", 0), ("http", "http", "GET", servers.http, "/own-connect", 0)])
+        ("http", "http", "GET", servers.http, "/own", head_size(servers.http, "/own")),
+        ("http", "http", "GET", servers.http, "/own-connect", head_size(servers.http, "/own-connect"))])
 
 
 def test_odoo_mails_imap_socket_replacement_adds_no_event(captured, servers, monkeypatch):
@@ -253,7 +257,8 @@ def test_a_second_connection_to_the_calls_destination_is_recorded(captured, serv
     c.getresponse().read()
     c.close()
     assert _by_kind(captured.events()) == sorted([
-        ("http", "http", "GET", servers.http, "/two", 0), ("socket", "tcp", "connect", servers.http, "", 5)])
+        ("http", "http", "GET", servers.http, "/two", head_size(servers.http, "/two")),
+        ("socket", "tcp", "connect", servers.http, "", 5)])
 
 
 _FAKELIB = '''"""Stands for a third-party library: its path has /site-packages/ in it."""
@@ -458,7 +463,8 @@ def test_a_standard_library_log_handler_a_library_logs_through_is_recorded(captu
     _get_through_a_logging_library(logging.handlers.DatagramHandler(HOST, udp), "/library-logged", servers,
                                    tmp_path, monkeypatch)
     events = _by_kind(captured.events())
-    assert ("http", "http", "GET", servers.http, "/library-logged", 0) in events
+    head = head_size(servers.http, "/library-logged")
+    assert ("http", "http", "GET", servers.http, "/library-logged", head) in events
     assert [e for e in events if e[0] == "socket" and e[3] == udp][0][:4] == ("socket", "udp", "sendto", udp)
 
 
@@ -471,6 +477,6 @@ def test_a_log_handler_to_the_calls_own_destination_is_recorded(captured, server
     _get_through_a_logging_library(logging.handlers.SocketHandler(HOST, servers.http), "/same-place", servers,
                                    tmp_path, monkeypatch)
     events = _by_kind(captured.events())
-    assert ("http", "http", "GET", servers.http, "/same-place", 0) in events
+    assert ("http", "http", "GET", servers.http, "/same-place", head_size(servers.http, "/same-place")) in events
     (sent,) = [e for e in events if e[0] == "socket"]
     assert sent[:4] == ("socket", "tcp", "connect", servers.http) and sent[5] > 0

@@ -38,7 +38,7 @@ import pytest
 
 from interceptor import GUARD, socket_bytes
 from interceptor_fixtures import captured, servers, tls_files  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, PRINTING, free_port, https, tunnel_proxy
+from interceptor_servers import HOST, PRINTING, free_port, head_size, https, tunnel_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +63,12 @@ def _unverified():
 def _rows(captured):
     return sorted((e.channel, e.protocol, e.method, e.dst_port, e.url_path, e.req_bytes, e.resp_bytes)
                   for e in captured.events())
+
+
+def _sent(port: int, path: str, body_size: int = 0) -> int:
+    """A request's bytes out: its head, as the server on `port` read it, and its body. (A CONNECT's
+    are the raw bytes the program wrote on the connection's socket, known to the test.)"""
+    return head_size(port, path) + body_size
 
 
 _RAW = b"GET /raw HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -117,8 +123,8 @@ def test_an_explicit_connect_then_requests_is_the_requests_only(captured, server
     conn.connect()
     assert type(conn.sock) is not socket.socket  # counted, while no request covers it
     _gets_then_close(conn, ("/a", "/b"), socket.socket)
-    assert _rows(captured) == [("http", "http", "GET", servers.http, "/a", 0, 5),
-                               ("http", "http", "GET", servers.http, "/b", 0, 5)]
+    assert _rows(captured) == [("http", "http", "GET", servers.http, "/a", _sent(servers.http, "/a"), 5),
+                               ("http", "http", "GET", servers.http, "/b", _sent(servers.http, "/b"), 5)]
 
 
 def test_raw_bytes_then_a_request_are_two_events(captured, servers):
@@ -129,7 +135,8 @@ def test_raw_bytes_then_a_request_are_two_events(captured, servers):
     conn.getresponse().read()
     conn.close()
     assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", len(_RAW), received),
-                                      ("http", "http", "GET", servers.http, "/after", 0, 9)])
+                                      ("http", "http", "GET", servers.http, "/after",
+                                       _sent(servers.http, "/after"), 9)])
 
 
 def test_a_request_made_step_by_step_connecting_in_between_is_one_event(captured, servers):
@@ -140,7 +147,7 @@ def test_a_request_made_step_by_step_connecting_in_between_is_one_event(captured
     conn.endheaders()
     conn.getresponse().read()
     conn.close()
-    assert _rows(captured) == [("http", "http", "GET", servers.http, "/steps", 0, 9)]
+    assert _rows(captured) == [("http", "http", "GET", servers.http, "/steps", _sent(servers.http, "/steps"), 9)]
 
 
 def test_urllib3_https_connects_ahead_of_its_request_and_stays_one_event_per_request(https_port, captured):
@@ -157,8 +164,8 @@ def test_urllib3_https_connects_ahead_of_its_request_and_stays_one_event_per_req
     finally:
         pool._put_conn(conn)
     pool.close()
-    assert _rows(captured) == [("http", "https", "GET", https_port, "/one", 0, 7),
-                               ("http", "https", "GET", https_port, "/two", 0, 7)]
+    assert _rows(captured) == [("http", "https", "GET", https_port, "/one", _sent(https_port, "/one"), 7),
+                               ("http", "https", "GET", https_port, "/two", _sent(https_port, "/two"), 7)]
 
 
 def test_an_https_connect_then_raw_tls_bytes_counts_the_application_bytes(https_port, captured):
@@ -195,7 +202,7 @@ def test_a_socket_that_cannot_be_counted_is_covered_by_its_request(captured, ser
     conn.request("GET", "/own")
     conn.getresponse().read()
     conn.close()
-    assert _rows(captured) == [("http", "http", "GET", servers.http, "/own", 0, 7)]
+    assert _rows(captured) == [("http", "http", "GET", servers.http, "/own", _sent(servers.http, "/own"), 7)]
 
 
 def test_a_second_explicit_connect_leaves_the_first_connection_its_event(captured, servers):
@@ -206,11 +213,11 @@ def test_a_second_explicit_connect_leaves_the_first_connection_its_event(capture
     conn.connect()
     conn.request("GET", "/second")
     conn.getresponse().read()
-    assert _rows(captured) == [("http", "http", "GET", servers.http, "/second", 0, 10)]
+    second = ("http", "http", "GET", servers.http, "/second", _sent(servers.http, "/second"), 10)
+    assert _rows(captured) == [second]
     first.close()
     conn.close()
-    assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", 0, 0),
-                                      ("http", "http", "GET", servers.http, "/second", 0, 10)])
+    assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", 0, 0), second])
 
 
 def test_a_fault_while_counting_records_the_connection_at_once(captured, servers, monkeypatch):
@@ -243,7 +250,8 @@ def test_a_socket_taken_off_the_connection_keeps_its_event(captured, servers):
     taken.close()
     conn.close()
     assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", len(_RAW), received),
-                                      ("http", "http", "GET", servers.http, "/cover", 0, 9)])
+                                      ("http", "http", "GET", servers.http, "/cover",
+                                       _sent(servers.http, "/cover"), 9)])
 
 
 def test_a_request_naming_another_destination_leaves_the_connection_its_event(captured, servers):
@@ -288,7 +296,8 @@ def test_a_request_sent_and_never_answered_is_an_event_when_the_connection_close
     conn = http.client.HTTPConnection(HOST, servers.http)
     conn.request("POST", "/unanswered", body=b"x" * 5000)
     conn.close()
-    assert _rows(captured) == [("http", "http", "POST", servers.http, "/unanswered", 5000, 0)]
+    assert _rows(captured) == [("http", "http", "POST", servers.http, "/unanswered",
+                                _sent(servers.http, "/unanswered", 5000), 0)]
 
 
 def test_a_request_sent_and_never_answered_is_an_event_when_the_connection_is_collected(captured, servers):
@@ -296,7 +305,8 @@ def test_a_request_sent_and_never_answered_is_an_event_when_the_connection_is_co
     conn.request("POST", "/dropped", body=b"y" * 300)
     del conn
     gc.collect()
-    assert _rows(captured) == [("http", "http", "POST", servers.http, "/dropped", 300, 0)]
+    assert _rows(captured) == [("http", "http", "POST", servers.http, "/dropped",
+                                _sent(servers.http, "/dropped", 300), 0)]
 
 
 _EXIT_PROGRAM = PRINTING + """
@@ -320,7 +330,7 @@ def test_what_connections_left_in_flight_is_recorded_at_exit(servers, tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0] == "done"
     assert sorted(json.loads(x) for x in lines[1:]) == sorted([
-        ["POST", "/at-exit", 70, servers.http], ["GET", "/put", 0, servers.http],
+        ["POST", "/at-exit", _sent(servers.http, "/at-exit", 70), servers.http], ["GET", "/put", 0, servers.http],
         ["CONNECT", "", len(_RAW), servers.http]])
 
 
@@ -341,8 +351,8 @@ def test_a_programs_own_tls_wrap_is_handed_over(https_port, captured):
     conn.context = _unverified()
     conn.connect()
     _gets_then_close(conn, ("/t0", "/t1"), ssl.SSLSocket)
-    assert _rows(captured) == [("http", "http", "GET", https_port, "/t0", 0, 6),
-                               ("http", "http", "GET", https_port, "/t1", 0, 6)]
+    assert _rows(captured) == [("http", "http", "GET", https_port, "/t0", _sent(https_port, "/t0"), 6),
+                               ("http", "http", "GET", https_port, "/t1", _sent(https_port, "/t1"), 6)]
 
 
 class _NonBlocking(http.client.HTTPConnection):
@@ -415,7 +425,7 @@ def test_a_connection_made_after_the_request_sent_is_recorded(captured, servers)
     conn.close()
     assert received and _rows(captured) == sorted([
         ("http", "http", "CONNECT", servers.xmlrpc, "", len(_RAW), received),
-        ("http", "http", "POST", servers.http, "/sent", 10, 0)])
+        ("http", "http", "POST", servers.http, "/sent", _sent(servers.http, "/sent", 10), 0)])
 
 
 def test_a_close_while_the_request_sends_leaves_it_its_error(captured, servers):
@@ -553,7 +563,7 @@ def test_a_second_connection_to_the_requests_destination_is_recorded(captured, s
     conn.extra.close()
     conn.close()
     assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", len(_RAW), received),
-                                      ("http", "http", "GET", servers.http, "/two", 0, 7)])
+                                      ("http", "http", "GET", servers.http, "/two", _sent(servers.http, "/two"), 7)])
 
 
 def test_a_port_given_as_text_is_one_event_per_request(captured, servers):
@@ -608,8 +618,8 @@ def test_a_connect_that_reconnects_leaves_the_request_its_own_connection(capture
     conn = _Reconnecting(HOST, servers.http)
     _gets_then_close(conn, ("/r0", "/r1"), socket.socket)
     assert _rows(captured) == sorted([("http", "http", "CONNECT", servers.http, "", 0, 0),
-                                      ("http", "http", "GET", servers.http, "/r0", 0, 6),
-                                      ("http", "http", "GET", servers.http, "/r1", 0, 6)])
+                                      ("http", "http", "GET", servers.http, "/r0", _sent(servers.http, "/r0"), 6),
+                                      ("http", "http", "GET", servers.http, "/r1", _sent(servers.http, "/r1"), 6)])
 
 
 class _Slotted(http.client.HTTPConnection):
@@ -677,4 +687,5 @@ def test_a_connection_with_a_finalizer_of_its_own_still_ends_its_request(capture
     del conn
     gc.collect()
     assert cls.finalized == before + 1
-    assert _rows(captured) == [("http", "http", "POST", servers.http, "/finalized", 1, 0)]
+    assert _rows(captured) == [("http", "http", "POST", servers.http, "/finalized",
+                                _sent(servers.http, "/finalized", 1), 0)]

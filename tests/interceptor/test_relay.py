@@ -23,6 +23,7 @@ from interceptor import Sink
 from interceptor.event import NetEvent
 from interceptor.relay import EVENT_FIELDS, MAX_DATAGRAM, SHAPE_FIELDS, VARYING_FIELDS, WIRE_VERSION, RelayWriter
 from interceptor_fixtures import http_rows, ledger_sink, line_of, netaudit_run, run_rows, servers  # noqa: F401
+from interceptor_servers import head_size
 from ledger.ledger import Ledger
 from ledger.relay import RelayReceiver
 from verifier.verify import verify_ledger
@@ -89,7 +90,8 @@ def test_stdlib_only_child_and_grandchild_are_audited(tmp_path, servers, bare_py
     assert (gc_row["module"], gc_row["call_site"]) == (
         "grandchild", f"grandchild:{line_of(GRANDCHILD, 'GRANDCHILD-CALL')}:<module>")
     assert app_row["method"] == "POST" and app_row["query_keys"] == "k" and app_row["status"] == "200"
-    assert app_row["req_bytes"] == len(PAYLOAD) and app_row["fingerprint"]
+    # bytes out: the POST's head, as the server read it, and its payload
+    assert app_row["req_bytes"] == head_size(servers.http, "/from-app?k=v") + len(PAYLOAD) and app_row["fingerprint"]
     assert app_row["pid"] != gc_row["pid"] and not app_row["self_egress"]
     installed = [x for x in rows if x["method"] == "interceptor_installed"]
     assert {x["pid"] for x in installed} == {app_row["pid"], gc_row["pid"]}

@@ -25,7 +25,7 @@ from interceptor import GUARD
 from interceptor import socket_bytes
 
 from interceptor_fixtures import captured, pythons, servers, tls_files  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, PRINTING, free_port
+from interceptor_servers import HOST, PRINTING, free_port, head_size
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -366,6 +366,23 @@ def test_refused_connect_is_an_immediate_event(captured):
     assert len(_socket_events(captured)) == 1
 
 
+def test_the_http_servers_count_of_a_request_head_is_the_bytes_it_was_sent(servers):
+    """The tests' measure of a request head (interceptor_servers.head_size): what the server read
+    of it, here two requests of known bytes on one kept-alive connection, the first with a body."""
+    first = b"POST /head-probe HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nX-Pad: abcdefghij\r\n\r\n"
+    second = b"GET /head-probe-2?q=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection((HOST, servers.http)) as s:
+        for request in (first + b"body", second):
+            s.sendall(request)
+            got = b""
+            while not got.endswith(b"ok:" + request.split(b" ")[1][:20]):
+                data = s.recv(4096)
+                assert data, "the server closed early"
+                got += data
+    assert (head_size(servers.http, "/head-probe"), head_size(servers.http, "/head-probe-2?q=1")) == (
+        len(first), len(second))
+
+
 def test_http_client_is_not_counted_twice(captured, servers):
     conn = http.client.HTTPConnection(HOST, servers.http)
     conn.request("POST", "/p", body=b"z" * 1000)
@@ -373,7 +390,8 @@ def test_http_client_is_not_counted_twice(captured, servers):
     assert type(conn.sock) is socket.socket  # the protocol wrapper's socket is never switched
     conn.close()
     (e,) = captured.events()
-    assert (e.channel, e.req_bytes, e.resp_bytes) == ("http", 1000, len(body))
+    # the head as the server read it and the body, once each: the socket layer below counted nothing
+    assert (e.channel, e.req_bytes, e.resp_bytes) == ("http", head_size(servers.http, "/p") + 1000, len(body))
 
 
 def test_faults_are_swallowed_and_counted(captured, count_port):

@@ -16,12 +16,17 @@ import socket
 import urllib.request
 
 from interceptor_fixtures import captured, servers  # noqa: F401  (fixtures)
-from interceptor_servers import HOST, datagram as _datagram, free_port
+from interceptor_servers import HOST, datagram as _datagram, free_port, head_size
 
 
 def _by_kind(events):
     return sorted((e.channel, e.protocol, e.dst_port, e.url_path, e.req_bytes) for e in events
                   if e.channel in ("http", "socket", "ftp"))
+
+
+def _sent(servers, path: str, body_size: int) -> int:
+    """An HTTP request's bytes out: its head, as the HTTP server read it, and its body."""
+    return head_size(servers.http, path) + body_size
 
 
 def test_a_body_generators_own_calls_are_recorded(captured, servers):
@@ -45,7 +50,8 @@ def test_a_body_generators_own_calls_are_recorded(captured, servers):
     urllib.request.urlopen(req).read()
     assert _by_kind(captured.events()) == sorted([
         ("socket", "tcp", servers.http, "", 5), ("socket", "udp", udp, "", 1),
-        ("http", "http", servers.http, "/inner", 0), ("http", "http", servers.http, "/outer", 5)])
+        ("http", "http", servers.http, "/inner", _sent(servers, "/inner", 0)),
+        ("http", "http", servers.http, "/outer", _sent(servers, "/outer", 5))])
     (outer,) = [e for e in captured.events("http") if e.url_path == "/outer"]
     assert outer.module == inner_module(captured)  # the same program, attributed as such
 
@@ -89,7 +95,8 @@ def test_a_file_bodys_read_is_recorded_at_endheaders_and_at_send(captured, serve
     c.close()
     assert _by_kind(captured.events()) == sorted([
         ("socket", "udp", first, "", 1), ("socket", "udp", second, "", 1),
-        ("http", "http", servers.http, "/file", 3), ("http", "http", servers.http, "/sent", 4)])
+        ("http", "http", servers.http, "/file", _sent(servers, "/file", 3)),
+        ("http", "http", servers.http, "/sent", _sent(servers, "/sent", 4))])
     sent = [e for e in captured.events("http") if e.url_path in ("/file", "/sent")]
     assert all(len(e.fingerprint) == 32 for e in sent) and sent[0].fingerprint != sent[1].fingerprint
 
@@ -164,7 +171,9 @@ def test_buffers_and_once_only_iterables_are_sent_as_without_us(captured, server
     c.getresponse().read()
     c.close()
     sizes = {e.url_path: (e.req_bytes, e.error) for e in captured.events("http")}
-    assert sizes == {"/array": (12, ""), "/once": (4, ""), "/send-array": (5, ""), "/send-once": (3, "")}
+    assert sizes == {"/array": (_sent(servers, "/array", 12), ""), "/once": (_sent(servers, "/once", 4), ""),
+                     "/send-array": (_sent(servers, "/send-array", 5), ""),
+                     "/send-once": (_sent(servers, "/send-once", 3), "")}
 
 
 def test_a_generator_reusing_its_buffer_can_resize_it(captured, servers):
@@ -184,7 +193,7 @@ def test_a_generator_reusing_its_buffer_can_resize_it(captured, servers):
     c.getresponse().read()
     c.close()
     (e,) = captured.events("http")
-    assert (e.url_path, e.req_bytes, e.error) == ("/reused", 7, "")
+    assert (e.url_path, e.req_bytes, e.error) == ("/reused", _sent(servers, "/reused", 7), "")
 
 
 class _StrReader:
@@ -237,4 +246,4 @@ def test_text_is_encoded_only_where_http_client_encodes_it(captured, servers):
     assert isinstance(_send_after_headers(servers, "/not-text", _StrReader()), TypeError)
     assert isinstance(_send_after_headers(servers, "/bytes-text", _BytesText()), AttributeError)
     sizes = {e.url_path: e.req_bytes for e in captured.events("http")}
-    assert sizes["/text"] == 4
+    assert sizes["/text"] == _sent(servers, "/text", 4)
