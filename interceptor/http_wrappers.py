@@ -23,8 +23,9 @@ The call is claimed (capture.claim) around `endheaders` and `send`, the two that
 or write to the socket, so the socket layer below stays silent. `putrequest` and `getresponse` only
 format and parse (no socket event below them): they run unclaimed, and the connection's own state
 tells the wrappers apart: the record is put on the connection only after the original
-`putrequest` returned (so the Host and Accept-Encoding headers it adds are not counted as the
-caller's), and `_netaudit_phase` marks the sends `endheaders` makes itself.
+`putrequest` returned (so the Host and Accept-Encoding headers it adds are not listed as the
+caller's), and `_netaudit_phase` marks the sends `endheaders` makes itself, the first of them the
+request's head, whose size counts in `req_bytes` once sent (http_send_wrapper).
 
 Response size (`resp_bytes`): a response with a length (Content-Length; 0 for HEAD, 204, 304) is
 recorded at `getresponse`, with that length. A chunked or close-delimited response has no length
@@ -56,12 +57,16 @@ from .guard import pass_on
 from .redact import query_names, split_url
 
 MARK = "_netaudit_wrapped"     # set on every function we installed (idempotent install)
-HEADERS, SENDING, BODY = 0, 1, 2  # _netaudit_phase: headers being put, inside endheaders, after it
+# _netaudit_phase: headers being put; inside endheaders: its head not yet sent (HEAD), being sent
+# (HEAD_GOING), sent (SENDING); after it
+HEADERS, HEAD, HEAD_GOING, SENDING, BODY = 0, 1, 2, 3, 4
+IN_ENDHEADERS = (HEAD, HEAD_GOING, SENDING)
 # Per-connection state lives in plain attributes with class-level defaults (set in install()),
 # never through `conn.__dict__`: materialising an instance's __dict__ turns off CPython 3.11's
 # inline attribute cache for that connection and slows every attribute access of http.client.
 #   _netaudit_rec    the in-flight Record, or None
-#   _netaudit_phase  HEADERS, SENDING while the original endheaders runs, BODY after it
+#   _netaudit_phase  HEADERS; while the original endheaders runs HEAD, HEAD_GOING as it sends its
+#                    head, SENDING once the head went out; BODY after it
 #   _netaudit_peer   (weak reference to the socket, src_ip, src_port, dst_ip, dst_port) cached per
 #                    socket (weak: no reference of ours keeps a socket the program let go open)
 #   _netaudit_fx     forensic.Capture of the in-flight request's bodies, only while a body tap
@@ -144,14 +149,6 @@ def _take_header_names(conn, rec) -> None:
     start = conn._netaudit_hstart
     if len(buffered) > start:
         rec.header_names = [line.partition(b":")[0].decode("latin-1") for line in buffered[start:]]
-
-
-def _head_size(buffered) -> int:
-    """The size of the request head http.client is about to send: its request line and header
-    lines joined by CRLF, then a blank line (`_send_output` joins `_buffer + [b"", b""]`). Counted
-    into the request's bytes out, as a raw socket's event counts every byte: data a program puts
-    in a header or query value is data sent. Only sizes: the lines themselves are never kept."""
-    return sum(map(len, buffered)) + 2 * (len(buffered) + 1)
 
 
 def _forensic_end(conn, response_seen) -> None:
@@ -332,7 +329,6 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     if _NAMES_FROM_BUFFER:
         try:
             _take_header_names(self, rec)
-            rec.req_bytes += _head_size(self._buffer)
         except Exception as exc:
             GUARD.fault("redact", exc, rec.ts)
     body = message_body
@@ -347,7 +343,7 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
                 body = _fx.request_body(self._netaudit_fx, message_body, body)
             except Exception as exc:
                 GUARD.fault("capture", exc, rec.ts)
-    self._netaudit_phase = SENDING
+    self._netaudit_phase = HEAD  # its first send is the head (http_send_wrapper counts it)
     # the request's destination as putrequest recorded it, for a program's override that connects
     # (capture.claimed); not the connection's attributes, which the program may change (review 33, 1)
     claim_held = [None, rec]
@@ -355,6 +351,10 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
         claim(claim_held)
         result = _endheaders(self, body, encode_chunked=encode_chunked)
     except BaseException as exc:
+        if self._netaudit_phase != SENDING:
+            # its head did not go out in full (the connection could not be made, say), nor did any
+            # of its body: no bytes out (the body's fingerprint stays: what the program tried to send)
+            rec.req_bytes = 0
         _abandon(self, rec, exc)
         raise
     finally:
@@ -390,7 +390,24 @@ def _fill_peer(conn, rec) -> None:
 def http_send_wrapper(self, data):
     """Wraps HTTPConnection.send: payload sent after the headers (urllib3 streams bodies so)."""
     rec = self._netaudit_rec
-    if rec is None or self._netaudit_phase == SENDING or claimed():  # endheaders' own sends: claimed
+    if rec is None:
+        return _send(self, data)
+    phase = self._netaudit_phase
+    if phase == HEAD:
+        # endheaders' first send: the request line and header lines, joined as they go out
+        # (`_send_output`). Its size counts in the request's bytes out once the send returned, as a
+        # raw socket's event counts every byte: data put in a header or a query value is data sent.
+        # None if the send failed, connecting (nothing went out) or part way. Sends made inside
+        # it (a proxy tunnel's CONNECT, from the connect it makes) are the connection's own.
+        self._netaudit_phase = HEAD_GOING
+        n = _send(self, data)
+        self._netaudit_phase = SENDING
+        try:
+            rec.req_bytes += len(data)
+        except Exception as exc:
+            GUARD.fault("capture", exc, rec.ts)
+        return n
+    if phase == SENDING or phase == HEAD_GOING or claimed():  # endheaders' own sends: claimed
         return _send(self, data)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         # a file or an iterable: send runs its code (read, the iteration), which is the program's
@@ -772,7 +789,7 @@ def _connected(conn, frame) -> None:
         # connection (a subclass's connect calling its base's), or another the program makes there
         # (review 37, 3): which one, endheaders settles when it returns (_settle_own: review 38, 1).
         # To elsewhere, or after the request sent (review 36, 2): the program's own, recorded
-        own = (request is not None and conn._netaudit_phase == SENDING and _same_named(dest, request))
+        own = (request is not None and conn._netaudit_phase in IN_ENDHEADERS and _same_named(dest, request))
         sock = conn.sock
         if sock is not None and socket_bytes.counted(sock):
             return  # a connection recorded on its own already (an override's, to elsewhere)
@@ -819,7 +836,7 @@ def _connection_ends(conn, closing: bool = False) -> None:
     endheaders, which ends it with its error (review 36, 3)."""
     try:
         rec = conn._netaudit_rec
-        if rec is not None and not (closing and conn._netaudit_phase == SENDING):
+        if rec is not None and not (closing and conn._netaudit_phase in IN_ENDHEADERS):
             if rec.pid == STATE.pid:
                 _end_request(conn)
             else:
