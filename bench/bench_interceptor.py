@@ -585,6 +585,82 @@ def explicit_connect_cost(rounds: int = 15) -> None:
                  "counted until the request")
 
 
+_WRITER_WAKES = r"""
+# requests GETs on an in-memory socket (no server, no network wait): the audited thread runs Python
+# all along, the case where the writer thread's each wake costs it a forced GIL switch
+import io, json, os, socket, statistics, sys, tempfile, time
+from bench import bench_interceptor as b
+import requests, urllib3.connection
+BODY = b'{"ok": true}'
+REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+idle, _ = socket.socketpair()  # a descriptor never readable: urllib3 finds the connection alive
+class InMemory:
+    def sendall(self, data): pass
+    def makefile(self, *a, **k): return io.BytesIO(REPLY)
+    def fileno(self): return idle.fileno()
+    def settimeout(self, t): pass
+    def gettimeout(self): return None
+    def setsockopt(self, *a): pass
+    def getsockname(self): return ("127.0.0.1", 40000)
+    def getpeername(self): return ("127.0.0.1", 8080)
+    def close(self): pass
+urllib3.connection.HTTPConnection._new_conn = lambda self: InMemory()
+sink = b._setup("proc", "requests", tempfile.mkdtemp())
+s = requests.Session()
+get = lambda: s.get("http://127.0.0.1:8080/api/items?page=1").content
+for _ in range(300):
+    get()
+def writer_stats():
+    tid = sink._thread.native_id
+    with open(f"/proc/self/task/{tid}/schedstat") as f:
+        cpu = int(f.read().split()[0])
+    with open(f"/proc/self/task/{tid}/status") as f:
+        wakes = next(int(l.split()[1]) for l in f if l.startswith("voluntary_ctxt_switches"))
+    return cpu, wakes
+calls, rounds = 2000, int(sys.argv[1])
+bare, added = [], []  # per round: the bare round's CPU per GET; each captured round's over the bare one before it
+cpu = wakes = events = 0
+for r in range(2 * rounds):
+    on = r % 2 == 1
+    b._toggle("proc", sink, on)
+    c0, w0 = writer_stats()
+    t0 = time.thread_time_ns()
+    for _ in range(calls):
+        get()
+    t1 = time.thread_time_ns()
+    if on:
+        sink.flush(30)
+        c1, w1 = writer_stats()
+        cpu, wakes, events = cpu + c1 - c0, wakes + w1 - w0, events + calls
+    per = (t1 - t0) / calls / 1000
+    if on:
+        added.append(per - bare[-1])
+    else:
+        bare.append(per)
+print(json.dumps({"bare": statistics.median(bare), "added": statistics.median(added),
+                  "writer_cpu_us": cpu / events / 1000, "writer_wakes": wakes / events}))
+sink.close(30)
+"""
+
+
+def writer_wakes(rounds: int = 11) -> None:
+    """The writer thread's cost in the audited process where the audited thread never waits on
+    the network (requests GETs on an in-memory socket, writer process): the calling thread's CPU
+    per GET with and without capture (alternating rounds), and the writer thread's CPU and
+    voluntary context switches (its wakes, each one a wait for the GIL) per event."""
+    env = dict(os.environ, PYTHONPATH=os.getcwd())  # as the other benchmarks: run from the checkout
+    out = subprocess.run([sys.executable, "-c", _WRITER_WAKES, str(rounds)], capture_output=True,
+                         text=True, env=env, timeout=900)
+    if out.returncode:
+        print(f"writer wakes: failed: {out.stderr.strip().splitlines()[-1:]}")
+        return
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"writer wakes (requests GET on an in-memory socket, writer process, {rounds} + {rounds} "
+          f"rounds of 2000): calling thread {r['bare']:.1f} us bare, {r['added']:+.1f} us captured "
+          f"(median over rounds of a captured round's CPU per GET minus the bare round's before it); writer thread {r['writer_cpu_us']:.2f} us CPU and {r['writer_wakes']:.2f} wakes "
+          f"an event")
+
+
 def main() -> None:
     per_call_table()
     print()
@@ -594,6 +670,7 @@ def main() -> None:
     fork_cost()
     claim_walk_cost()
     explicit_connect_cost()
+    writer_wakes()
 
 
 if __name__ == "__main__":
