@@ -224,6 +224,7 @@ class Record:
     self_egress = False
     done = False
     netaudit_own = None  # an HTTP request's: connects made inside its endheaders (http_wrappers._connected)
+    netaudit_head = 0    # an HTTP request's: its head's size, counted once sent (http_wrappers.http_send_wrapper)
 
     def __init__(self, channel: str, protocol: str, method: str, host: str, port: int) -> None:
         self.ts = time.time_ns()

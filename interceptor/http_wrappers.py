@@ -151,6 +151,14 @@ def _take_header_names(conn, rec) -> None:
         rec.header_names = [line.partition(b":")[0].decode("latin-1") for line in buffered[start:]]
 
 
+def _head_size(buffered) -> int:
+    """The size of the request head http.client is about to send: its request line and header
+    lines joined by CRLF, then a blank line (`_send_output` sends `b"\\r\\n".join(_buffer + [b"", b""])`).
+    Taken from the buffer, not from the send that carries it: a subclass may send the body with it
+    in one send (botocore's `_send_output`), or the head in pieces (review 44, 2)."""
+    return sum(map(len, buffered)) + 2 * (len(buffered) + 1)
+
+
 def _forensic_end(conn, response_seen) -> None:
     """The request ended without a response to tee: hand its request body to the tap."""
     capture = conn._netaudit_fx
@@ -329,6 +337,7 @@ def http_endheaders_wrapper(self, message_body=None, *, encode_chunked=False):
     if _NAMES_FROM_BUFFER:
         try:
             _take_header_names(self, rec)
+            rec.netaudit_head = _head_size(self._buffer)
         except Exception as exc:
             GUARD.fault("redact", exc, rec.ts)
     body = message_body
@@ -394,16 +403,17 @@ def http_send_wrapper(self, data):
         return _send(self, data)
     phase = self._netaudit_phase
     if phase == HEAD:
-        # endheaders' first send: the request line and header lines, joined as they go out
-        # (`_send_output`). Its size counts in the request's bytes out once the send returned, as a
-        # raw socket's event counts every byte: data put in a header or a query value is data sent.
-        # None if the send failed, connecting (nothing went out) or part way. Sends made inside
-        # it (a proxy tunnel's CONNECT, from the connect it makes) are the connection's own.
+        # endheaders' first send: the request's head goes out (`_send_output`). Its size (_head_size,
+        # taken in endheaders; where http.client keeps no buffer as expected, this send's) counts
+        # in the request's bytes out once the send returned, as a raw socket's event counts every
+        # byte: data put in a header or a query value is data sent. None if the send failed,
+        # connecting (nothing went out) or part way. Sends made inside it (a proxy tunnel's
+        # CONNECT, from the connect it makes) are not the request's.
         self._netaudit_phase = HEAD_GOING
         n = _send(self, data)
         self._netaudit_phase = SENDING
         try:
-            rec.req_bytes += len(data)
+            rec.req_bytes += rec.netaudit_head or len(data)
         except Exception as exc:
             GUARD.fault("capture", exc, rec.ts)
         return n

@@ -487,6 +487,28 @@ def test_records_too_big_together_are_split_over_datagrams_in_order(tmp_path):
     assert [e.ts for data in sent[1:] for e in decode(data, b"salt").events] == list(range(CHUNK))
 
 
+def test_rows_are_framed_about_once_when_fewer_than_chunk_fit(tmp_path):
+    """Where fewer than CHUNK rows fit a datagram, the next one starts at the size that fitted, not
+    at its double again: each datagram would frame its rows twice or more (review 44, 3: 1,280 rows
+    framed for 512 sent, 400-character paths)."""
+    from interceptor.capture import Record
+    from interceptor.relay import decode
+
+    records = []
+    for i in range(512):
+        r = Record("http", "http", "GET", "h.example", 80)
+        r.ts, r.url_path = i, f"/{i:04d}/" + "p" * 400  # ~450 bytes a row: ~130 fit in a datagram
+        records.append(r)
+    writer, sent = _keeping_writer(tmp_path)
+    framed = []
+    frame = writer._shapes.frame
+    writer._shapes.frame = lambda rows: (framed.append(len(rows)), frame(rows))[1]
+    writer.write_records(records)
+    assert [e.ts for data in sent[1:] for e in decode(data, b"salt").events] == list(range(512))
+    assert all(len(d) <= MAX_DATAGRAM for d in sent)
+    assert sum(framed) < 2 * len(records), framed  # the first datagram halves once: 768 here
+
+
 def test_a_shape_that_cannot_be_hashed_is_still_sent():
     from interceptor.capture import Record
     from interceptor.relay import decode

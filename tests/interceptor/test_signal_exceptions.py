@@ -60,9 +60,15 @@ class State:
 # frame the handler gets is that code's, ours often (the claim_covers loss of session 13's CI run:
 # every one of 43 such losses in 2 x 150 s of storm ran during a collection, and the exception
 # died unraised, with no traceback, at the very line it landed on).
+# Only a collection on this thread, where the handlers run: while it runs, whatever Python code runs
+# here is what the collector called. One on another thread (a server's, the writer's) may let this
+# one run on, our code included, and what a handler raises there reaches the program as ever
+# (review 44, 1: most of the collections under way when a handler ran were another thread's).
 import gc
+MAIN = threading.get_ident()
 def on_collect(phase, info):
-    State.collecting = phase == "start"
+    if threading.get_ident() == MAIN:
+        State.collecting = phase == "start"
 gc.callbacks.append(on_collect)
 lost = {}             # serial -> where it landed, until the program catches it
 def on_alarm(signum, frame):
