@@ -63,10 +63,11 @@ ENV_RELAY = "NETAUDIT_RELAY"
 WIRE_VERSION = 2
 MAX_DATAGRAM = 60 * 1024      # fits the default AF_UNIX send buffer (Linux: 208 KiB)
 # Rows tried per datagram (a row is ~150 bytes, a shape ~300, once). Each send releases the GIL:
-# the writer thread holds it for one datagram's framing at most (~0.3 ms for 64 rows), so an audited
-# thread whose response came in meanwhile waits no longer than that. 256 rows a datagram (fewer
-# waits for the GIL on the writer thread) cost a loopback requests GET ~10 us more as the caller
-# sees it (session 14, run 9 against the code before, same day): not kept.
+# the writer thread holds it for one datagram's framing at most (0.13 ms for 64 rows of requests
+# GETs, 0.50 ms for 256), so an audited thread whose response came in meanwhile waits no longer
+# than that. 256 rows a datagram (fewer waits for the GIL on the writer thread) leaned ~4 us worse
+# on a loopback requests GET as the caller sees it (session 14, runs 9 and 10, within their
+# intervals): not kept.
 CHUNK = 64
 SEND_TIMEOUT_S = 2.0          # the writer thread waits this long for room in the parent's queue
 MAX_TEXT = 8192               # characters of one text field the parent accepts
